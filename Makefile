@@ -1,0 +1,29 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+# torch is pinned to the CPU wheel that lies on this machine's disk; an unpinned torch pulls CUDA builds.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	$(VENV)/bin/denoiserlab demo --out results/demo
+
+bench: venv
+	$(PY) benchmarks/bench_denoisers.py
+
+clean:
+	rm -rf $(VENV) results build src/*.egg-info

@@ -1,0 +1,45 @@
+"""ImageSet: a named set of uint8 images [N, C, H, W] with optional labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images kept as uint8 [N, C, H, W] (values 0..255); `as_float()` maps them to float32 in [-1, 1]."""
+
+    uint8: Tensor  # [N, C, H, W], dtype uint8 (may be backed by a memory-mapped .npy cache)
+    labels: Tensor | None  # [N] int64 class labels, or None when the source has none
+    name: str  # short description, e.g. "fashion-mnist/train"
+    load_options: dict = field(default_factory=dict)  # keyword arguments of data.load that rebuild this set
+
+    def __len__(self) -> int:
+        return int(self.uint8.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Per-image shape (C, H, W)."""
+        return tuple(self.uint8.shape[1:])
+
+    def as_float(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """Images [start:stop] as float32 [n, C, H, W] in [-1, 1] (x / 127.5 - 1)."""
+        return uint8_to_float(self.uint8[start:stop])
+
+    def chunks(self, chunk_size: int = 4096):
+        """Yield float32 chunks [<=chunk_size, C, H, W] in [-1, 1], so large sets never sit in memory as floats."""
+        for start in range(0, len(self), chunk_size):
+            yield self.as_float(start, start + chunk_size)
+
+
+def uint8_to_float(images: Tensor) -> Tensor:
+    """uint8 [..] in 0..255 -> float32 [..] in [-1, 1]."""
+    return torch.as_tensor(images).to(torch.float32) / 127.5 - 1.0
+
+
+def float_to_uint8(images: Tensor) -> Tensor:
+    """float [..] in [-1, 1] -> uint8 [..] in 0..255 (clamped, rounded)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

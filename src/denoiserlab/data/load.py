@@ -1,0 +1,61 @@
+"""`load(source, ...)`: the one entry point that turns a dataset source into an ImageSet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from denoiserlab.data.imageset import ImageSet
+from denoiserlab.data.sources import read_source
+from denoiserlab.data.transforms import (
+    append_xflips,
+    choose_subset,
+    keep_classes,
+    match_channels,
+    match_resolution,
+)
+from denoiserlab.errors import DenoiserLabError
+
+
+def load(
+    source: str | Path = "fashion-mnist",
+    split: str = "train",
+    subset: int | None = None,
+    classes: list[int] | None = None,
+    resolution: int | None = None,
+    resolution_policy: str = "pad",
+    xflip: bool = False,
+    channels: int | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """Load a dataset as uint8 images [N, C, H, W].
+
+    source: a built-in name ('fashion-mnist': the vendored 10k/1k subset; 'fashion-mnist-full': Debian's
+    60k/10k IDX files) or a path (see `denoiserlab.data.sources`). split: 'train' or 'test'.
+    Options are applied in this order: `classes` (keep these labels), `subset` (N images chosen by a
+    permutation seeded with `seed`, kept in file order), `channels` (1 or 3), `resolution` (square side in
+    pixels, with `resolution_policy` 'pad' | 'crop' | 'resize'), `xflip` (append horizontal flips: 2N images).
+    """
+    images, labels, name = read_source(source, split)
+    if len(images) == 0:
+        raise DenoiserLabError(f"dataset {name} is empty")
+    if classes is not None:
+        images, labels = keep_classes(images, labels, classes, name)
+    if subset is not None:
+        images, labels = choose_subset(images, labels, subset, seed, name)
+    if channels is not None:
+        images = match_channels(images, channels)
+    if resolution is not None:
+        images = match_resolution(images, resolution, resolution_policy)
+    if xflip:
+        images, labels = append_xflips(images, labels)
+    options = dict(source=str(source), split=split, subset=subset, classes=classes, resolution=resolution,
+                   resolution_policy=resolution_policy, xflip=xflip, channels=channels, seed=seed)
+    return ImageSet(
+        uint8=torch.from_numpy(np.ascontiguousarray(images)),
+        labels=None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+        name=name,
+        load_options=options,
+    )

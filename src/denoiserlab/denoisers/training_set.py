@@ -1,0 +1,40 @@
+"""Turn the `train` argument every analytical denoiser takes into a checked float32 tensor [N, C, H, W]."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from denoiserlab.data.imageset import ImageSet
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_images
+
+
+def training_images(train: Tensor | ImageSet, xflip: bool = False) -> Tensor:
+    """train (float [N, C, H, W] in [-1, 1], or an ImageSet) -> contiguous float32 [N or 2N, C, H, W] on CPU.
+
+    With xflip, horizontally flipped copies are appended (image N + i is the flip of image i).
+    """
+    if isinstance(train, ImageSet):
+        if len(train) == 0:
+            raise DenoiserLabError(f"training set {train.name} is empty")
+        images = train.as_float()
+    elif isinstance(train, Tensor):
+        if train.ndim == 4 and train.shape[0] == 0:
+            raise DenoiserLabError("the training set is empty (0 images)")
+        images = check_images(train, "train").detach().to("cpu", torch.float32)
+    else:
+        raise DenoiserLabError(f"train must be a float tensor [N, C, H, W] or an ImageSet, got {type(train).__name__}")
+    if xflip:
+        images = torch.cat([images, images.flip(-1)])
+    return images.contiguous()
+
+
+def dataset_fingerprint(images: Tensor) -> str:
+    """A short content hash of a training tensor, to key on-disk caches by the exact data."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(str(tuple(images.shape)).encode())
+    digest.update(images.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
