@@ -1,0 +1,24 @@
+"""Shared small fixtures: tiny random training sets so tests run in seconds."""
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_train() -> torch.Tensor:
+    """20 training images 1x6x6 in [-1, 1] (float32)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(20, 1, 6, 6, generator=generator) * 2 - 1
+
+
+@pytest.fixture
+def tiny_rgb_train() -> torch.Tensor:
+    """15 training images 3x5x5 in [-1, 1] (float32)."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(15, 3, 5, 5, generator=generator) * 2 - 1
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep on-disk caches (eigendecompositions, ...) out of the user's home during tests."""
+    monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
