@@ -1,0 +1,39 @@
+"""`denoiserlab data info SOURCE`: counts, shapes and a PNG grid of examples."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from denoiserlab.data import load
+from denoiserlab.report import save_image_grid
+
+
+def add_parser(subparsers) -> None:
+    data = subparsers.add_parser("data", help="inspect datasets")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    info = commands.add_parser("info", help="counts, shape and an example grid of a dataset")
+    info.add_argument("source", help="built-in name (fashion-mnist, fashion-mnist-full) or a path")
+    info.add_argument("--split", default="train", choices=["train", "test"])
+    info.add_argument("--out", type=Path, default=Path("results/data-info"), help="folder for the example grid")
+    info.add_argument("--n", type=int, default=64, help="number of example images in the grid")
+    info.set_defaults(func=run_info)
+
+
+def run_info(args: argparse.Namespace) -> None:
+    images = load(args.source, split=args.split)
+    channels, height, width = images.image_shape
+    print(f"dataset      {images.name}")
+    print(f"images       {len(images)}  ({channels} x {height} x {width}, uint8)")
+    pixels = images.uint8.float()
+    print(f"pixel mean   {pixels.mean().item():.2f}  std {pixels.std().item():.2f}  (0..255)")
+    if images.labels is not None:
+        counts = torch.bincount(images.labels)
+        print("labels       " + ", ".join(f"{label}: {int(n)}" for label, n in enumerate(counts) if n > 0))
+    else:
+        print("labels       none")
+    name = images.name.replace("/", "-")
+    path = save_image_grid(images.as_float(0, args.n), args.out / f"{name}-examples.png")
+    print(f"examples     {path}")

@@ -1,0 +1,1 @@
+"""Studies: whole experiments that chain dataset -> denoisers -> samplers/evaluators -> results.json -> report."""
