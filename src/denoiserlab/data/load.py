@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from denoiserlab.data.cache import read_source_cached
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.data.options import check_load_options
 from denoiserlab.data.sources import read_source
 from denoiserlab.data.transforms import (
     append_xflips,
@@ -29,20 +31,29 @@ def load(
     xflip: bool = False,
     channels: int | None = None,
     seed: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> ImageSet:
     """Load a dataset as uint8 images [N, C, H, W].
 
     source: a built-in name ('fashion-mnist': the vendored 10k/1k subset; 'fashion-mnist-full': Debian's
-    60k/10k IDX files) or a path (see `denoiserlab.data.sources`). split: 'train' or 'test'.
+    60k/10k IDX files) or a path (formats in `denoiserlab.data.sources`). split: 'train' or 'test'.
     Options are applied in this order: `classes` (keep these labels), `subset` (N images chosen by a
-    permutation seeded with `seed`, kept in file order), `channels` (1 or 3), `resolution` (square side in
-    pixels, with `resolution_policy` 'pad' | 'crop' | 'resize'), `xflip` (append horizontal flips: 2N images).
+    permutation seeded with `seed`, kept in file order), `channels` (1: BT.601 luminance, 3: grey repeated),
+    `resolution` (square side in pixels, with `resolution_policy` 'pad' (centred, zeros) | 'crop' (centred) |
+    'resize' (Lanczos)), `xflip` (append horizontal flips: image N + i is the flip of image i).
+    Image folders and zips apply `resolution` to each file as it is read, so files of mixed sizes can load.
+    cache_dir: when given, the decoded source is kept there as a .npy and memory-mapped (see `data.cache`);
+    it is not part of `load_options`, as it does not change the images.
     """
-    images, labels, name = read_source(source, split)
+    check_load_options(split, subset, classes, resolution, resolution_policy, channels, seed)
+    if cache_dir is None:
+        images, labels, name = read_source(source, split, resolution, resolution_policy)
+    else:
+        images, labels, name = read_source_cached(source, split, resolution, resolution_policy, cache_dir)
     if len(images) == 0:
-        raise DenoiserLabError(f"dataset {name} is empty")
+        raise DenoiserLabError(f"dataset {name} is empty (0 images)")
     if classes is not None:
-        images, labels = keep_classes(images, labels, classes, name)
+        images, labels = keep_classes(images, labels, list(classes), name)
     if subset is not None:
         images, labels = choose_subset(images, labels, subset, seed, name)
     if channels is not None:
@@ -51,8 +62,9 @@ def load(
         images = match_resolution(images, resolution, resolution_policy)
     if xflip:
         images, labels = append_xflips(images, labels)
-    options = dict(source=str(source), split=split, subset=subset, classes=classes, resolution=resolution,
-                   resolution_policy=resolution_policy, xflip=xflip, channels=channels, seed=seed)
+    options = dict(source=str(source), split=split, subset=subset, classes=None if classes is None else list(classes),
+                   resolution=resolution, resolution_policy=resolution_policy, xflip=xflip, channels=channels,
+                   seed=seed)
     return ImageSet(
         uint8=torch.from_numpy(np.ascontiguousarray(images)),
         labels=None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)),

@@ -1,0 +1,108 @@
+"""Optional on-disk cache of decoded sources: uint8 `.npy` files opened memory-mapped, so a big set is decoded once.
+
+A cache entry is keyed by the source (built-in name, or path plus the names, sizes and modification times of
+its files), the split and the reader's resolution options; the other load options are applied afterwards to
+the memory-mapped array, so one entry serves every subset, class choice or flip. Files are written to a
+temporary name and renamed, labels and metadata before images, so a present `.npy` is always complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from denoiserlab.data.builtin import BUILTIN_NAMES, builtin_files
+from denoiserlab.data.sources import read_source
+from denoiserlab.errors import DenoiserLabError
+
+CACHE_FORMAT_VERSION = 1
+
+
+def read_source_cached(source: str | Path, split: str, resolution: int | None, policy: str,
+                       cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Like `sources.read_source`, but images come from (and on a miss go to) a memory-mapped .npy in cache_dir.
+
+    The images array is opened with mmap_mode='c' (copy-on-write): pages are read lazily from disk and the
+    file is never modified, even if a caller writes to the array.
+    """
+    stem = Path(cache_dir) / cache_stem(source, split, resolution, policy)
+    if not _entry_file(stem, ".npy").is_file():
+        images, labels, name = read_source(source, split, resolution, policy)
+        _write_entry(stem, images, labels, name)
+    return _open_entry(stem)
+
+
+def cache_stem(source: str | Path, split: str, resolution: int | None, policy: str) -> str:
+    """File name stem '<source name>-<split>-<hash>' of a cache entry."""
+    key = {"version": CACHE_FORMAT_VERSION, "source": _source_fingerprint(source), "split": split,
+           "resolution": resolution, "policy": policy if resolution is not None else None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    label = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(str(source)).name) or "source"
+    return f"{label}-{split}-{digest}"
+
+
+def _source_fingerprint(source: str | Path) -> list:
+    """What identifies a source's content: its name or absolute path, and (name, size, mtime) of its files."""
+    path = builtin_files(str(source)) if str(source) in BUILTIN_NAMES else Path(source).expanduser().absolute()
+    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.exists() else []
+    listing = [[file.relative_to(path).as_posix() if path.is_dir() else file.name, *_size_and_mtime(file)]
+               for file in files if file.is_file()]
+    return [str(source) if str(source) in BUILTIN_NAMES else str(path), listing]
+
+
+def _size_and_mtime(file: Path) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a file."""
+    stat = file.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _entry_file(stem: Path, suffix: str) -> Path:
+    """A file of a cache entry: '<stem>.npy' (images), '<stem>.labels.npy', '<stem>.json' (metadata)."""
+    return stem.parent / f"{stem.name}{suffix}"
+
+
+def _write_entry(stem: Path, images: np.ndarray, labels: np.ndarray | None, name: str) -> None:
+    """Write labels, metadata, then images, each atomically."""
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        if labels is not None:
+            _write_atomic(_entry_file(stem, ".labels.npy"), lambda handle: np.save(handle, labels))
+        metadata = {"name": name, "has_labels": labels is not None, "shape": list(images.shape)}
+        _write_atomic(_entry_file(stem, ".json"), lambda handle: handle.write(json.dumps(metadata).encode()))
+        _write_atomic(_entry_file(stem, ".npy"), lambda handle: np.save(handle, np.ascontiguousarray(images)))
+    except OSError as error:
+        raise DenoiserLabError(f"cannot write the dataset cache in {stem.parent}: {error}") from None
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call write(binary handle) on a temporary file beside path, then rename it to path."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def _open_entry(stem: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(memory-mapped uint8 images [N, C, H, W], labels [N] or None, name) of a cache entry."""
+    images_path = _entry_file(stem, ".npy")
+    try:
+        metadata = json.loads(_entry_file(stem, ".json").read_text())
+        images = np.load(images_path, mmap_mode="c")
+        labels = np.load(_entry_file(stem, ".labels.npy")) if metadata["has_labels"] else None
+    except (OSError, ValueError, KeyError) as error:
+        raise DenoiserLabError(f"dataset cache entry {images_path} is unreadable ({error}); delete it to rebuild") from None
+    if images.dtype != np.uint8 or list(images.shape) != metadata["shape"]:
+        raise DenoiserLabError(f"dataset cache entry {images_path} does not match its metadata; delete it to rebuild")
+    return images, labels, metadata["name"]
