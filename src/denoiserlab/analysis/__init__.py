@@ -1,0 +1,26 @@
+"""Measurements on any denoiser callable den(x, sigma): linearity, linear distillation, score-approximation error,
+memorization (nearest neighbours, generalization score), per-sample similarity metrics, gradient heatmaps."""
+
+from denoiserlab.analysis.distillation import distill_linear
+from denoiserlab.analysis.heatmaps import GradientHeatmaps, gradient_heatmaps, heatmap_extent
+from denoiserlab.analysis.linear_denoiser import LinearDenoiser
+from denoiserlab.analysis.linearity import linearity_score
+from denoiserlab.analysis.memorization import generalization_score, nearest_neighbour_distances
+from denoiserlab.analysis.metrics import (
+    feature_cosine,
+    mean_and_median,
+    pearson_r,
+    per_sample_mse,
+    pixel_cosine,
+    r_squared,
+    ssim,
+)
+from denoiserlab.analysis.score_error import score_approximation_error
+from denoiserlab.analysis.weight_comparison import gaussian_linear_map, singular_vector_alignment, weight_nmse
+
+__all__ = [
+    "linearity_score", "distill_linear", "LinearDenoiser", "weight_nmse", "singular_vector_alignment",
+    "gaussian_linear_map", "score_approximation_error", "generalization_score", "nearest_neighbour_distances",
+    "per_sample_mse", "r_squared", "pearson_r", "pixel_cosine", "ssim", "feature_cosine", "mean_and_median",
+    "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent",
+]
