@@ -260,17 +260,28 @@ def test_cache_is_keyed_by_source_content_and_split(tmp_path):
     np.testing.assert_array_equal(load(tmp_path / "s.npz", cache_dir=cache_dir).uint8.numpy(), replacement)
 
 
-def test_cache_of_an_image_folder_keeps_the_resolution(tmp_path):
+def test_image_folder_is_decoded_straight_into_the_cache_file(tmp_path, monkeypatch):
     from PIL import Image
 
     folder = tmp_path / "pngs"
     folder.mkdir()
     for i, size in enumerate([(4, 4), (6, 3)]):
         Image.fromarray(np.full(size, 10 * (i + 1), dtype=np.uint8)).save(folder / f"{i}.png")
+    read_source = data_cache.read_source
+
+    def read_source_into_a_file(*args, **kwargs):
+        images, labels, name = read_source(*args, **kwargs)
+        assert isinstance(images, np.memmap), "decoded images should go straight to the memory-mapped .npy"
+        return images, labels, name
+
+    monkeypatch.setattr(data_cache, "read_source", read_source_into_a_file)
     cached = load(folder, resolution=8, cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
     assert torch.equal(cached.uint8, load(folder, resolution=8).uint8)
+    assert torch.equal(load(folder, resolution=8, cache_dir=tmp_path / "cache").uint8, cached.uint8)
     with pytest.raises(DenoiserLabError, match="differ in size"):
         load(folder, cache_dir=tmp_path / "cache")
+    assert not [file for file in (tmp_path / "cache").iterdir() if file.name.endswith(".tmp")]
 
 
 def test_corrupt_cache_entry_says_delete_it(labelled_npz, tmp_path):

@@ -291,7 +291,7 @@ def test_cifar10_pickle_that_runs_code_is_refused(tmp_path):
     batch = cifar_batch(1, seed=0)
     batch[b"labels"] = [_MakeFolderWhenUnpickled(target)]
     (folder / "data_batch_3").write_bytes(pickle.dumps(batch, protocol=2))
-    with pytest.raises(DenoiserLabError, match=r"data_batch_3.*posix.mkdir|data_batch_3.*refusing"):
+    with pytest.raises(DenoiserLabError, match=r"data_batch_3 is not a readable CIFAR-10 batch: refusing to load"):
         load(folder)
     assert not target.exists()
 

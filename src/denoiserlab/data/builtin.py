@@ -32,12 +32,12 @@ def read_fashion_mnist_subset(split: str) -> tuple[np.ndarray, np.ndarray]:
         return archive[f"{split}_images"][:, None], archive[f"{split}_labels"].astype(np.int64)
 
 
-def read_fashion_mnist_full(split: str, folder: str | Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The full Fashion-MNIST (60k train / 10k test) from Debian's package or a folder of its IDX files."""
-    folder = Path(folder) if folder else DEBIAN_FASHION_MNIST
-    if not folder.is_dir():
+def read_fashion_mnist_full(split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The full Fashion-MNIST (60k train / 10k test) from Debian's package (a folder of its IDX files also
+    loads, given as the source path)."""
+    if not DEBIAN_FASHION_MNIST.is_dir():
         raise DenoiserLabError(
-            f"full Fashion-MNIST not found at {folder}: install it with "
+            f"full Fashion-MNIST not found at {DEBIAN_FASHION_MNIST}: install it with "
             "'sudo apt-get install dataset-fashion-mnist', or pass the folder holding its IDX files as the source"
         )
-    return read_mnist_family(folder, split)
+    return read_mnist_family(DEBIAN_FASHION_MNIST, split)

@@ -28,13 +28,13 @@ def read_source_cached(source: str | Path, split: str, resolution: int | None, p
                        cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Like `sources.read_source`, but images come from (and on a miss go to) a memory-mapped .npy in cache_dir.
 
-    The images array is opened with mmap_mode='c' (copy-on-write): pages are read lazily from disk and the
-    file is never modified, even if a caller writes to the array.
+    On a miss, image folders and zips are decoded straight into the .npy file, so a set larger than memory
+    can be cached. The images array is opened with mmap_mode='c' (copy-on-write): pages are read lazily from
+    disk and the file is never modified, even if a caller writes to the array.
     """
     stem = Path(cache_dir) / cache_stem(source, split, resolution, policy)
     if not _entry_file(stem, ".npy").is_file():
-        images, labels, name = read_source(source, split, resolution, policy)
-        _write_entry(stem, images, labels, name)
+        _build_entry(stem, source, split, resolution, policy)
     return _open_entry(stem)
 
 
@@ -67,17 +67,45 @@ def _entry_file(stem: Path, suffix: str) -> Path:
     return stem.parent / f"{stem.name}{suffix}"
 
 
-def _write_entry(stem: Path, images: np.ndarray, labels: np.ndarray | None, name: str) -> None:
-    """Write labels, metadata, then images, each atomically."""
+class _MemmapAllocator:
+    """`allocate` for the image readers: the decoded images go straight into a new .npy file at `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.array: np.ndarray | None = None  # the memory-mapped array once allocated
+
+    def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
+        self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=shape)
+        return self.array
+
+
+def _build_entry(stem: Path, source: str | Path, split: str, resolution: int | None, policy: str) -> None:
+    """Read the source and write labels, metadata, then images, each atomically (temporary file, then rename)."""
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
-        if labels is not None:
-            _write_atomic(_entry_file(stem, ".labels.npy"), lambda handle: np.save(handle, labels))
-        metadata = {"name": name, "has_labels": labels is not None, "shape": list(images.shape)}
-        _write_atomic(_entry_file(stem, ".json"), lambda handle: handle.write(json.dumps(metadata).encode()))
-        _write_atomic(_entry_file(stem, ".npy"), lambda handle: np.save(handle, np.ascontiguousarray(images)))
+        allocator = _MemmapAllocator(_temporary_path(_entry_file(stem, ".npy")))
+        try:
+            images, labels, name = read_source(source, split, resolution, policy, allocate=allocator)
+            if labels is not None:
+                _write_atomic(_entry_file(stem, ".labels.npy"), lambda handle: np.save(handle, labels))
+            metadata = {"name": name, "has_labels": labels is not None, "shape": list(images.shape)}
+            _write_atomic(_entry_file(stem, ".json"), lambda handle: handle.write(json.dumps(metadata).encode()))
+            if images is allocator.array:  # decoded into the temporary .npy: flush it and rename it into place
+                images.flush()
+                os.replace(allocator.path, _entry_file(stem, ".npy"))
+            else:
+                _write_atomic(_entry_file(stem, ".npy"), lambda handle: np.save(handle, np.ascontiguousarray(images)))
+        finally:
+            allocator.path.unlink(missing_ok=True)
     except OSError as error:
         raise DenoiserLabError(f"cannot write the dataset cache in {stem.parent}: {error}") from None
+
+
+def _temporary_path(path: Path) -> Path:
+    """A fresh, unused temporary file name beside path (the file is created empty)."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    return Path(name)
 
 
 def _write_atomic(path: Path, write) -> None:

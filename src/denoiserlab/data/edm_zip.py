@@ -8,14 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
-from denoiserlab.data.image_files import ImageEntry, decode_images, is_image_name
+from denoiserlab.data.image_files import (
+    Allocate,
+    ImageEntry,
+    allocate_in_memory,
+    decode_images,
+    is_image_name,
+)
 from denoiserlab.data.labels_json import labels_for, parse_labels_json
 from denoiserlab.data.splits import require_train_split
 from denoiserlab.errors import DenoiserLabError
 
 
-def read_edm_zip(path: Path, split: str, resolution: int | None = None,
-                 policy: str = "pad") -> tuple[np.ndarray, np.ndarray | None]:
+def read_edm_zip(
+    path: Path, split: str, resolution: int | None = None, policy: str = "pad",
+    allocate: Allocate = allocate_in_memory,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 images [N, C, H, W] and int64 labels [N] (or None) of one split of a dataset zip.
 
     Members are taken in name order. Like a folder, a zip whose members sit under `train/` or `test/` is split
@@ -31,7 +39,7 @@ def read_edm_zip(path: Path, split: str, resolution: int | None = None,
         if not names:
             raise DenoiserLabError(f"no PNG/JPEG images in zip file {path}" + (f" under {prefix}" if prefix else ""))
         entries = [ImageEntry(f"{path}:{name}", partial(archive.open, name)) for name in names]
-        images = decode_images(entries, resolution, policy)
+        images = decode_images(entries, resolution, policy, allocate)
         return images, _zip_labels(archive, prefix, [name[len(prefix):] for name in names], path)
 
 

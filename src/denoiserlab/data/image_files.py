@@ -24,6 +24,7 @@ from denoiserlab.errors import DenoiserLabError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_MODES = ("1", "L", "LA")
 COLOUR_MODES = ("P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+Allocate = Callable[[tuple[int, ...]], np.ndarray]  # shape -> writable uint8 array of that shape
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, zipfile.BadZipFile,
                   Image.DecompressionBombError)
 
@@ -41,8 +42,14 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def decode_images(entries: list[ImageEntry], resolution: int | None = None, policy: str = "pad") -> np.ndarray:
-    """Decode entries, in order, to uint8 [N, C, H, W].
+def allocate_in_memory(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array of `shape` in memory (the default `allocate` of the image readers)."""
+    return np.empty(shape, dtype=np.uint8)
+
+
+def decode_images(entries: list[ImageEntry], resolution: int | None = None, policy: str = "pad",
+                  allocate: Allocate = allocate_in_memory) -> np.ndarray:
+    """Decode entries, in order, into uint8 [N, C, H, W] from `allocate(shape)` (e.g. a memory-mapped file).
 
     Without `resolution` every image must have the same size (else an error names two files); with it, each
     image is brought to resolution x resolution by `policy` ('pad' | 'crop' | 'resize', see transforms).
@@ -51,7 +58,7 @@ def decode_images(entries: list[ImageEntry], resolution: int | None = None, poli
     headers = [_read_header(entry) for entry in entries]  # [(mode, (width, height))]
     channels = 3 if any(mode in COLOUR_MODES for mode, _ in headers) else 1
     height, width = _common_size(entries, headers, resolution)
-    images = np.empty((len(entries), channels, height, width), dtype=np.uint8)
+    images = allocate((len(entries), channels, height, width))
     for i, entry in enumerate(entries):
         images[i] = _decode(entry, channels, resolution, policy)
     return images

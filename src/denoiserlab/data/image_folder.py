@@ -7,14 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from denoiserlab.data.image_files import ImageEntry, decode_images, is_image_name
+from denoiserlab.data.image_files import (
+    Allocate,
+    ImageEntry,
+    allocate_in_memory,
+    decode_images,
+    is_image_name,
+)
 from denoiserlab.data.labels_json import labels_for, parse_labels_json
 from denoiserlab.data.splits import require_train_split
 from denoiserlab.errors import DenoiserLabError
 
 
-def read_image_folder(folder: Path, split: str, resolution: int | None = None,
-                      policy: str = "pad") -> tuple[np.ndarray, np.ndarray | None]:
+def read_image_folder(
+    folder: Path, split: str, resolution: int | None = None, policy: str = "pad",
+    allocate: Allocate = allocate_in_memory,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 images [N, C, H, W] and int64 labels [N] (from `dataset.json`, else None) of one split.
 
     Images are taken in the order of their relative paths as strings; names starting with '.' are skipped.
@@ -26,7 +34,7 @@ def read_image_folder(folder: Path, split: str, resolution: int | None = None,
     if not paths:
         raise DenoiserLabError(f"no PNG/JPEG images (*.png, *.jpg, *.jpeg) in folder {root}")
     entries = [ImageEntry(str(path), partial(open, path, "rb")) for path in paths]
-    images = decode_images(entries, resolution, policy)
+    images = decode_images(entries, resolution, policy, allocate)
     return images, _folder_labels(root, [path.relative_to(root).as_posix() for path in paths])
 
 

@@ -17,6 +17,7 @@ from denoiserlab.data.builtin import BUILTIN_NAMES, read_builtin
 from denoiserlab.data.cifar10 import FOLDER_NAME, is_cifar10_folder, read_cifar10_folder, read_cifar10_tar
 from denoiserlab.data.edm_zip import read_edm_zip
 from denoiserlab.data.idx import is_idx_folder, is_idx_name, read_idx_images_file, read_mnist_family
+from denoiserlab.data.image_files import Allocate, allocate_in_memory
 from denoiserlab.data.image_folder import read_image_folder
 from denoiserlab.data.npz import read_npz
 from denoiserlab.data.splits import check_split
@@ -25,11 +26,12 @@ from denoiserlab.errors import DenoiserLabError
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
-def read_source(source: str | Path, split: str, resolution: int | None = None,
-                policy: str = "pad") -> tuple[np.ndarray, np.ndarray | None, str]:
+def read_source(source: str | Path, split: str, resolution: int | None = None, policy: str = "pad",
+                allocate: Allocate = allocate_in_memory) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Read `source` for `split`; returns (uint8 [N, C, H, W], int64 labels [N] or None, name 'source/split').
 
-    `resolution` and `policy` reach only the image readers (folders, zips), whose files may differ in size.
+    `resolution`, `policy` and `allocate` (where decoded images go) reach only the image readers (folders,
+    zips), whose files may differ in size and whose decoded pixels may not fit in memory.
     """
     check_split(split)
     if str(source) in BUILTIN_NAMES:
@@ -41,17 +43,18 @@ def read_source(source: str | Path, split: str, resolution: int | None = None,
             f"unknown dataset {str(source)!r}: not a built-in name ({', '.join(BUILTIN_NAMES)}) "
             f"and no file or folder at {path.absolute()}"
         )
-    images, labels = _read_path(path, split, resolution, policy)
+    images, labels = _read_path(path, split, resolution, policy, allocate)
     return images, labels, f"{path.name}/{split}"
 
 
-def _read_path(path: Path, split: str, resolution: int | None, policy: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_path(path: Path, split: str, resolution: int | None, policy: str,
+               allocate: Allocate) -> tuple[np.ndarray, np.ndarray | None]:
     """Dispatch a path to the reader for its format."""
     if path.is_dir():
-        return _read_folder(path, split, resolution, policy)
+        return _read_folder(path, split, resolution, policy, allocate)
     name = path.name.lower()
     if name.endswith(".zip"):
-        return read_edm_zip(path, split, resolution, policy)
+        return read_edm_zip(path, split, resolution, policy, allocate)
     if name.endswith(".npz"):
         return read_npz(path, split)
     if name.endswith(_TAR_SUFFIXES):
@@ -64,7 +67,8 @@ def _read_path(path: Path, split: str, resolution: int | None, policy: str) -> t
     )
 
 
-def _read_folder(folder: Path, split: str, resolution: int | None, policy: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_folder(folder: Path, split: str, resolution: int | None, policy: str,
+                 allocate: Allocate) -> tuple[np.ndarray, np.ndarray | None]:
     """IDX folder, CIFAR-10 batches folder, or a folder of images."""
     if is_idx_folder(folder):
         return read_mnist_family(folder, split)
@@ -72,4 +76,4 @@ def _read_folder(folder: Path, split: str, resolution: int | None, policy: str) 
         return read_cifar10_folder(folder, split)
     if is_cifar10_folder(folder / FOLDER_NAME):
         return read_cifar10_folder(folder / FOLDER_NAME, split)
-    return read_image_folder(folder, split, resolution, policy)
+    return read_image_folder(folder, split, resolution, policy, allocate)
