@@ -1,0 +1,162 @@
+"""PSPC-Square: the Patch Set Posterior Composite over all s x s crops (Niedoba et al. 2025, sections 4-5).
+
+Every s x s crop C of the image (stride 1, no padding) gets its own empirical posterior mean over the co-located
+crops of the N training images, softmax_n(-|C z - C x_n|^2 / (2 sigma^2)); each output pixel is the average of
+the posterior means of the crops that contain it. With s = H = W this is the optimal denoiser.
+
+Fast and exact: every crop distance is a window sum of one per-pixel squared-difference map d_n = sum_c (z - x_n)^2,
+so all crop distances come from one box filter (`box_filter.py`), and the composite is
+sum_n x_n * (transposed box filter of the normalised crop weights of n) / (crops per pixel): O(B N H W) for any s.
+Two streaming passes over the training set: per-crop log normalisers, then the weighted sums. The CPU default is
+the fused C kernel (`square_kernel.py`); the eager PyTorch path below is the readable reference and runs anywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers import square_kernel
+from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
+from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
+from denoiserlab.denoisers.training_set import training_images
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+
+KERNELS = ("auto", "compiled", "eager")
+
+
+@dataclass(frozen=True)
+class PSPCSquareConfig:
+    patch_size: int | Callable[[float], int] = 3  # crop side in pixels, or a schedule sigma -> side (PatchSchedule)
+    xflip: bool = False  # also use the horizontal flip of every training image
+    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled on CPU if it builds
+    chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB of float32)
+
+    def __post_init__(self):
+        if not callable(self.patch_size):
+            check_patch_size(self.patch_size)
+        if self.kernel not in KERNELS:
+            raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+def check_patch_size(patch_size: object) -> int:
+    """A patch size must be an int >= 1; returns it."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+        raise DenoiserLabError(f"patch size must be an int >= 1 or a schedule sigma -> int, got {patch_size!r}")
+    if patch_size < 1:
+        raise DenoiserLabError(f"patch size must be >= 1, got {patch_size}")
+    return patch_size
+
+
+class PSPCSquare:
+    """PSPC-Square denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their patch size)."""
+
+    config_class = PSPCSquareConfig
+
+    def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], xflip: bool = False,
+                 kernel: str = "auto", chunk_size: int | None = None):
+        self.config = PSPCSquareConfig(patch_size=patch_size, xflip=xflip, kernel=kernel, chunk_size=chunk_size)
+        self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
+        self.image_shape_ = tuple(self.images_.shape[1:])
+        self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+        self._on_device = {}
+
+    def patch_size_at(self, sigma: float) -> int:
+        """The crop side used at noise level sigma, clamped to the image size."""
+        size = self.config.patch_size(sigma) if callable(self.config.patch_size) else self.config.patch_size
+        return min(check_patch_size(size), *self.image_shape_[1:])
+
+    def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """x: [B, C, H, W]; sigma: float or [B]; returns the PSPC-Square estimate of x0, shape/dtype/device of x."""
+        check_images(x)
+        check_same_image_shape(x, self.image_shape_)
+        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sizes = torch.tensor([self.patch_size_at(value) for value in sigma.tolist()])
+        out = torch.empty_like(x)
+        for size in sizes.unique().tolist():
+            group = (sizes == size).nonzero().flatten().to(x.device)
+            out[group] = self.composite(x[group], sigma[group], size).to(x.dtype)
+        return out
+
+    def composite(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
+        """The composite for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
+        if self._use_compiled(x.device):
+            return self._composite_compiled(x, sigma, size)
+        return square_composite(x, sigma, self._images_on(x.device), size, self.config.chunk_size)
+
+    def _use_compiled(self, device: torch.device) -> bool:
+        """Whether this call goes to the C kernel (CPU only; "auto" falls back to eager with a warning)."""
+        if self.config.kernel == "eager" or device.type != "cpu":
+            if self.config.kernel == "compiled":
+                raise DenoiserLabError(f"kernel='compiled' runs on CPU only, got a tensor on {device}")
+            return False
+        try:
+            square_kernel.load_library()
+        except square_kernel.KernelUnavailable as error:
+            if self.config.kernel == "compiled":
+                raise
+            warnings.warn(f"{error}; PSPC-Square falls back to the slower eager path", stacklevel=3)
+            self.config = PSPCSquareConfig(**{**self.config.__dict__, "kernel": "eager"})
+            return False
+        return True
+
+    def _composite_compiled(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
+        if self.lanes_ is None:
+            self.lanes_ = square_kernel.training_lanes(self.images_)
+        inv_two_var = 1.0 / (2.0 * sigma**2)
+        n_train, threads = self.images_.shape[0], torch.get_num_threads()
+        args = (x, self.lanes_, n_train, inv_two_var, size)
+        log_normalisers = square_kernel.square_log_normalisers_compiled(*args, threads)
+        numerators = square_kernel.square_numerators_compiled(*args, log_normalisers, threads)
+        return numerators / windows_per_pixel(*x.shape[2:], size)
+
+    def _images_on(self, device: torch.device) -> Tensor:
+        """The training images on `device` (copied once per device)."""
+        if device.type == "cpu":
+            return self.images_
+        if device not in self._on_device:
+            self._on_device[device] = self.images_.to(device)
+        return self._on_device[device]
+
+
+def default_square_chunk(batch: int, image_shape: tuple[int, ...], bytes_per_chunk: int = 1 << 25) -> int:
+    """Training images per chunk so that a float32 [B, n, C, H, W] intermediate is about `bytes_per_chunk`."""
+    per_image = 4 * batch * image_shape[0] * image_shape[1] * image_shape[2]
+    return max(1, bytes_per_chunk // per_image)
+
+
+def crop_logits(queries: Tensor, train_chunk: Tensor, inv_two_var: Tensor, size: int) -> Tensor:
+    """-|C z_b - C x_n|^2 / (2 sigma_b^2) for every size x size crop C: [B, C, H, W], [n, C, H, W] -> [B, n, P1, P2]."""
+    pixel_distances = (queries[:, None] - train_chunk[None]).square().sum(2)  # [B, n, H, W], per-pixel differences
+    return -box_sums(pixel_distances, size) * inv_two_var[:, None, None, None]
+
+
+def square_composite(x: Tensor, sigma: Tensor, train: Tensor, size: int, chunk_size: int | None = None) -> Tensor:
+    """Eager PSPC-Square composite (float32 work, float64 sums). x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W].
+
+    Pass 1 streams the per-crop log normalisers over chunks of the training set; pass 2 streams
+    sum_n x_n * box_sums_transposed(exp(logits_n - log_normaliser)). Returns float64 [B, C, H, W].
+    """
+    queries = x.float()
+    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).float()
+    chunk_size = chunk_size or default_square_chunk(x.shape[0], tuple(x.shape[1:]))
+
+    def logit_chunks() -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, train.shape[0], chunk_size):
+            chunk = train[start : start + chunk_size]
+            yield chunk, crop_logits(queries, chunk, inv_two_var, size)
+
+    log_normalisers = streaming_log_normaliser(logits for _, logits in logit_chunks()).float()  # [B, P1, P2]
+    numerators = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    for chunk, logits in logit_chunks():
+        pixel_weights = box_sums_transposed(torch.exp(logits - log_normalisers[:, None]), size)  # [B, n, H, W]
+        numerators += torch.einsum("bnhw,nchw->bchw", pixel_weights, chunk).double()
+    return numerators / windows_per_pixel(*x.shape[2:], size, device=x.device)
