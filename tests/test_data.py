@@ -88,6 +88,11 @@ def test_vendored_subset_equals_full_set_at_its_source_indices(full_fashion_mnis
         assert torch.equal(vendored.labels, full.labels[index])
 
 
+def test_vendored_file_loads_by_path_as_an_npz_with_split_keys():
+    by_path, by_name = load(VENDORED_FASHION_MNIST, split="test"), load("fashion-mnist", split="test")
+    assert torch.equal(by_path.uint8, by_name.uint8) and torch.equal(by_path.labels, by_name.labels)
+
+
 def test_full_fashion_mnist_missing_says_how_to_install(monkeypatch, tmp_path):
     from denoiserlab.data import builtin
 
@@ -282,6 +287,15 @@ def test_image_folder_is_decoded_straight_into_the_cache_file(tmp_path, monkeypa
     with pytest.raises(DenoiserLabError, match="differ in size"):
         load(folder, cache_dir=tmp_path / "cache")
     assert not [file for file in (tmp_path / "cache").iterdir() if file.name.endswith(".tmp")]
+
+
+def test_cache_inside_the_image_folder_keeps_its_key(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "a.png")
+    for _ in range(2):
+        assert len(load(tmp_path, cache_dir=tmp_path / "cache")) == 1
+    assert len([file for file in (tmp_path / "cache").iterdir() if file.name.endswith(".json")]) == 1
 
 
 def test_corrupt_cache_entry_says_delete_it(labelled_npz, tmp_path):

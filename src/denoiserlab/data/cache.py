@@ -32,28 +32,37 @@ def read_source_cached(source: str | Path, split: str, resolution: int | None, p
     can be cached. The images array is opened with mmap_mode='c' (copy-on-write): pages are read lazily from
     disk and the file is never modified, even if a caller writes to the array.
     """
-    stem = Path(cache_dir) / cache_stem(source, split, resolution, policy)
+    stem = Path(cache_dir) / _cache_stem(source, split, resolution, policy, cache_dir)
     if not _entry_file(stem, ".npy").is_file():
         _build_entry(stem, source, split, resolution, policy)
     return _open_entry(stem)
 
 
-def cache_stem(source: str | Path, split: str, resolution: int | None, policy: str) -> str:
+def _cache_stem(source: str | Path, split: str, resolution: int | None, policy: str, cache_dir: str | Path) -> str:
     """File name stem '<source name>-<split>-<hash>' of a cache entry."""
-    key = {"version": CACHE_FORMAT_VERSION, "source": _source_fingerprint(source), "split": split,
+    key = {"version": CACHE_FORMAT_VERSION, "source": _source_fingerprint(source, Path(cache_dir)), "split": split,
            "resolution": resolution, "policy": policy if resolution is not None else None}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     label = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(str(source)).name) or "source"
     return f"{label}-{split}-{digest}"
 
 
-def _source_fingerprint(source: str | Path) -> list:
-    """What identifies a source's content: its name or absolute path, and (name, size, mtime) of its files."""
-    path = builtin_files(str(source)) if str(source) in BUILTIN_NAMES else Path(source).expanduser().absolute()
-    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.exists() else []
-    listing = [[file.relative_to(path).as_posix() if path.is_dir() else file.name, *_size_and_mtime(file)]
-               for file in files if file.is_file()]
-    return [str(source) if str(source) in BUILTIN_NAMES else str(path), listing]
+def _source_fingerprint(source: str | Path, cache_dir: Path) -> list:
+    """What identifies a source's content: its built-in name or absolute path, and its file listing."""
+    if str(source) in BUILTIN_NAMES:
+        return [str(source), _file_listing(builtin_files(str(source)), cache_dir)]
+    path = Path(source).expanduser().absolute()
+    return [str(path), _file_listing(path, cache_dir)]
+
+
+def _file_listing(path: Path, cache_dir: Path) -> list:
+    """[relative name, size, mtime] of the file at path or of every file under it, leaving out cache_dir's
+    files, so a cache kept inside an image folder does not change that folder's key."""
+    if path.is_file():
+        return [[path.name, *_size_and_mtime(path)]]
+    cache_dir = cache_dir.expanduser().absolute()
+    return [[file.relative_to(path).as_posix(), *_size_and_mtime(file)] for file in sorted(path.rglob("*"))
+            if file.is_file() and cache_dir not in file.parents]
 
 
 def _size_and_mtime(file: Path) -> tuple[int, int]:
@@ -130,7 +139,9 @@ def _open_entry(stem: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
         images = np.load(images_path, mmap_mode="c")
         labels = np.load(_entry_file(stem, ".labels.npy")) if metadata["has_labels"] else None
     except (OSError, ValueError, KeyError) as error:
-        raise DenoiserLabError(f"dataset cache entry {images_path} is unreadable ({error}); delete it to rebuild") from None
+        raise DenoiserLabError(
+            f"dataset cache entry {images_path} is unreadable ({error}); delete it to rebuild"
+        ) from None
     if images.dtype != np.uint8 or list(images.shape) != metadata["shape"]:
         raise DenoiserLabError(f"dataset cache entry {images_path} does not match its metadata; delete it to rebuild")
     return images, labels, metadata["name"]

@@ -89,7 +89,7 @@ def _parse_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(batch, dict):
         raise DenoiserLabError(f"{where} is not a CIFAR-10 batch (a pickled dict), got {type(batch).__name__}")
     data, labels = _batch_value(batch, "data", where), _batch_value(batch, "labels", where)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * _SIDE**2):
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3 * _SIDE**2,)):
         raise DenoiserLabError(f"{where}: 'data' must be a uint8 array [n, 3072], got {_describe(data)}")
     labels = np.asarray(labels)
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):

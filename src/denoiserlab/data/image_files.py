@@ -72,7 +72,9 @@ def _read_header(entry: ImageEntry) -> tuple[str, tuple[int, int]]:
     except _DECODE_ERRORS as error:
         raise DenoiserLabError(f"cannot read image {entry.where}: {error}") from None
     if mode not in GREY_MODES + COLOUR_MODES:
-        raise DenoiserLabError(f"unsupported image mode {mode!r} in {entry.where}; supported: 8-bit grey, RGB, RGBA, palette")
+        raise DenoiserLabError(
+            f"unsupported image mode {mode!r} in {entry.where}; supported: 8-bit grey, RGB, RGBA, palette"
+        )
     return mode, size
 
 

@@ -44,7 +44,9 @@ def _split_root(folder: Path, split: str) -> Path:
         require_train_split(split, f"folder {folder}")
         return folder
     if not (folder / split).is_dir():
-        raise DenoiserLabError(f"folder {folder} is split into train/ and test/ subfolders but has no {split}/ subfolder")
+        raise DenoiserLabError(
+            f"folder {folder} is split into train/ and test/ subfolders but has no {split}/ subfolder"
+        )
     return folder / split
 
 

@@ -14,7 +14,9 @@ def parse_labels_json(text: bytes | str, where: str) -> dict[str, int] | None:
     try:
         labels = json.loads(text)["labels"]
     except (ValueError, KeyError, TypeError) as error:
-        raise DenoiserLabError(f'{where} is not a dataset.json of the form {{"labels": [[name, label], ...]}}: {error!r}') from None
+        raise DenoiserLabError(
+            f'{where} is not a dataset.json of the form {{"labels": [[name, label], ...]}}: {error!r}'
+        ) from None
     if labels is None:
         return None
     try:

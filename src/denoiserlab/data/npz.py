@@ -41,7 +41,8 @@ def _keys(keys: list[str], split: str, path: Path) -> tuple[str, str | None]:
     candidates = ["images"] if "images" in keys else [key for key in keys if key != "labels"]
     if len(candidates) != 1:
         raise DenoiserLabError(
-            f"{path} must hold an 'images' array, or one array besides 'labels'; it holds: {', '.join(keys) or 'nothing'}"
+            f"{path} must hold an 'images' array, or one array besides 'labels'; "
+            f"it holds: {', '.join(keys) or 'nothing'}"
         )
     return candidates[0], "labels" if "labels" in keys else None
 
@@ -71,5 +72,7 @@ def _check_labels(labels: np.ndarray | None, n_images: int, where: str) -> np.nd
     if labels is None:
         return None
     if labels.shape != (n_images,) or not np.issubdtype(labels.dtype, np.integer):
-        raise DenoiserLabError(f"{where} must be {n_images} integer labels, got {labels.dtype} array of shape {labels.shape}")
+        raise DenoiserLabError(
+            f"{where} must be {n_images} integer labels, got {labels.dtype} array of shape {labels.shape}"
+        )
     return labels.astype(np.int64)
