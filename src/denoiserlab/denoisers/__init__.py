@@ -9,11 +9,18 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.gaussian import GaussianDenoiser
 from denoiserlab.denoisers.optimal import OptimalDenoiser
+from denoiserlab.denoisers.flex_masks import HeatmapMasks, flex_masks, load_masks
+from denoiserlab.denoisers.patch_posterior import patch_posterior, square_crop
+from denoiserlab.denoisers.pspc_flex import PSPCFlex
+from denoiserlab.denoisers.pspc_square import PSPCSquare
+from denoiserlab.denoisers.schedules import PatchSchedule, ThresholdSchedule, load_schedule
 from denoiserlab.errors import DenoiserLabError
 
 REGISTRY = {
     "optimal": OptimalDenoiser,
     "gaussian": GaussianDenoiser,
+    "pspc_square": PSPCSquare,
+    "pspc_flex": PSPCFlex,
 }
 
 
@@ -29,4 +36,6 @@ def create(name: str, train: Tensor | ImageSet, **options):
     return cls(train, **options)
 
 
-__all__ = ["REGISTRY", "create", "OptimalDenoiser", "GaussianDenoiser"]
+__all__ = ["REGISTRY", "create", "OptimalDenoiser", "GaussianDenoiser", "PSPCSquare", "PSPCFlex", "PatchSchedule",
+           "ThresholdSchedule", "load_schedule", "flex_masks", "load_masks", "HeatmapMasks", "patch_posterior",
+           "square_crop"]

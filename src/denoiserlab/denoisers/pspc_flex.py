@@ -1,0 +1,170 @@
+"""PSPC-Flex: the Patch Set Posterior Composite over arbitrary crops (Niedoba et al. 2025, section 5).
+
+Crops are spatial bool masks [K, H, W] (applied to every channel), usually one per output pixel from gradient
+heatmaps (`flex_masks.py`). Each crop gets its empirical posterior mean over the co-located crops of the training
+images; each output pixel is the average over the crops that contain it (duplicated crops count as often as they
+occur); pixels covered by no crop keep the noisy input value.
+
+Fast and exact: with d_n the per-pixel squared differences sum_c (z - x_n)^2 ([B, n, H*W], never the
+|a|^2 - 2ab + |b|^2 expansion), all crop distances are one GEMM d_n @ masks^T (a sum of non-negative terms, so no
+cancellation in float32), and the composite is sum_n x_n * (weights_n @ masks), a second GEMM; identical masks are
+merged first (lambda = 1 is a single full-image crop). Two streaming passes over the training set with an exact
+log-sum-exp; the logits of pass 1 are kept for pass 2 when they fit in LOGIT_CACHE_BYTES.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
+from denoiserlab.denoisers.training_set import training_images
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+
+LOGIT_CACHE_BYTES = 1 << 28  # keep pass-1 logits for pass 2 up to this size, else recompute them
+
+
+@dataclass(frozen=True)
+class PSPCFlexConfig:
+    masks: Tensor | Callable[[float], Tensor]  # bool [K, H, W] crops, or a schedule sigma -> such a tensor
+    xflip: bool = False  # also use the horizontal flip of every training image
+    chunk_size: int | None = None  # training images per chunk (None: about 32 MiB of float32 pixel distances)
+
+    def __post_init__(self):
+        if not callable(self.masks) and not isinstance(self.masks, Tensor):
+            raise DenoiserLabError(f"masks must be a bool tensor [K, H, W] or a callable sigma -> masks, got {type(self.masks).__name__}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+@dataclass(frozen=True)
+class CropSet:
+    """Distinct crops of one mask tensor: `masks` float32 [U, H*W] (0/1), `counts` float32 [U] multiplicities."""
+
+    masks: Tensor
+    counts: Tensor
+
+    @property
+    def coverage(self) -> Tensor:
+        """How many of the original crops contain each pixel: [H*W]."""
+        return self.counts @ self.masks
+
+    def to(self, device: torch.device) -> "CropSet":
+        return CropSet(self.masks.to(device), self.counts.to(device))
+
+
+def check_masks(masks: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Check a crop tensor: bool [K, H, W], K >= 1, (H, W) the image size, no empty crop. Returns it."""
+    if not isinstance(masks, Tensor):
+        raise DenoiserLabError(f"masks must be a bool tensor [K, H, W], got {type(masks).__name__}")
+    if masks.dtype != torch.bool:
+        raise DenoiserLabError(f"masks must have dtype torch.bool, got {masks.dtype}")
+    if masks.ndim != 3 or masks.shape[0] == 0:
+        raise DenoiserLabError(f"masks must have shape [K, H, W] with K >= 1, got shape {tuple(masks.shape)}")
+    if tuple(masks.shape[1:]) != tuple(image_size):
+        raise DenoiserLabError(f"masks have size [H, W] = {list(masks.shape[1:])} but the images have {list(image_size)}")
+    empty = (~masks.flatten(1).any(1)).nonzero().flatten()
+    if len(empty):
+        raise DenoiserLabError(f"mask {empty[0].item()} is empty (covers no pixel); {len(empty)} empty mask(s) in all")
+    return masks
+
+
+def unique_crops(masks: Tensor) -> CropSet:
+    """Merge identical crops of a bool [K, H, W] tensor into a CropSet."""
+    unique, counts = torch.unique(masks.flatten(1), dim=0, return_counts=True)
+    return CropSet(unique.float(), counts.float())
+
+
+class PSPCFlex:
+    """PSPC-Flex denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their mask tensor)."""
+
+    config_class = PSPCFlexConfig
+
+    def __init__(self, train: Tensor | ImageSet, masks: Tensor | Callable[[float], Tensor], xflip: bool = False,
+                 chunk_size: int | None = None):
+        self.config = PSPCFlexConfig(masks=masks, xflip=xflip, chunk_size=chunk_size)
+        self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
+        self.image_shape_ = tuple(self.images_.shape[1:])
+        if isinstance(masks, Tensor):
+            check_masks(masks, self.image_shape_[1:])
+        self._crop_sets = []  # (mask tensor, CropSet) pairs seen so far
+        self._on_device = {}
+
+    def masks_at(self, sigma: float) -> Tensor:
+        """The checked bool [K, H, W] crops used at noise level sigma."""
+        masks = self.config.masks(sigma) if callable(self.config.masks) else self.config.masks
+        return check_masks(masks, self.image_shape_[1:])
+
+    def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """x: [B, C, H, W]; sigma: float or [B]; returns the PSPC-Flex estimate of x0, shape/dtype/device of x."""
+        check_images(x)
+        check_same_image_shape(x, self.image_shape_)
+        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        group_of_sample = [self._crop_set_index(self.masks_at(value)) for value in sigma.tolist()]
+        out = torch.empty_like(x)
+        for index in sorted(set(group_of_sample)):
+            group = torch.tensor([i for i, g in enumerate(group_of_sample) if g == index], device=x.device)
+            crops = self._crop_sets[index][1].to(x.device)
+            out[group] = flex_composite(x[group], sigma[group], self._images_on(x.device), crops,
+                                        self.config.chunk_size).to(x.dtype)
+        return out
+
+    def _crop_set_index(self, masks: Tensor) -> int:
+        """Index into the cache of deduplicated crop sets; the same (or an equal) mask tensor reuses its entry."""
+        for index, (seen, _) in enumerate(self._crop_sets):
+            if seen is masks or (seen.shape == masks.shape and torch.equal(seen, masks.to(seen.device))):
+                return index
+        self._crop_sets.append((masks, unique_crops(masks.cpu())))
+        return len(self._crop_sets) - 1
+
+    def _images_on(self, device: torch.device) -> Tensor:
+        """The training images on `device` (copied once per device)."""
+        if device.type == "cpu":
+            return self.images_
+        if device not in self._on_device:
+            self._on_device[device] = self.images_.to(device)
+        return self._on_device[device]
+
+
+def default_flex_chunk(batch: int, n_pixels: int, n_crops: int, bytes_per_chunk: int = 1 << 25) -> int:
+    """Training images per chunk so that the float32 [B, n, max(H*W, U)] intermediates are about `bytes_per_chunk`."""
+    return max(1, bytes_per_chunk // (4 * batch * max(n_pixels, n_crops)))
+
+
+def flex_composite(x: Tensor, sigma: Tensor, train: Tensor, crops: CropSet, chunk_size: int | None = None) -> Tensor:
+    """PSPC-Flex composite. x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W]; returns float64 [B, C, H, W]."""
+    queries = x.float().flatten(2)  # [B, C, H*W]
+    train_pixels = train.flatten(2)  # [N, C, H*W]
+    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).float()
+    chunk_size = chunk_size or default_flex_chunk(x.shape[0], queries.shape[2], crops.masks.shape[0])
+    starts = range(0, train.shape[0], chunk_size)
+    keep = 4 * x.shape[0] * train.shape[0] * crops.masks.shape[0] <= LOGIT_CACHE_BYTES
+
+    def logits_of(start: int) -> Tensor:
+        chunk = train_pixels[start : start + chunk_size]
+        pixel_distances = (queries[:, None] - chunk[None]).square().sum(2)  # [B, n, H*W]
+        return -(pixel_distances @ crops.masks.T) * inv_two_var[:, None, None]  # [B, n, U]
+
+    kept = {}
+
+    def pass_one_logits(start: int) -> Tensor:
+        logits = logits_of(start)
+        if keep:
+            kept[start] = logits
+        return logits
+
+    log_normalisers = streaming_log_normaliser(pass_one_logits(start) for start in starts).float()  # [B, U]
+    crop_weights = crops.masks * crops.counts[:, None]  # [U, H*W], each crop as often as it occurs
+    numerators = torch.zeros(queries.shape, dtype=torch.float64, device=x.device)
+    for start in starts:
+        logits = kept.pop(start) if keep else logits_of(start)
+        pixel_weights = torch.exp(logits - log_normalisers[:, None]) @ crop_weights  # [B, n, H*W]
+        numerators += torch.einsum("bnp,ncp->bcp", pixel_weights, train_pixels[start : start + chunk_size]).double()
+    coverage = crops.coverage.double()
+    composite = torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double().flatten(2))
+    return composite.reshape(x.shape)

@@ -1,0 +1,157 @@
+"""Schedules sigma -> patch size (PSPC-Square) or sigma -> threshold lambda (PSPC-Flex) over an EDM grid.
+
+A schedule is a list of values, one per point of the EDM grid `edm_sigmas(len(values), sigma_min, sigma_max, rho)`
+(high sigma -> low sigma); at any sigma it returns the value of the grid point nearest in sigma itself (not in
+log sigma), as the reference implementation does (plai-group/pspc: argmin |t_grid - t|); on an exact tie the
+higher-sigma point wins. The paper's CIFAR-10 lists (18-step grid) are built in. Files: TOML or JSON by suffix,
+with the keys kind ("patch_size" or "threshold"), values, sigma_min, sigma_max, rho.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import tomli_w
+
+from denoiserlab.diffusion.sigmas import edm_sigmas
+from denoiserlab.errors import DenoiserLabError
+
+CIFAR10_PATCH_SIZES = (32, 32, 32, 32, 32, 32, 32, 23, 15, 11, 7, 5, 3, 3, 3, 3, 3, 3)
+CIFAR10_THRESHOLDS = (1, 1, 1, 1, 1, 1, 1, 0.7, 0.7, 0.5, 0.4, 0.4, 0.4, 0.4, 0.3, 0.3, 0.3, 0.3)
+FILE_KEYS = ("kind", "values", "sigma_min", "sigma_max", "rho")
+
+
+@dataclass(frozen=True)
+class GridSchedule:
+    """Values on an EDM grid, high sigma first; calling it at sigma gives the value of the nearest grid point."""
+
+    values: tuple  # one value per grid point, high sigma -> low sigma
+    sigma_min: float = 0.002  # lowest grid sigma
+    sigma_max: float = 80.0  # highest grid sigma
+    rho: float = 7.0  # EDM grid exponent (Karras et al. 2022, eq. 5)
+    kind: ClassVar[str] = ""
+
+    def __post_init__(self):
+        if len(self.values) == 0:
+            raise DenoiserLabError(f"a {self.kind} schedule needs at least one value, got none")
+        object.__setattr__(self, "values", tuple(self.check_value(value) for value in self.values))
+        edm_sigmas(len(self.values), self.sigma_min, self.sigma_max, self.rho)  # checks the grid parameters
+
+    @staticmethod
+    def check_value(value):
+        raise NotImplementedError
+
+    def sigmas(self) -> list[float]:
+        """The grid, float sigmas high -> low, one per value."""
+        return edm_sigmas(len(self.values), self.sigma_min, self.sigma_max, self.rho).tolist()
+
+    def __call__(self, sigma: float):
+        """The value at the grid point nearest to sigma (in sigma, not log sigma)."""
+        sigma = float(sigma)
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise DenoiserLabError(f"sigma must be > 0 and finite, got {sigma}")
+        distances = [abs(grid_sigma - sigma) for grid_sigma in self.sigmas()]
+        return self.values[distances.index(min(distances))]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self), "values": list(self.values)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the schedule as TOML (.toml) or JSON (.json)."""
+        path = Path(path)
+        if path.suffix == ".toml":
+            path.write_text(tomli_w.dumps(self.to_dict()))
+        elif path.suffix == ".json":
+            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        else:
+            raise DenoiserLabError(f"schedule files end in .toml or .json, got {str(path)!r}")
+        return path
+
+
+@dataclass(frozen=True)
+class PatchSchedule(GridSchedule):
+    """sigma -> PSPC-Square patch size (an int >= 1; PSPCSquare clamps it to the image size)."""
+
+    kind: ClassVar[str] = "patch_size"
+
+    @staticmethod
+    def check_value(value) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DenoiserLabError(f"patch sizes must be ints >= 1, got {value!r}")
+        return value
+
+    @classmethod
+    def cifar10(cls) -> "PatchSchedule":
+        """The paper's CIFAR-10 patch sizes on the 18-step EDM grid."""
+        return cls(CIFAR10_PATCH_SIZES)
+
+
+@dataclass(frozen=True)
+class ThresholdSchedule(GridSchedule):
+    """sigma -> PSPC-Flex heatmap threshold lambda in (0, 1] (see `flex_masks`)."""
+
+    kind: ClassVar[str] = "threshold"
+
+    @staticmethod
+    def check_value(value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise DenoiserLabError(f"thresholds must be numbers in (0, 1], got {value!r}")
+        return float(value)
+
+    @classmethod
+    def cifar10(cls) -> "ThresholdSchedule":
+        """The paper's CIFAR-10 thresholds on the 18-step EDM grid."""
+        return cls(CIFAR10_THRESHOLDS)
+
+
+SCHEDULE_KINDS = {cls.kind: cls for cls in (PatchSchedule, ThresholdSchedule)}
+
+
+def read_schedule_file(path: str | Path) -> dict:
+    """The raw key/value table of a .toml or .json schedule file, keys checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise DenoiserLabError(f"schedule file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".toml":
+            table = tomllib.loads(path.read_text())
+        elif path.suffix == ".json":
+            table = json.loads(path.read_text())
+        else:
+            raise DenoiserLabError(f"schedule files end in .toml or .json, got {str(path)!r}")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise DenoiserLabError(f"cannot parse schedule file {str(path)!r}: {error}") from None
+    if not isinstance(table, dict):
+        raise DenoiserLabError(f"schedule file {str(path)!r} must hold a table of keys {FILE_KEYS}")
+    unknown = sorted(set(table) - set(FILE_KEYS))
+    if unknown:
+        raise DenoiserLabError(f"unknown key(s) {unknown} in schedule file {str(path)!r}; allowed keys: {list(FILE_KEYS)}")
+    for key in ("kind", "values"):
+        if key not in table:
+            raise DenoiserLabError(f"schedule file {str(path)!r} lacks the key {key!r}")
+    if table["kind"] not in SCHEDULE_KINDS:
+        raise DenoiserLabError(f"kind in schedule file {str(path)!r} must be one of {list(SCHEDULE_KINDS)}, got {table['kind']!r}")
+    if not isinstance(table["values"], list):
+        raise DenoiserLabError(f"values in schedule file {str(path)!r} must be a list, got {table['values']!r}")
+    return table
+
+
+def load_schedule(name_or_path: str | Path, kind: str = "patch_size") -> GridSchedule:
+    """A built-in schedule ('cifar10') of the given kind, or a schedule file (whose kind must match `kind`)."""
+    if kind not in SCHEDULE_KINDS:
+        raise DenoiserLabError(f"kind must be one of {list(SCHEDULE_KINDS)}, got {kind!r}")
+    if str(name_or_path) == "cifar10":
+        return SCHEDULE_KINDS[kind].cifar10()
+    table = read_schedule_file(name_or_path)
+    if table["kind"] != kind:
+        raise DenoiserLabError(f"schedule file {str(name_or_path)!r} holds a {table['kind']!r} schedule, expected {kind!r}")
+    options = {key: table[key] for key in ("sigma_min", "sigma_max", "rho") if key in table}
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DenoiserLabError(f"{key} in schedule file {str(name_or_path)!r} must be a number, got {value!r}")
+    return SCHEDULE_KINDS[kind](tuple(table["values"]), **{key: float(value) for key, value in options.items()})
