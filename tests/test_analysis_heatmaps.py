@@ -1,0 +1,124 @@
+"""Gradient heatmaps (PSPC eq. 8) against closed-form Jacobians and a per-sample float64 Jacobian loop;
+heatmap extent against a sorting loop."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from denoiserlab.analysis import gaussian_linear_map, gradient_heatmaps, heatmap_extent
+from denoiserlab.analysis.noisy_inputs import noisy_batches
+from denoiserlab.denoisers import GaussianDenoiser, OptimalDenoiser
+from denoiserlab.errors import DenoiserLabError
+
+KERNEL = torch.randn(3, 3, 3, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64) / 4
+
+
+def mixing_denoiser(x, sigma):
+    """Nonlinear, mixes channels and neighbouring pixels, treats samples independently."""
+    kernel = KERNEL.to(x.dtype)
+    return torch.tanh(F.conv2d(x, kernel, padding=1)) / (1 + sigma) + x * torch.sigmoid(x.mean(1, keepdim=True))
+
+
+def readings_from_jacobians(jacobians, channels, height, width):
+    """Explicit sums over channels of |J| for a list of [C*H*W, C*H*W] Jacobians: (same, all) [H, W, H, W]."""
+    same = torch.zeros(height, width, height, width, dtype=torch.float64)
+    every = torch.zeros_like(same)
+    for jacobian in jacobians:
+        blocks = jacobian.abs().reshape(channels, height, width, channels, height, width)
+        for c_out in range(channels):
+            for c_in in range(channels):
+                every += blocks[c_out, :, :, c_in]
+                if c_in == c_out:
+                    same += blocks[c_out, :, :, c_in]
+    return same / len(jacobians), every / len(jacobians)
+
+
+def test_gaussian_heatmap_is_the_closed_form_jacobian(tiny_rgb_train):
+    images = tiny_rgb_train.double()
+    den = GaussianDenoiser(tiny_rgb_train, cache=False)
+    maps = gradient_heatmaps(den, images, 0.8, n_samples=3, batch_size=2, products_per_pass=16)
+    weight, _ = gaussian_linear_map(den, 0.8)  # the Jacobian at every z
+    same, every = readings_from_jacobians([weight], 3, 5, 5)
+    assert maps.same_channel.shape == (5, 5, 5, 5) and maps.n_samples == 3
+    assert torch.allclose(maps.same_channel, same, atol=1e-12)
+    assert torch.allclose(maps.all_channels, every, atol=1e-12)
+
+
+def test_nonlinear_heatmap_matches_per_sample_jacobian_loop(tiny_rgb_train):
+    sigma, n_samples, batch_size = 0.5, 5, 3
+    maps = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, sigma, n_samples, seed=2, batch_size=batch_size,
+                             products_per_pass=7)  # 75 products in passes of 7: a ragged last pass
+    jacobians = []
+    for z in torch.cat(list(noisy_batches(tiny_rgb_train, sigma, n_samples, batch_size, 2))).double():
+        jacobian = torch.autograd.functional.jacobian(lambda v: mixing_denoiser(v.reshape(1, 3, 5, 5), sigma)
+                                                      .flatten(), z.flatten())
+        jacobians.append(jacobian)
+    same, every = readings_from_jacobians(jacobians, 3, 5, 5)
+    assert torch.allclose(maps.same_channel, same, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(maps.all_channels, every, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(same, every)  # channels really mix
+
+
+def test_optimal_heatmap_is_posterior_covariance_over_sigma_squared(tiny_train):
+    """For the empirical optimal denoiser, dD/dz = Cov[y | z] / sigma^2 (Tweedie): explicit float64 sums."""
+    sigma, n_samples = 0.6, 4
+    den = OptimalDenoiser(tiny_train)
+    maps = gradient_heatmaps(den, tiny_train.double(), sigma, n_samples, seed=1, batch_size=4)
+    train = tiny_train.double().flatten(1)
+    jacobians = []
+    for z in next(noisy_batches(tiny_train.double(), sigma, n_samples, 4, 1)).flatten(1):
+        logits = torch.stack([-((z - image) ** 2).sum() / (2 * sigma**2) for image in train])
+        weights = logits.softmax(0)
+        mean = sum(w * image for w, image in zip(weights, train))
+        second_moment = sum(w * torch.outer(image, image) for w, image in zip(weights, train))
+        jacobians.append((second_moment - torch.outer(mean, mean)) / sigma**2)
+    same, _ = readings_from_jacobians(jacobians, 1, 6, 6)
+    assert torch.allclose(maps.same_channel, same, atol=1e-9)
+    assert torch.allclose(maps.all_channels, maps.same_channel)  # one channel: both readings agree
+
+
+def extent_reference(heatmap, mass):
+    """Per output pixel: sort descending and count entries until the running sum reaches mass * total."""
+    height, width = heatmap.shape[:2]
+    counts = []
+    for y in range(height):
+        for x in range(width):
+            values = sorted(heatmap[y, x].flatten().tolist(), reverse=True)
+            total, running = sum(values), 0.0
+            for count, value in enumerate(values, start=1):
+                running += value
+                if running >= mass * total * (1 - 1e-12):
+                    break
+            counts.append(count)
+    return sum(counts) / len(counts)
+
+
+@pytest.mark.parametrize("mass", [0.5, 0.9, 1.0])
+def test_heatmap_extent_matches_loop(mass):
+    heatmap = torch.rand(4, 5, 4, 5, generator=torch.Generator().manual_seed(3)) ** 3
+    assert heatmap_extent(heatmap, mass).item() == pytest.approx(extent_reference(heatmap, mass), rel=1e-12)
+    stacked = torch.stack([heatmap, heatmap.flip(0)])
+    assert heatmap_extent(stacked, mass).shape == (2,)
+
+
+def test_heatmap_extent_limits():
+    delta = torch.eye(16, dtype=torch.float64).reshape(4, 4, 4, 4)
+    assert heatmap_extent(delta, 0.9).item() == 1
+    uniform = torch.ones(4, 4, 4, 4)
+    assert heatmap_extent(uniform, 0.9).item() == math.ceil(0.9 * 16)
+    partly_constant = uniform.clone()
+    partly_constant[0, 0] = 0  # an output pixel that ignores its input has no extent and is left out
+    assert heatmap_extent(partly_constant, 0.5).item() == 8
+
+
+def test_bad_input(tiny_train):
+    with pytest.raises(DenoiserLabError, match="H, W, H, W"):
+        heatmap_extent(torch.ones(4, 4, 3, 4))
+    with pytest.raises(DenoiserLabError, match="mass"):
+        heatmap_extent(torch.ones(2, 2, 2, 2), 0)
+    with pytest.raises(DenoiserLabError, match="negative"):
+        heatmap_extent(-torch.ones(2, 2, 2, 2))
+    with pytest.raises(DenoiserLabError, match="shape"):
+        gradient_heatmaps(lambda x, sigma: x.sum(1), tiny_train, 1.0, n_samples=2)
