@@ -7,6 +7,7 @@ import os
 import pickle
 import struct
 import tarfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -88,6 +89,18 @@ def test_rgba_loses_alpha_and_palette_is_expanded(tmp_path):
         for x in range(5):
             expected[:, y, x] = palette[indices[y, x]]
     np.testing.assert_array_equal(loaded[1], expected)
+
+
+def test_palette_with_transparency_loads_without_warnings(tmp_path):
+    indices = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    palette = np.random.default_rng(13).integers(0, 256, size=(256, 3), dtype=np.uint8)
+    paletted = Image.fromarray(indices, "P")
+    paletted.putpalette(palette.reshape(-1).tolist())
+    paletted.save(tmp_path / "t.png", transparency=bytes(range(256)))  # per-entry alpha, dropped on load
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load(tmp_path).uint8.numpy()
+    np.testing.assert_array_equal(loaded[0], palette[indices].transpose(2, 0, 1))
 
 
 def test_grey_with_alpha_and_mixed_grey_colour(tmp_path):
