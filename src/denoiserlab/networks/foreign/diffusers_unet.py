@@ -3,7 +3,7 @@
 Two layouts are recognised: a pipeline folder as `DDPMPipeline.save_pretrained` writes it (`model_index.json`,
 `unet/`, `scheduler/`) and a bare UNet folder (`config.json` with `_class_name` "UNet2DModel" and the weights), whose
 scheduler is given separately. The scheduler is built by diffusers from its config (any scheduler class with
-`alphas_cumprod`: DDPM, DDIM, PNDM, ... with the linear, scaled_linear, squaredcos_cap_v2 or trained betas), and the
+`betas`: DDPM, DDIM, PNDM, ... with the linear, scaled_linear, squaredcos_cap_v2 or trained betas), and the
 network is converted to the EDM convention as described in `vp_conversion`.
 
 Noise levels: sigma above sigma_max = sigma_{T-1} is refused (the network never saw it); sigma below
@@ -104,7 +104,7 @@ def check_config_keys(config: dict, scheduler_class: type, origin: str) -> None:
 
 
 def read_schedule(source: str | Path | dict) -> tuple[Tensor, str]:
-    """(alphas_cumprod float64 [T], prediction_type) of the scheduler described by `source`.
+    """(alpha_bar float64 [T], prediction_type) of the scheduler described by `source`.
 
     A dict holds scheduler arguments, e.g. {"beta_schedule": "linear", "num_train_timesteps": 1000}; its class is
     `_class_name` if given, else DDPMScheduler.
@@ -120,14 +120,15 @@ def read_schedule(source: str | Path | dict) -> tuple[Tensor, str]:
         scheduler = scheduler_class.from_config(config)
     except Exception as error:
         raise DenoiserLabError(f"{origin}: cannot build {class_name}: {type(error).__name__}: {error}") from None
-    if getattr(scheduler, "alphas_cumprod", None) is None:
-        raise DenoiserLabError(f"{origin}: {class_name} has no alphas_cumprod, so it is not a variance-preserving schedule")
+    if getattr(scheduler, "betas", None) is None:
+        raise DenoiserLabError(f"{origin}: {class_name} has no betas, so it is not a discrete variance-preserving schedule")
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise DenoiserLabError(
             f"{origin}: prediction_type {prediction_type!r} is not supported; expected one of {list(PREDICTION_TYPES)}"
         )
-    return torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64), prediction_type
+    # alpha_bar_t = prod_{s <= t} (1 - beta_s), in float64 (diffusers keeps it in float32: 1e-4 relative error in sigma_0)
+    return torch.cumprod(1 - torch.as_tensor(scheduler.betas, dtype=torch.float64), 0), prediction_type
 
 
 def unet_image_shape(unet: nn.Module, where: str) -> tuple[int, int]:
