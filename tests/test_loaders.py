@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loaders import FORMATS, detect_format, load
@@ -58,3 +59,20 @@ def test_options_are_checked_per_format(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(DenoiserLabError, match="accepted options: \\['class_label', 'training_data'\\]"):
         load(path, trust_pickle=True, scheduler="linear")
+
+
+def test_our_checkpoints_go_to_load_checkpoint(tmp_path):
+    checkpoint = pytest.importorskip("denoiserlab.networks.checkpoint")
+    from denoiserlab.networks.build import build_denoiser
+
+    denoiser = build_denoiser("mixer-small", 1, 8, training_data={"source": "fashion-mnist", "subset": 500}).eval()
+    path = checkpoint.save_checkpoint(tmp_path / "run", denoiser, preset="mixer-small")
+    assert detect_format(path) == "denoiserlab"
+    with pytest.raises(DenoiserLabError, match="options \\['class_label'\\] do not apply to denoiserlab"):
+        load(path, class_label=1)
+    loaded = load(path)
+    assert (loaded.img_channels, loaded.img_resolution) == (1, 8)
+    assert loaded.training_data == {"source": "fashion-mnist", "subset": 500}
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, torch.tensor([0.1, 3.0])), denoiser(x, torch.tensor([0.1, 3.0])))
