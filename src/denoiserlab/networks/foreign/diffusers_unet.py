@@ -69,7 +69,7 @@ def pipeline_parts(folder: Path) -> tuple[Path, Path]:
 
 
 def read_unet(folder: Path, device: str | torch.device) -> nn.Module:
-    """The UNet2DModel saved in `folder`, in eval mode on `device`."""
+    """The UNet2DModel saved in `folder`, in eval mode on `device` (diffusers reads .bin weights with weights_only)."""
     config = read_json(folder / "config.json")
     if config.get("_class_name") != "UNet2DModel":
         raise DenoiserLabError(
@@ -77,7 +77,8 @@ def read_unet(folder: Path, device: str | torch.device) -> nn.Module:
         )
     diffusers = import_diffusers()
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True)
+        # low_cpu_mem_usage needs the accelerate package; without it diffusers warns on every load
+        unet = diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as error:
         raise DenoiserLabError(f"cannot load the UNet2DModel in {folder}: {type(error).__name__}: {error}") from None
     return unet.to(device).eval()
@@ -115,7 +116,8 @@ def read_schedule(source: str | Path | dict) -> tuple[Tensor, str]:
     scheduler_class = getattr(diffusers, str(class_name), None)
     if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
         raise DenoiserLabError(f"{origin}: {class_name!r} is not a diffusers scheduler class")
-    check_config_keys(config, scheduler_class, origin)
+    if isinstance(source, dict):  # typed by a user; files written by (older) diffusers may hold retired keys
+        check_config_keys(config, scheduler_class, origin)
     try:
         scheduler = scheduler_class.from_config(config)
     except Exception as error:
