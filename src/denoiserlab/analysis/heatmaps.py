@@ -16,6 +16,7 @@ from torch import Tensor
 
 from denoiserlab.analysis.noisy_inputs import Denoiser, check_positive_int, check_sigma, noisy_batches
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_images
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class GradientHeatmaps:
 
 
 def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: int = 100, seed: int = 0,
-                      batch_size: int = 8, products_per_pass: int = 64) -> GradientHeatmaps:
+                      batch_size: int = 16, products_per_pass: int = 64) -> GradientHeatmaps:
     """Both heatmap readings of den at noise level sigma, averaged over n_samples noisy images (module docstring).
 
     images: float [N, C, H, W] in [-1, 1], drawn (seeded) with replacement; den must be differentiable in x.
@@ -34,6 +35,7 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     vectorised at a time (memory grows with batch_size * products_per_pass).
     """
     sigma = check_sigma(sigma)
+    check_images(images, "images")
     check_positive_int(products_per_pass, "products_per_pass")
     channels, height, width = images.shape[1:]
     abs_jacobian = torch.zeros(channels * height * width, channels, height, width, dtype=torch.float64,
