@@ -19,10 +19,12 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "f
     group.add_argument("--resolution-policy", default="pad", choices=["pad", "crop", "resize"])
     group.add_argument("--channels", type=int, default=None, choices=[1, 3])
     group.add_argument("--data-seed", type=int, default=0, help="seed of the subset choice")
+    group.add_argument("--cache-dir", default=None,
+                       help="keep decoded images in a memory-mapped .npy cache here (large folders decode once)")
 
 
 def data_from_args(args: argparse.Namespace, split: str | None = None) -> ImageSet:
     """Load the dataset the --data options describe."""
     return load(args.data, split=split or args.split, subset=args.subset, classes=args.classes,
                 resolution=args.resolution, resolution_policy=args.resolution_policy, channels=args.channels,
-                seed=args.data_seed)
+                seed=args.data_seed, cache_dir=args.cache_dir)
