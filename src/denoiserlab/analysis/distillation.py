@@ -24,7 +24,7 @@ METHODS = ("lstsq", "gd")
 
 def distill_linear(den: Denoiser, images: Tensor, sigma: float, method: str = "lstsq", n_samples: int = 4096,
                    seed: int = 0, batch_size: int = 256, steps: int = 2000, learning_rate: float = 1e-3,
-                   progress: bool = False, return_losses: bool = False):
+                   progress: bool = False, return_losses: bool = False) -> tuple[Tensor, ...]:
     """Fit W [D, D], b [D] (float64, on images' device; D = C*H*W, acting on flattened images) to den at sigma.
 
     images: float [N, C, H, W] in [-1, 1]; n_samples noisy images are drawn (seeded) from them with replacement;

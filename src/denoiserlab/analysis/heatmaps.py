@@ -1,4 +1,4 @@
-"""Gradient heatmaps of a denoiser (Niedoba et al., PSPC paper eq. 8) and their spatial extent.
+"""Gradient heatmaps of a denoiser (Niedoba et al. 2025, PSPC paper eq. 8) and their spatial extent.
 
 For output pixel (y, x): H[y, x, y', x'] = E_z sum_c |dD(z)_{c,y,x} / dz_{c,y',x'}| with z = y0 + sigma eps,
 y0 a training image ("same_channel" reading: each output channel's gradient with respect to the same input channel),
@@ -52,7 +52,8 @@ def summed_abs_jacobian(den: Denoiser, z: Tensor, sigma: float, products_per_pas
     vector-Jacobian products (one-hot cotangents shared by every z_b of the batch). z: [B, C, H, W]."""
     output, vjp_fn = torch.func.vjp(lambda inputs: den(inputs, sigma), z.detach())
     if output.shape != z.shape:
-        raise DenoiserLabError(f"the denoiser must return the input's shape {tuple(z.shape)}, got {tuple(output.shape)}")
+        raise DenoiserLabError(f"the denoiser must return the input's shape {tuple(z.shape)},"
+                               f" got {tuple(output.shape)}")
     dim = z[0].numel()
     total = torch.empty(dim, *z.shape[1:], dtype=torch.float64, device=z.device)
     for start in range(0, dim, products_per_pass):

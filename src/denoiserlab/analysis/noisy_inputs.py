@@ -20,18 +20,13 @@ def check_positive_int(value: int, name: str) -> int:
     return value
 
 
-def check_sigma(sigma: float) -> float:
+def check_sigma(sigma: float | Tensor) -> float:
     """Check that sigma is one finite number > 0 (the analyses work at one noise level at a time)."""
     if isinstance(sigma, Tensor):
         if sigma.numel() != 1:
             raise DenoiserLabError(f"sigma must be a single number, got a tensor of shape {tuple(sigma.shape)}")
         sigma = sigma.item()
     return float(sigma_per_sample(sigma, 1).item())
-
-
-def draw_indices(n_images: int, n_samples: int, generator: torch.Generator) -> Tensor:
-    """n_samples image indices drawn uniformly with replacement from range(n_images): int64 [n_samples]."""
-    return torch.randint(n_images, (n_samples,), generator=generator)
 
 
 def noisy_batches(images: Tensor, sigma: float, n_samples: int, batch_size: int,
@@ -45,7 +40,7 @@ def noisy_batches(images: Tensor, sigma: float, n_samples: int, batch_size: int,
     check_positive_int(n_samples, "n_samples")
     check_positive_int(batch_size, "batch_size")
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
-    indices = draw_indices(images.shape[0], n_samples, generator)
+    indices = torch.randint(images.shape[0], (n_samples,), generator=generator)  # with replacement
     for start in range(0, n_samples, batch_size):
         chosen = indices[start : start + batch_size].to(images.device)
         eps = torch.randn((chosen.shape[0], *images.shape[1:]), generator=generator)
