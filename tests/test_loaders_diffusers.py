@@ -227,3 +227,17 @@ def test_corrupt_files_are_named(tmp_path):
     (pipeline / "model_index.json").write_text("{not json")
     with pytest.raises(DenoiserLabError, match="model_index.json"):
         load(pipeline)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loads_onto_cuda(tmp_path):
+    unet = tiny_unet()
+    den = load(save_pipeline(tmp_path / "pipeline", unet), device="cuda")
+    sigmas = [0.05, 0.7, 20.0]
+    with torch.no_grad():
+        out = den(images().cuda(), torch.tensor(sigmas, device="cuda"))
+    assert out.device.type == "cuda"
+    scale = 1 + torch.tensor(sigmas, dtype=torch.float64).view(-1, 1, 1, 1)
+    expected = reference_denoiser(unet, "linear", "epsilon", images(), sigmas)
+    # CUDA convolutions may run in TF32 (10-bit mantissa), hence the looser tolerance
+    torch.testing.assert_close(out.cpu().double() / scale, expected / scale, rtol=1e-2, atol=1e-2)

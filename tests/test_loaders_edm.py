@@ -254,3 +254,15 @@ def test_unknown_persistence_version_is_refused(tmp_path):
     path, _, _ = write_snapshot(tmp_path, version=5)
     with pytest.raises(DenoiserLabError, match="version 5"):
         load(path, trust_pickle=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loads_onto_cuda(tmp_path):
+    path, _, net = write_snapshot(tmp_path)
+    den = load(path, trust_pickle=True, device="cuda")
+    x, sigma = torch.randn(3, 2, 8, 8), torch.tensor([0.05, 1.0, 20.0])
+    with torch.no_grad():
+        out = den(x.cuda(), sigma.cuda())
+    assert out.device.type == "cuda"
+    # CUDA convolutions may run in TF32 (10-bit mantissa), hence the looser tolerance
+    torch.testing.assert_close(out.cpu().double(), reference_denoiser(net, x, sigma), rtol=1e-2, atol=1e-2)
