@@ -59,12 +59,22 @@ def detect_format(path: str | Path) -> str:
     raise unrecognised(path, f"a file with suffix {path.suffix!r}")
 
 
+def load_own_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """`load_checkpoint`, with any failure to read the folder (e.g. corrupt weights) as an error naming it."""
+    from denoiserlab.networks.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path, device)
+    except DenoiserLabError:
+        raise
+    except Exception as error:
+        raise DenoiserLabError(f"cannot load denoiserlab checkpoint {path}: {type(error).__name__}: {error}") from error
+
+
 def loader_for(kind: str):
     """The function that loads format `kind`, called as loader(path, device=..., **options)."""
     if kind == "denoiserlab":
-        from denoiserlab.networks.checkpoint import load_checkpoint
-
-        return load_checkpoint
+        return load_own_checkpoint
     if kind == "edm-pickle":
         from denoiserlab.networks.foreign.edm_pickle import load_edm_pickle
 

@@ -1,0 +1,74 @@
+"""`denoiserlab train`: train an EDM-preconditioned network; options from a TOML file and/or flags (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.networks.training import run_training
+from denoiserlab.networks.training_config import TrainConfig, read_train_toml, train_config_from_dict
+
+# Flag name -> TrainConfig field and type; every flag defaults to None, meaning "not given".
+FLAGS = {
+    "out": str, "data": str, "subset": int, "resolution": int, "resolution_policy": str, "channels": int,
+    "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "lr": float, "lr_rampup_kimg": float,
+    "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float, "seed": int,
+    "checkpoint_kimg": float, "log_kimg": float, "sample_count": int, "sample_steps": int, "device": str,
+}
+
+
+def add_parser(subparsers) -> None:
+    """Register `train` and its options."""
+    parser = subparsers.add_parser(
+        "train", help="train a diffusion network (EDM recipe); rerunning the same command resumes",
+        description="Train an EDM-preconditioned network on a dataset. Options come from TrainConfig defaults, "
+                    "then --config TOML, then flags. Rerunning with the same --out resumes from the latest state.")
+    parser.add_argument("--config", help="TOML file mirroring TrainConfig ([network] table: network overrides)")
+    for name, kind in FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                            help=_help(name))
+    parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these labels")
+    parser.add_argument("--xflip", action=argparse.BooleanOptionalAction, default=None,
+                        help="x-flip augmentation (train on the images and their mirror images)")
+    parser.add_argument("--network", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a network config field, VALUE in JSON (e.g. --network dropout=0.0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def _help(name: str) -> str:
+    """Flag help taken from the TrainConfig default."""
+    return f"(default: {getattr(TrainConfig, name, None)!r})"
+
+
+def parse_network_overrides(items: list[str]) -> dict:
+    """['key=json', ...] -> {key: value}."""
+    overrides = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        if not separator or not key:
+            raise DenoiserLabError(f"--network expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text  # a bare string such as fourier
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge defaults, the TOML file and the flags given into one TrainConfig."""
+    options = read_train_toml(args.config) if args.config else {}
+    origin = args.config or "command line"
+    given = {name: getattr(args, name) for name in (*FLAGS, "classes", "xflip") if getattr(args, name) is not None}
+    options.update(given)
+    if args.network:
+        options["network"] = {**options.get("network", {}), **parse_network_overrides(args.network)}
+    return train_config_from_dict(options, origin)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train, then print the folder of the last EMA network."""
+    config = config_from_args(args)
+    network = run_training(config, progress=not args.no_progress)
+    print(f"latest network: {network}")

@@ -1,0 +1,202 @@
+"""The training loop of `denoiserlab train`: EDM loss, Adam with warm-up, EMA, atomic checkpoints, exact resume.
+
+Run folder layout (`config.out`):
+  training_config.json     resolved TrainConfig (a rerun must match it, except kimg/checkpoint_kimg/device/log_kimg)
+  training-state.pt        latest full state (model, EMA, optimizer, step, images seen, RNG states, loss history)
+  network-KKKKKK/          EMA denoiser checkpoint after KKKKKK kimg (model.safetensors + config.json)
+  samples-KKKKKK.png       Heun samples of that EMA network from fixed noise
+  loss.csv, loss.png       training loss per logging interval
+Every file is written atomically, and the state last, so a run killed at any moment resumes where it saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from denoiserlab import data
+from denoiserlab.diffusion import sample_heun, standard_noise
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.networks.atomic import atomic_write, atomic_write_text
+from denoiserlab.networks.build import build_denoiser
+from denoiserlab.networks.checkpoint import save_checkpoint
+from denoiserlab.networks.ema import ema_beta, update_ema
+from denoiserlab.networks.loss import edm_loss
+from denoiserlab.networks.training_config import TrainConfig
+from denoiserlab.networks.training_outputs import plot_loss, save_image_grid, write_loss_csv
+
+STATE_FILE = "training-state.pt"
+CONFIG_FILE = "training_config.json"
+RESUMABLE_CHANGES = ("kimg", "checkpoint_kimg", "log_kimg", "device")  # options a rerun may change
+
+
+@dataclass
+class TrainingRun:
+    """Everything that changes while training; the state file holds all of it."""
+
+    denoiser: torch.nn.Module  # EDMPrecond being optimised
+    ema: torch.nn.Module  # its exponential moving average (what checkpoints ship)
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # CPU generator of batches, sigmas and noise
+    step: int = 0  # optimiser steps taken
+    nimg: int = 0  # training images shown
+    history: list = field(default_factory=list)  # loss CSV rows [step, kimg, loss, images/s, lr]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without CUDA fails."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DenoiserLabError("device 'cuda' requested but CUDA is not available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def new_run(config: TrainConfig, image_shape: tuple[int, int, int], training_data: dict,
+            device: torch.device) -> TrainingRun:
+    """Freshly initialised network (seeded), EMA copy, Adam and batch generator."""
+    torch.manual_seed(config.seed)
+    denoiser = build_denoiser(config.arch, image_shape[0], image_shape[1], config.network, training_data)
+    denoiser = denoiser.to(device).train()
+    ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                 eps=config.adam_eps)
+    generator = torch.Generator().manual_seed(config.seed)
+    return TrainingRun(denoiser, ema, optimizer, generator)
+
+
+def crossed_interval(nimg: int, batch_size: int, interval_kimg: float) -> bool:
+    """Whether the last batch took the image count past a multiple of interval_kimg."""
+    interval = max(round(interval_kimg * 1000), 1)
+    return nimg // interval > (nimg - batch_size) // interval
+
+
+def learning_rate(config: TrainConfig, nimg: int) -> float:
+    """Linear warm-up over lr_rampup_kimg, then constant (nimg counts images including the current batch)."""
+    if config.lr_rampup_kimg == 0:
+        return config.lr
+    return config.lr * min(nimg / (config.lr_rampup_kimg * 1000), 1.0)
+
+
+def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor) -> float:
+    """One optimiser step on a random batch (drawn with replacement); updates the EMA; returns the mean loss."""
+    device = train_images.device
+    indices = torch.randint(len(train_images), (config.batch_size,), generator=run.generator)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = edm_loss(run.denoiser, train_images[indices.to(device)], run.generator, config.p_mean,
+                        config.p_std).mean()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.denoiser.parameters(), config.grad_clip_norm)
+    run.nimg += config.batch_size
+    run.step += 1
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(config, run.nimg)
+    run.optimizer.step()
+    update_ema(run.ema, run.denoiser, ema_beta(config.batch_size, run.nimg, config.ema_halflife_kimg,
+                                               config.ema_rampup_ratio))
+    return float(loss.detach())
+
+
+def rng_state() -> dict:
+    """Global RNG states (dropout draws from them)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_state(path: Path, run: TrainingRun) -> None:
+    """Write the full training state atomically (torch.save of tensors and plain data)."""
+    state = dict(model=run.denoiser.state_dict(), ema=run.ema.state_dict(), optimizer=run.optimizer.state_dict(),
+                 generator=run.generator.get_state(), rng=rng_state(), step=run.step, nimg=run.nimg,
+                 history=run.history)
+    atomic_write(path, lambda temp: torch.save(state, temp))
+
+
+def load_state(path: Path, run: TrainingRun) -> None:
+    """Restore a saved state into `run` (weights_only loading: no code is unpickled)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    run.denoiser.load_state_dict(state["model"])
+    run.ema.load_state_dict(state["ema"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.generator.set_state(state["generator"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    run.step, run.nimg, run.history = state["step"], state["nimg"], state["history"]
+
+
+def check_same_run(out: Path, config: TrainConfig) -> None:
+    """Refuse to resume a run folder whose saved options differ (other than RESUMABLE_CHANGES)."""
+    saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
+            raise DenoiserLabError(f"{out} holds a run with {key} = {saved.get(key)!r}, but now {key} = "
+                                   f"{current.get(key)!r}; use another --out or the same options to resume")
+
+
+def write_checkpoint(run: TrainingRun, config: TrainConfig, out: Path) -> Path:
+    """EMA network folder, sample grid, loss CSV and plot, then the state file (last, so resume never skips)."""
+    kimg_done = run.nimg // 1000
+    training_options = dict(dataclasses.asdict(config), nimg=run.nimg, step=run.step)
+    network_path = save_checkpoint(out / f"network-{kimg_done:06d}", run.ema, config.arch, training_options)
+    image_shape = (run.ema.img_channels, run.ema.img_resolution, run.ema.img_resolution)
+    noise = standard_noise((config.sample_count, *image_shape), config.sample_seed)
+    with torch.no_grad():
+        samples = sample_heun(run.ema, noise.to(next(run.ema.parameters()).device), config.sample_steps).images
+    save_image_grid(out / f"samples-{kimg_done:06d}.png", samples)
+    write_loss_csv(out / "loss.csv", run.history)
+    plot_loss(out / "loss.png", run.history, f"{config.arch} on {config.data}")
+    save_state(out / STATE_FILE, run)
+    return network_path
+
+
+def start_or_resume(config: TrainConfig, out: Path, run: TrainingRun) -> None:
+    """Load the saved state when the run folder has one; otherwise record the resolved config."""
+    if (out / STATE_FILE).exists():
+        check_same_run(out, config)
+        load_state(out / STATE_FILE, run)
+    atomic_write_text(out / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def run_training(config: TrainConfig, progress: bool = True) -> Path:
+    """Train (or resume) the run of `config` until config.kimg; returns the folder of the last EMA network."""
+    out, device = Path(config.out), resolve_device(config.device)
+    images = data.load(**config.data_options())
+    train_images = images.as_float().to(device)  # [N, C, H, W] in [-1, 1]
+    run = new_run(config, images.image_shape, images.load_options, device)
+    start_or_resume(config, out, run)
+    total_nimg = int(config.kimg * 1000)
+    last_network = None
+    bar = tqdm(total=total_nimg, initial=run.nimg, unit="img", unit_scale=True, disable=not progress)
+    losses, tick_start, tick_nimg = [], time.perf_counter(), run.nimg
+    while run.nimg < total_nimg:
+        losses.append(training_step(run, config, train_images))
+        bar.update(config.batch_size)
+        if run.nimg - tick_nimg >= config.log_kimg * 1000 or run.nimg >= total_nimg:
+            images_per_second = (run.nimg - tick_nimg) / max(time.perf_counter() - tick_start, 1e-9)
+            run.history.append([run.step, run.nimg / 1000, sum(losses) / len(losses), images_per_second,
+                                learning_rate(config, run.nimg)])
+            bar.set_postfix(loss=f"{run.history[-1][2]:.4f}", img_s=f"{images_per_second:.1f}")
+            losses, tick_start, tick_nimg = [], time.perf_counter(), run.nimg
+        if crossed_interval(run.nimg, config.batch_size, config.checkpoint_kimg) or run.nimg >= total_nimg:
+            last_network = write_checkpoint(run, config, out)
+    bar.close()
+    return last_network or latest_network(out)
+
+
+def latest_network(out: str | Path) -> Path:
+    """The checkpoint folder of a run with the most kimg."""
+    folders = sorted(Path(out).glob("network-[0-9]*[0-9]"))
+    if not folders:
+        raise DenoiserLabError(f"{out} holds no network checkpoint yet")
+    return folders[-1]

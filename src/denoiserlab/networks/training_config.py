@@ -1,0 +1,130 @@
+"""TrainConfig: every option of `denoiserlab train`, its defaults, and the TOML file that mirrors it."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.networks.build import resolve_preset
+from denoiserlab.networks.loss import P_MEAN, P_STD
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of one training run (EDM recipe: Karras et al. 2022, Appendix F)."""
+
+    out: str | None = None  # run folder (checkpoints, logs); required
+    # Dataset: keyword arguments of denoiserlab.data.load (split is always 'train').
+    data: str = "fashion-mnist"  # data.load source: built-in name or path
+    subset: int | None = None  # train on this many images chosen with data_seed (None: all)
+    classes: list[int] | None = None  # keep only these labels (None: all)
+    resolution: int | None = None  # square side in pixels (None: as stored)
+    resolution_policy: str = "pad"  # 'pad' | 'crop' | 'resize' when resolution changes the side
+    channels: int | None = None  # 1 or 3 (None: as stored)
+    data_seed: int = 0  # seed of data.load's subset choice
+    xflip: bool = False  # x-flip augmentation: train on the images and their mirror images
+    # Network.
+    arch: str = "unet-small"  # preset name (see networks.presets) or bare architecture name
+    network: dict = field(default_factory=dict)  # overrides of the preset's network config fields
+    # Optimisation.
+    kimg: float = 200.0  # training length, thousands of images shown
+    batch_size: int = 128  # images per step
+    lr: float = 1e-3  # Adam learning rate after warm-up
+    lr_rampup_kimg: float = 10.0  # linear learning-rate warm-up length, kimg
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 1.0  # clip the global gradient norm to this (0 disables)
+    ema_halflife_kimg: float = 50.0  # EMA half-life, kimg
+    ema_rampup_ratio: float = 0.05  # EMA half-life is at most this fraction of the images seen (0 disables)
+    p_mean: float = P_MEAN  # mean of ln(sigma) of training noise levels
+    p_std: float = P_STD  # standard deviation of ln(sigma)
+    seed: int = 0  # seed of weights, batches, noise and dropout
+    # Outputs.
+    checkpoint_kimg: float = 20.0  # checkpoint (state, EMA network, sample grid, loss plot) every this many kimg
+    log_kimg: float = 1.0  # one loss CSV row per this many kimg
+    sample_count: int = 64  # images in each sample grid
+    sample_steps: int = 18  # Heun steps of the sample grid
+    sample_seed: int = 0  # seed of the sample grid's initial noise (fixed over the run)
+    device: str = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
+
+    def __post_init__(self):
+        check_field_types(self)
+        if self.out is None:
+            raise DenoiserLabError("TrainConfig.out is required: the run folder, e.g. runs/NAME")
+        for name in ("kimg", "batch_size", "lr", "checkpoint_kimg", "log_kimg", "sample_count", "sample_steps"):
+            _require(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
+        for name in ("lr_rampup_kimg", "grad_clip_norm", "ema_halflife_kimg", "ema_rampup_ratio", "adam_eps"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "a number >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            _require(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+        _require(self.p_std > 0, "p_std", self.p_std, "a number > 0")
+        _require(self.device in DEVICES, "device", self.device, f"one of {list(DEVICES)}")
+        resolve_preset(self.arch, self.network)  # fails early on an unknown preset or network option
+
+    def data_options(self) -> dict:
+        """Keyword arguments of denoiserlab.data.load for the training set."""
+        return dict(source=self.data, split="train", subset=self.subset, classes=self.classes,
+                    resolution=self.resolution, resolution_policy=self.resolution_policy, xflip=self.xflip,
+                    channels=self.channels, seed=self.data_seed)
+
+
+def _require(condition: bool, name: str, value, allowed: str) -> None:
+    if not condition:
+        raise DenoiserLabError(f"TrainConfig.{name} = {value!r} is invalid; expected {allowed}")
+
+
+def _matches(value, expected) -> bool:
+    """Whether `value` fits the type hint `expected` (int, float, bool, str, dict, list[int] and unions of them)."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, typing.get_args(expected)[0]) for v in value)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def check_field_types(config: TrainConfig) -> None:
+    """Fail naming the field when a value has the wrong type; ints given for float fields become floats."""
+    hints = typing.get_type_hints(TrainConfig)
+    for config_field in dataclasses.fields(config):
+        value, expected = getattr(config, config_field.name), hints[config_field.name]
+        if not _matches(value, expected):
+            raise DenoiserLabError(f"TrainConfig.{config_field.name} = {value!r} has the wrong type; "
+                                   f"expected {expected}")
+        if expected is float:
+            object.__setattr__(config, config_field.name, float(value))
+
+
+def train_config_from_dict(options: dict, origin: str = "options") -> TrainConfig:
+    """Build a TrainConfig from a flat dict (TOML or resolved JSON); unknown keys fail naming the key and origin."""
+    allowed = [config_field.name for config_field in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise DenoiserLabError(f"{origin}: unknown key(s) {unknown}; allowed keys: {allowed}")
+    return TrainConfig(**options)
+
+
+def read_train_toml(path: str | Path) -> dict:
+    """The options of a TOML training config: top-level keys are TrainConfig fields, [network] the overrides."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise DenoiserLabError(f"training config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise DenoiserLabError(f"training config {path} is not valid TOML: {error}") from None
