@@ -76,3 +76,7 @@ def test_our_checkpoints_go_to_load_checkpoint(tmp_path):
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, torch.tensor([0.1, 3.0])), denoiser(x, torch.tensor([0.1, 3.0])))
+
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DenoiserLabError, match=str(path)):
+        load(path)
