@@ -212,6 +212,11 @@ def test_clear_errors(tmp_path):
         load(tmp_path / "bare", scheduler={"prediction_type": "velocity"})
     with pytest.raises(DenoiserLabError, match="trust|options"):
         load(pipeline, trust_pickle=True, shedule="x")
+    index = json.loads((pipeline / "model_index.json").read_text())
+    (pipeline / "model_index.json").write_text(json.dumps(dict(index, vqvae=["diffusers", "VQModel"])))
+    with pytest.raises(DenoiserLabError, match="latent"):
+        load(pipeline)
+    (pipeline / "model_index.json").write_text(json.dumps(index))
     den = load(pipeline)
     with pytest.raises(DenoiserLabError, match="shape"):
         den(torch.zeros(1, 3, 8, 8), 1.0)

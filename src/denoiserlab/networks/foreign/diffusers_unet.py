@@ -57,6 +57,10 @@ def read_json(path: Path) -> dict:
 def pipeline_parts(folder: Path) -> tuple[Path, Path]:
     """The UNet and scheduler folders of a diffusers pipeline folder, checked against its model_index.json."""
     index = read_json(folder / "model_index.json")
+    autoencoders = sorted(set(index) & {"vae", "vqvae"})
+    if autoencoders:
+        raise DenoiserLabError(f"{folder} is a latent diffusion pipeline (it has {autoencoders}); only pixel-space"
+                               " pipelines are supported")
     for part, expected in (("unet", "UNet2DModel"), ("scheduler", None)):
         entry = index.get(part)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"):
