@@ -1,0 +1,38 @@
+"""`denoiserlab study CONFIG.toml --out DIR`: the locality study (networks vs analytical denoisers), resumable."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from denoiserlab.config import load_toml
+from denoiserlab.studies.locality import run_locality_study
+from denoiserlab.studies.locality_config import LocalityStudyConfig
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "study", help="run the locality study of a TOML config (resumes a stopped run in the same --out)")
+    parser.add_argument("config", type=Path, help="study config (see configs/locality-*.toml)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (results.json, report.html, stages/)")
+    parser.add_argument("--feature-model", default=None,
+                        help="TorchScript image encoder for the feature cosine of samples (overrides the config)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    config = load_toml(LocalityStudyConfig, args.config)
+    names = ", ".join(network.name for network in config.networks)
+    print(f"denoiserlab study: {args.config} on {config.data.source}, networks {names}; output in {args.out}/")
+    command = shlex.join(["denoiserlab", *sys.argv[1:]]) if sys.argv[1:2] == ["study"] else None
+    results = run_locality_study(config, args.out, feature_model=args.feature_model, command=command)
+    for name in results["networks"]:
+        checks = results["checks"][name]
+        print(f"  {name}: network departs most from the optimal denoiser at sigma = {checks['peak_sigma_forward']:.3g};"
+              f" closest to it there: {' < '.join(checks['ranking_at_peak_forward'])}")
+    computed = results["stages_computed"]
+    print(f"  stages computed this run: {len(computed)}, loaded from {args.out}/stages/: "
+          f"{len(results['stages']) - len(computed)}; total {results['timings_s']['total']:.1f} s")
+    print(f"report: {args.out / 'report.html'}")

@@ -1,0 +1,179 @@
+"""The locality study's report: PNG figures under DIR/figures/ and a self-contained DIR/report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tomli_w
+
+from denoiserlab.atomic import write_atomic
+from denoiserlab.report.html import figure_html, page_html, pre_html, table_html, text_html
+from denoiserlab.report.locality_figures import (
+    figure_comparison,
+    figure_fitting,
+    figure_heatmap_extent,
+    figure_heatmaps,
+    figure_network_vs_optimal,
+    figure_samples,
+    figure_similarity,
+)
+
+# What Niedoba et al. 2025 report (CIFAR-10, DDPM++ / DiT / MLP-Mixer), set beside our numbers.
+PAPER = {
+    "peak_sigma_forward": "near sigma = 3 (every architecture)",
+    "rise_and_fall_forward": "yes: small at the largest and smallest sigma",
+    "ranking_at_peak_forward": "pspc_flex < pspc_square < gaussian < optimal",
+    "pspc_deviates_like_network_at_peak": "yes: MSE(PSPC, net) below MSE(PSPC, optimal) and MSE(net, optimal)",
+    "networks_closer_to_each_other_than_to_optimal_at_peak": "yes (same sigma, same direction)",
+    "pspc_samples_closer_than_optimal_samples": "yes (SSCD cosine, fig. 9); optimal samples copy training images",
+}
+
+
+def write_locality_report(results: dict, arrays: dict, out: str | Path) -> Path:
+    """Draw every figure and write DIR/report.html. arrays: {network: {"samples": {method: [R, C, H, W]},
+    "heatmaps": {"same_channel": [L, H, W, H, W], ...}}}."""
+    out = Path(out)
+    figures = write_figures(results, arrays, out / "figures")
+    sections = [("Headline numbers", headline_section(results)),
+                ("Our numbers beside the paper's", paper_section(results)),
+                *figure_sections(figures),
+                ("Fitted and used schedules", schedules_section(results)),
+                ("Samples: similarity and memorization", samples_section(results)),
+                ("Heatmaps", heatmaps_section(results)),
+                ("Configuration (resolved)", pre_html(tomli_w.dumps(results["config"]))),
+                ("Versions and command", versions_section(results)),
+                ("Timings per stage", timings_section(results))]
+    page = page_html(f"Locality study: {results['dataset']['name']}", sections)
+    return write_atomic(out / "report.html", lambda temp: temp.write_text(page, encoding="utf-8"))
+
+
+def write_figures(results: dict, arrays: dict, folder: Path) -> list[tuple[str, Path, str]]:
+    """Every figure as (section, path, caption)."""
+    figures = [("Network vs optimal (paper fig. 2)", figure_network_vs_optimal(results, folder / "network_vs_optimal.png"),
+                "MSE per element between each network and the optimal denoiser, forward (solid) and reverse (dashed)"),
+               ("Heatmaps (paper fig. 3)", figure_heatmap_extent(results, folder / "heatmap_extent.png"),
+                "Pixels holding 90% of each output pixel's gradient mass, averaged over output pixels")]
+    pixels_config = results["config"]["heatmaps"]["pixels"]
+    for name in results["networks"]:
+        reading = results["config"]["heatmaps"]["reading"]
+        maps = arrays[name]["heatmaps"][reading]
+        pixels = [tuple(maps.shape[1 + axis] // 2 if value == -1 else value for axis, value in enumerate(pixel))
+                  for pixel in pixels_config]
+        figures += [
+            ("Heatmaps (paper fig. 3)", figure_heatmaps(maps, results["sigmas"], pixels,
+                                                        results["config"]["heatmaps"]["figure_sigmas"], name,
+                                                        folder / f"heatmaps-{name}.png"),
+             f"Gradient heatmaps of {name} ({reading}); the cross marks the output pixel"),
+            ("Comparison (paper fig. 7)", figure_comparison(results, name, folder / f"comparison-{name}.png"),
+             f"MSE per element of every method against {name}, forward and reverse"),
+            ("Samples from shared noise (paper figs. 1, 8)",
+             figure_samples(arrays[name]["samples"], name, folder / f"samples-{name}.png"),
+             f"One row per method, all from the initial noise of {name}'s samples"),
+            ("Similarity of samples (paper fig. 9)", figure_similarity(results, name, folder / f"similarity-{name}.png"),
+             f"Per-sample similarity of each method's samples to {name}'s"),
+        ]
+        if results["fitting"][name]:
+            figures.append(("Schedule fitting (paper figs. 4, 10, 12)",
+                            figure_fitting(results, name, folder / f"fitting-{name}.png"),
+                            f"log10 MSE of PSPC composites on the fitting set against the optimal denoiser and"
+                            f" {name}; red dots: fitted value per sigma"))
+    return figures
+
+
+def figure_sections(figures: list[tuple[str, Path, str]]) -> list[tuple[str, str]]:
+    sections: dict[str, str] = {}
+    for section, path, caption in figures:
+        sections[section] = sections.get(section, "") + figure_html(path, caption)
+    return list(sections.items())
+
+
+def headline_section(results: dict) -> str:
+    """Per network: at the sigma where it departs most from the optimal denoiser, each method's numbers."""
+    parts = []
+    for name in results["networks"]:
+        checks = results["checks"][name]
+        peak = results["sigmas"].index(checks["peak_sigma_forward"])
+        rows = [[label, results["forward"]["mse"][name][label][peak],
+                 results["forward"]["mse_vs_optimal"][name][label][peak],
+                 results["forward"]["r2"][name][label]["mean"][peak],
+                 results["forward"]["r2"][name][label]["median"][peak],
+                 results["forward"]["pearson_r"][name][label]["mean"][peak],
+                 results["reverse"]["mse"][name][label][peak]] for label in results["forward"]["mse"][name]]
+        parts.append(text_html(f"Network {name}: largest forward MSE to the optimal denoiser at sigma ="
+                               f" {checks['peak_sigma_forward']:.4g} (MSE"
+                               f" {results['network_vs_optimal']['forward'][name][peak]:.4g}). Numbers at that sigma:"))
+        parts.append(table_html(["method", "MSE vs network (fwd)", "MSE vs optimal (fwd)", "r2 mean (fwd)",
+                                 "r2 median (fwd)", "Pearson r mean (fwd)", "MSE vs network (rev)"], rows))
+    return "".join(parts)
+
+
+def paper_section(results: dict) -> str:
+    rows = []
+    for name in results["networks"]:
+        for check, value in results["checks"][name].items():
+            rows.append([name, check, format_check(value), PAPER.get(check, "")])
+    note = text_html("The paper's numbers are for CIFAR-10 with networks trained to convergence and evaluation sets"
+                     " of 10,000 z; this run's sizes are in the configuration below. The checks read our numbers at"
+                     " the sigma where each network departs most from the optimal denoiser.", note=True)
+    return note + table_html(["network", "claim", "ours", "paper"], rows)
+
+
+def format_check(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {item}" for key, item in value.items()) or "n/a"
+    if isinstance(value, list):
+        return " < ".join(str(item) for item in value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def schedules_section(results: dict) -> str:
+    parts = []
+    for denoiser, by_network in results["schedules_used"].items():
+        for name, used in by_network.items():
+            fitted = results["fitted_schedules"][denoiser][name]
+            rows = [[sigma, fit, value] for sigma, fit, value in zip(results["sigmas"], fitted, used_values(used, results))]
+            parts.append(text_html(f"{denoiser} for {name}: the comparison uses the {used['source']} schedule;"
+                                   f" fitted schedule file: {used['fitted_file']}"))
+            parts.append(table_html(["sigma", "fitted", "used"], rows))
+    return "".join(parts) or text_html("No PSPC denoiser configured.")
+
+
+def used_values(used: dict, results: dict) -> list:
+    """The used schedule's value at each study sigma (nearest grid point, as the schedules do)."""
+    grid = used["grid"]
+    return [used["values"][min(range(len(grid)), key=lambda i: abs(grid[i] - sigma))] for sigma in results["sigmas"]]
+
+
+def samples_section(results: dict) -> str:
+    parts = []
+    if results["feature_model"] is None:
+        parts.append(text_html("No feature model was given (--feature-model PATH, a TorchScript image encoder), so"
+                               " the feature cosine similarity is not reported.", note=True))
+    else:
+        parts.append(text_html(f"Feature model: {results['feature_model']}"))
+    metrics = list(results["similarity"])
+    for name in results["networks"]:
+        labels = list(results["nearest_neighbour"][name])
+        rows = [[label, *[results["similarity"][metric][name].get(label) for metric in metrics],
+                 results["nearest_neighbour"][name][label]] for label in labels]
+        parts.append(text_html(f"Samples of every method against {name}'s samples from the same noise (means over"
+                               f" samples); distance to the nearest training image in the [-1, 1] scale:"))
+        parts.append(table_html(["method", *metrics, "nearest training image"], rows))
+    return "".join(parts)
+
+
+def heatmaps_section(results: dict) -> str:
+    rows = [[name, table["source"], table["n_samples"], table["command"]] for name, table in results["heatmaps"].items()]
+    return table_html(["network", "source", "z per sigma", "command"], rows)
+
+
+def versions_section(results: dict) -> str:
+    rows = [[package, version] for package, version in results["versions"].items()]
+    return table_html(["package", "version"], rows) + pre_html(results["command"])
+
+
+def timings_section(results: dict) -> str:
+    rows = [[stage, timing["seconds"], "loaded from cache" if timing["cached"] else "computed"]
+            for stage, timing in results["stages"].items()]
+    rows.append(["total (this run)", results["timings_s"]["total"], ""])
+    return table_html(["stage", "seconds", "this run"], rows)
