@@ -40,7 +40,8 @@ def persistent_class(orig_class):
 
         def __reduce__(self):
             state = super().__reduce__()[2]
-            meta = dict(type="class", version=VERSION, module_src=module_src, class_name=orig_class.__name__, state=state)
+            meta = dict(type="class", version=VERSION, module_src=module_src, class_name=orig_class.__name__,
+                        state=state)
             return _reconstruct_persistent_obj, (meta,), None
 
     Persistent.__name__ = Persistent.__qualname__ = orig_class.__name__

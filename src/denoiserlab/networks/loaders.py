@@ -89,7 +89,9 @@ def check_options(loader, kind: str, options: dict) -> None:
     accepted = sorted(set(inspect.signature(loader).parameters) - {"path", "device", "trust_pickle"})
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise DenoiserLabError(f"options {unknown} do not apply to {kind} networks; accepted options: {accepted or 'none'}")
+        raise DenoiserLabError(
+            f"options {unknown} do not apply to {kind} networks; accepted options: {accepted or 'none'}"
+        )
 
 
 def load(path: str | Path, trust_pickle: bool = False, device: str | torch.device = "cpu", **options) -> nn.Module:

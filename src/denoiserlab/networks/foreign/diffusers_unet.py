@@ -39,7 +39,8 @@ def import_diffusers():
     try:
         import diffusers
     except ImportError:
-        raise DenoiserLabError("loading diffusers networks needs the diffusers package: pip install diffusers") from None
+        message = "loading diffusers networks needs the diffusers package: pip install diffusers"
+        raise DenoiserLabError(message) from None
     return diffusers
 
 
@@ -67,7 +68,7 @@ def pipeline_parts(folder: Path) -> tuple[Path, Path]:
             raise DenoiserLabError(f"{folder / 'model_index.json'} has no diffusers '{part}' entry, got {entry!r}")
         if expected is not None and entry[1] != expected:
             raise DenoiserLabError(
-                f"{folder}: the pipeline's unet is a {entry[1]}; only {expected} (unconditional pixel-space) is supported"
+                f"{folder}: the pipeline's unet is a {entry[1]}; only {expected} (pixel space) is supported"
             )
     return folder / "unet", folder / "scheduler"
 
@@ -127,13 +128,13 @@ def read_schedule(source: str | Path | dict) -> tuple[Tensor, str]:
     except Exception as error:
         raise DenoiserLabError(f"{origin}: cannot build {class_name}: {type(error).__name__}: {error}") from None
     if getattr(scheduler, "betas", None) is None:
-        raise DenoiserLabError(f"{origin}: {class_name} has no betas, so it is not a discrete variance-preserving schedule")
+        raise DenoiserLabError(f"{origin}: {class_name} has no betas, so it is not a discrete VP (DDPM-style) schedule")
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise DenoiserLabError(
             f"{origin}: prediction_type {prediction_type!r} is not supported; expected one of {list(PREDICTION_TYPES)}"
         )
-    # alpha_bar_t = prod_{s <= t} (1 - beta_s), in float64 (diffusers keeps it in float32: 1e-4 relative error in sigma_0)
+    # alpha_bar_t = prod_{s <= t} (1 - beta_s) in float64 (diffusers' float32 copy is 1e-4 off in sigma_0)
     return torch.cumprod(1 - torch.as_tensor(scheduler.betas, dtype=torch.float64), 0), prediction_type
 
 
@@ -188,7 +189,8 @@ class DiffusersUNetDenoiser(nn.Module):
         steps = timesteps_from_sigmas(sigma, self.schedule_sigmas.to(x.device))  # [B]
         sigma = sigma.view(-1, 1, 1, 1)
         z = (x.to(torch.float64) * vp_input_scale(sigma)).to(self.unet.dtype)
-        prediction = self.unet(z, steps.to(torch.float32), self.class_labels(x.shape[0], x.device), return_dict=False)[0]
+        labels = self.class_labels(x.shape[0], x.device)
+        prediction = self.unet(z, steps.to(torch.float32), labels, return_dict=False)[0]
         prediction = prediction[:, : self.img_channels].to(torch.float64)
         return denoised_from_prediction(x.to(torch.float64), sigma, prediction, self.prediction_type).to(x.dtype)
 
