@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare
+from denoiserlab.denoisers import pspc_flex, square_kernel
 from denoiserlab.denoisers.square_kernel import KernelUnavailable, load_library
 from denoiserlab.errors import DenoiserLabError
 
@@ -117,7 +118,9 @@ def test_square_exact_at_smallest_sigma(kernel):
 
 
 @pytest.mark.skipif(not compiled_kernel_available(), reason="C kernel cannot be built here")
-def test_square_compiled_agrees_with_eager_on_larger_input():
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 29])  # recompute the crop logits in pass 2, or keep them
+def test_square_compiled_agrees_with_eager_on_larger_input(monkeypatch, cache_bytes):
+    monkeypatch.setattr(square_kernel, "LOGIT_CACHE_BYTES", cache_bytes)
     train, x = make_data((3, 16, 16), n_train=133, batch=4)  # 133: a partial block of 16 training images
     sigmas = torch.tensor([0.5, 1.0, 3.0, 0.05])
     for size in (1, 5, 11, 16):
@@ -145,7 +148,9 @@ def random_masks(count, height, width, seed):
     return torch.cat([masks, masks[:3]])  # with duplicated crops
 
 
-def test_flex_random_masks_match_loop_reference():
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 28])  # recompute the logits in pass 2, or keep them
+def test_flex_random_masks_match_loop_reference(monkeypatch, cache_bytes):
+    monkeypatch.setattr(pspc_flex, "LOGIT_CACHE_BYTES", cache_bytes)
     for shape, seed in (((1, 8, 8), 0), ((3, 6, 6), 1)):
         train, x = make_data(shape, seed=seed)
         masks = random_masks(12, *shape[1:], seed)

@@ -164,7 +164,7 @@ def flex_composite(x: Tensor, sigma: Tensor, train: Tensor, crops: CropSet, chun
     for start in starts:
         logits = kept.pop(start) if keep else logits_of(start)
         pixel_weights = torch.exp(logits - log_normalisers[:, None]) @ crop_weights  # [B, n, H*W]
-        numerators += torch.einsum("bnp,ncp->bcp", pixel_weights, train_pixels[start : start + chunk_size]).double()
+        numerators += (pixel_weights[:, :, None] * train_pixels[start : start + chunk_size]).sum(1, dtype=torch.float64)
     coverage = crops.coverage.double()
     composite = torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double().flatten(2))
     return composite.reshape(x.shape)

@@ -114,8 +114,9 @@ class PSPCSquare:
         inv_two_var = 1.0 / (2.0 * sigma**2)
         n_train, threads = self.images_.shape[0], torch.get_num_threads()
         args = (x, self.lanes_, n_train, inv_two_var, size)
-        log_normalisers = square_kernel.square_log_normalisers_compiled(*args, threads)
-        numerators = square_kernel.square_numerators_compiled(*args, log_normalisers, threads)
+        logits = square_kernel.logit_cache(x.shape[0], self.lanes_.shape[0], (x.shape[2] - size + 1) * (x.shape[3] - size + 1))
+        log_normalisers = square_kernel.square_log_normalisers_compiled(*args, threads, logits)
+        numerators = square_kernel.square_numerators_compiled(*args, log_normalisers, threads, logits)
         return numerators / windows_per_pixel(*x.shape[2:], size)
 
     def _images_on(self, device: torch.device) -> Tensor:
@@ -158,5 +159,5 @@ def square_composite(x: Tensor, sigma: Tensor, train: Tensor, size: int, chunk_s
     numerators = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     for chunk, logits in logit_chunks():
         pixel_weights = box_sums_transposed(torch.exp(logits - log_normalisers[:, None]), size)  # [B, n, H, W]
-        numerators += torch.einsum("bnhw,nchw->bchw", pixel_weights, chunk).double()
+        numerators += (pixel_weights[:, :, None] * chunk).sum(1, dtype=torch.float64)
     return numerators / windows_per_pixel(*x.shape[2:], size, device=x.device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,8 +28,11 @@ FILE_KEYS = ("kind", "values", "sigma_min", "sigma_max", "rho")
 
 
 @dataclass(frozen=True)
-class GridSchedule:
-    """Values on an EDM grid, high sigma first; calling it at sigma gives the value of the nearest grid point."""
+class GridSchedule(ABC):
+    """Values on an EDM grid, high sigma first; calling it at sigma gives the value of the nearest grid point.
+
+    Base of PatchSchedule and ThresholdSchedule, which say what a valid value is (`check_value`).
+    """
 
     values: tuple  # one value per grid point, high sigma -> low sigma
     sigma_min: float = 0.002  # lowest grid sigma
@@ -43,8 +47,9 @@ class GridSchedule:
         edm_sigmas(len(self.values), self.sigma_min, self.sigma_max, self.rho)  # checks the grid parameters
 
     @staticmethod
+    @abstractmethod
     def check_value(value):
-        raise NotImplementedError
+        """Return the value checked (and normalised), or raise DenoiserLabError."""
 
     def sigmas(self) -> list[float]:
         """The grid, float sigmas high -> low, one per value."""

@@ -28,6 +28,7 @@ from torch import Tensor
 from denoiserlab.denoisers.streaming_softmax import merge_log_sum_exp
 
 LANES = 16  # training images side by side, as in the C source
+LOGIT_CACHE_BYTES = 1 << 29  # keep pass-1 crop logits for pass 2 up to this size, else recompute them
 COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 
 
@@ -162,9 +163,10 @@ static void crop_logits(const float *z, const float *x, int C, int H, int W, int
 }
 
 /* Pass 1: per part of the training set, query and crop: max logit and sum of exp(logit - max).
-   max_out, sum_out: [B][parts][P1 * P2]. */
+   max_out, sum_out: [B][parts][P1 * P2]; logits_out (or NULL): [blocks][B][P1 * P2][LANES], kept for pass 2. */
 void square_pass1(const float *z, const float *xt, int B, int C, int H, int W, int N, int s,
-                  const float *inv_two_var, int parts, int threads, float *max_out, float *sum_out) {
+                  const float *inv_two_var, int parts, int threads, float *max_out, float *sum_out,
+                  float *logits_out) {
     int blocks = (N + LANES - 1) / LANES, P = (H - s + 1) * (W - s + 1);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int part = 0; part < parts; part++) {
@@ -176,11 +178,12 @@ void square_pass1(const float *z, const float *xt, int B, int C, int H, int W, i
         for (long block = first; block < last; block++) {
             int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
             for (int b = 0; b < B; b++) {
+                float *logits = logits_out ? logits_out + (block * B + b) * P * LANES : t.crops;
                 crop_logits(z + (long)b * C * H * W, xt + block * C * H * W * LANES, C, H, W, s, inv_two_var[b],
-                            valid, t, t.crops);
+                            valid, t, logits);
                 float *mb = run_max + (long)b * P * LANES, *sb = run_sum + (long)b * P * LANES;
                 for (int p = 0; p < P; p++) {
-                    float *m = mb + (long)p * LANES, *sm = sb + (long)p * LANES, *v = t.crops + (long)p * LANES;
+                    float *m = mb + (long)p * LANES, *sm = sb + (long)p * LANES, *v = logits + (long)p * LANES;
                     /* running log-sum-exp with one exp per element: e = exp(-|v - m|) */
 #pragma omp simd
                     for (int l = 0; l < LANES; l++) {
@@ -205,9 +208,11 @@ void square_pass1(const float *z, const float *xt, int B, int C, int H, int W, i
 }
 
 /* Pass 2: num[c][h][w] = sum_n x_n[c][h][w] * (sum over crops holding (h, w) of exp(logit_n - log_normaliser)).
-   log_normaliser: [B][P1][P2]; num_out: [B][parts][C][H][W]. */
+   log_normaliser: [B][P1][P2]; logits_in: pass 1's logits_out, or NULL to recompute them;
+   num_out: [B][parts][C][H][W]. */
 void square_pass2(const float *z, const float *xt, int B, int C, int H, int W, int N, int s,
-                  const float *inv_two_var, const float *log_normaliser, int parts, int threads, float *num_out) {
+                  const float *inv_two_var, const float *log_normaliser, const float *logits_in, int parts,
+                  int threads, float *num_out) {
     int blocks = (N + LANES - 1) / LANES, P1 = H - s + 1, P2 = W - s + 1, HW = H * W;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int part = 0; part < parts; part++) {
@@ -218,13 +223,22 @@ void square_pass2(const float *z, const float *xt, int B, int C, int H, int W, i
             int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
             const float *x = xt + block * C * HW * LANES;
             for (int b = 0; b < B; b++) {
-                const float *lz = log_normaliser + (long)b * P1 * P2;
-                crop_logits(z + (long)b * C * HW, x, C, H, W, s, inv_two_var[b], valid, t, t.crops);
+                const float *lz = log_normaliser + (long)b * P1 * P2, *logits = t.crops;
+                if (logits_in)
+                    logits = logits_in + (block * B + b) * P1 * P2 * LANES;
+                else
+                    crop_logits(z + (long)b * C * HW, x, C, H, W, s, inv_two_var[b], valid, t, t.crops);
+                float largest = 0.0f;
                 for (int p = 0; p < P1 * P2; p++) {
-                    float *v = t.crops + (long)p * LANES;
-#pragma omp simd
-                    for (int l = 0; l < LANES; l++) v[l] = exp_nonpositive(v[l] - lz[p]);
+                    const float *v = logits + (long)p * LANES;
+                    float *weight = t.crops + (long)p * LANES;
+#pragma omp simd reduction(max : largest)
+                    for (int l = 0; l < LANES; l++) {
+                        weight[l] = exp_nonpositive(v[l] - lz[p]);
+                        largest = weight[l] > largest ? weight[l] : largest;
+                    }
                 }
+                if (largest == 0.0f) continue; /* every weight underflowed to exactly 0: nothing to add */
                 for (int p = 0; p < P1; p++)
                     box_line_transposed(t.crops + (long)p * P2 * LANES, LANES, t.rows + (long)p * W * LANES, LANES,
                                         P2, s, t.padded, t.prefix, t.suffix);
@@ -305,13 +319,27 @@ def _pointer(tensor: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(tensor.data_ptr())
 
 
+def _optional_pointer(tensor: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None) if tensor is None else _pointer(tensor)
+
+
 def _shape_arguments(queries: Tensor, n_train: int, size: int) -> list[ctypes.c_int]:
     return [ctypes.c_int(value) for value in (*queries.shape, n_train, size)]
 
 
+def logit_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
+    """Room for pass 1's crop logits [blocks, B, crops, 16] if they fit in LOGIT_CACHE_BYTES, else None."""
+    if 4 * batch * n_blocks * n_crops * LANES > LOGIT_CACHE_BYTES:
+        return None
+    return torch.empty(n_blocks, batch, n_crops, LANES)
+
+
 def square_log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor,
-                                    size: int, threads: int) -> Tensor:
-    """Pass 1. queries: [B, C, H, W]; lanes: `training_lanes`; inv_two_var: [B]. Returns float64 [B, P1, P2]."""
+                                    size: int, threads: int, logits: Tensor | None = None) -> Tensor:
+    """Pass 1. queries: [B, C, H, W]; lanes: `training_lanes`; inv_two_var: [B]; logits: `logit_cache` or None.
+
+    Returns float64 [B, P1, P2]; fills `logits` for pass 2 when given.
+    """
     batch, _, height, width = queries.shape
     parts = threads
     maxima = torch.empty(batch, parts, height - size + 1, width - size + 1)
@@ -319,7 +347,7 @@ def square_log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
     load_library().square_pass1(_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size),
                                 _pointer(inv_two_var), ctypes.c_int(parts), ctypes.c_int(threads),
-                                _pointer(maxima), _pointer(sums))
+                                _pointer(maxima), _pointer(sums), _optional_pointer(logits))
     running_max = running_sum = None
     for part in range(parts):
         running_max, running_sum = merge_log_sum_exp(running_max, running_sum, maxima[:, part].double(),
@@ -328,13 +356,17 @@ def square_log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int
 
 
 def square_numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor, size: int,
-                               log_normalisers: Tensor, threads: int) -> Tensor:
-    """Pass 2: sum_n x_n * (transposed box filter of the crop weights of n). Returns float64 [B, C, H, W]."""
+                               log_normalisers: Tensor, threads: int, logits: Tensor | None = None) -> Tensor:
+    """Pass 2: sum_n x_n * (transposed box filter of the crop weights of n). Returns float64 [B, C, H, W].
+
+    logits: the tensor pass 1 filled, or None to recompute the crop logits.
+    """
     parts = threads
     numerators = torch.empty(queries.shape[0], parts, *queries.shape[1:])
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
     log_normalisers = log_normalisers.float().contiguous()
     load_library().square_pass2(_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size),
-                                _pointer(inv_two_var), _pointer(log_normalisers), ctypes.c_int(parts),
+                                _pointer(inv_two_var), _pointer(log_normalisers), _optional_pointer(logits),
+                                ctypes.c_int(parts),
                                 ctypes.c_int(threads), _pointer(numerators))
     return numerators.sum(1, dtype=torch.float64)

@@ -1,0 +1,146 @@
+"""PSPC-Square and PSPC-Flex: naive patch loop (as in the research code) against ours, same inputs, one process.
+
+    .venv/bin/python benchmarks/bench_pspc.py            # N=2000, 3x32x32, B=8, sigma=1, s=11; Flex lambda=0.4
+    .venv/bin/python benchmarks/bench_pspc.py --large    # also N=60k (1x28x28) and N=100k (3x32x32), B=10
+
+The naive version loops over crop positions and, per crop, gathers the co-located training patches and computes a
+full empirical posterior with a running log-sum-exp over chunks of 100 training images (float32), like
+plai-group/pspc. Times are the best of --repeats calls (wall clock, after one warm-up call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare, flex_masks
+from denoiserlab.denoisers.pspc_flex import unique_crops
+
+
+def naive_posterior_mean(queries: torch.Tensor, sigma: torch.Tensor, patches: torch.Tensor, chunk: int = 100):
+    """Empirical posterior mean over the rows of patches [N, D] for queries [B, D], running log-sum-exp."""
+    running_max = torch.full((queries.shape[0], 1), -torch.inf)
+    normaliser = torch.zeros(queries.shape[0], 1)
+    mean = torch.zeros_like(queries)
+    for start in range(0, patches.shape[0], chunk):
+        batch = patches[start : start + chunk]
+        scores = (queries[:, None] - batch[None]).square().sum(-1) / (-2 * sigma[:, None] ** 2)  # [B, n]
+        new_max = torch.maximum(scores.max(1, keepdim=True).values, running_max)
+        weights = (scores - new_max).exp()
+        rescale = (running_max - new_max).exp()
+        new_normaliser = normaliser * rescale + weights.sum(1, keepdim=True)
+        mean = (mean * normaliser * rescale + weights @ batch) / new_normaliser
+        running_max, normaliser = new_max, new_normaliser
+    return mean
+
+
+def naive_composite(x: torch.Tensor, sigma: torch.Tensor, train: torch.Tensor, masks) -> torch.Tensor:
+    """Loop over crops (bool [H, W] each): gather, posterior mean, scatter back, average."""
+    composite, count = torch.zeros_like(x), torch.zeros_like(x)
+    for mask in masks:
+        mean = naive_posterior_mean(x[:, :, mask].flatten(1), sigma, train[:, :, mask].flatten(1))
+        composite[:, :, mask] += mean.reshape(x.shape[0], x.shape[1], -1)
+        count[:, :, mask] += 1
+    return torch.where(count > 0, composite / count.clamp(min=1), x)
+
+
+def square_masks(height: int, width: int, size: int):
+    for top in range(height - size + 1):
+        for left in range(width - size + 1):
+            mask = torch.zeros(height, width, dtype=torch.bool)
+            mask[top : top + size, left : left + size] = True
+            yield mask
+
+
+def best_seconds(function, repeats: int) -> float:
+    function()  # warm-up: builds the kernel / lane layout, touches memory
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def random_problem(n_train: int, shape: tuple[int, int, int], batch: int, sigma: float, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    train = torch.rand(n_train, *shape, generator=generator) * 2 - 1
+    x = train[:batch] + sigma * torch.randn(batch, *shape, generator=generator)
+    return train, x, torch.full((batch,), sigma)
+
+
+def compare_square(args) -> float:
+    train, x, sigma = random_problem(args.n, (3, 32, 32), args.batch, args.sigma)
+    ours = PSPCSquare(train, args.patch_size)
+    start = time.perf_counter()
+    naive = naive_composite(x, sigma, train, square_masks(32, 32, args.patch_size))
+    naive_seconds = time.perf_counter() - start
+    ours_seconds = best_seconds(lambda: ours(x, sigma), args.repeats)
+    eager_seconds = best_seconds(lambda: PSPCSquare(train, args.patch_size, kernel="eager")(x, sigma), 1)
+    error = (ours(x, sigma) - naive).abs().max().item()
+    print(f"PSPC-Square N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} s={args.patch_size}: "
+          f"naive {naive_seconds:.2f} s, ours {ours_seconds * 1e3:.1f} ms (eager path {eager_seconds * 1e3:.0f} ms), "
+          f"ratio {naive_seconds / ours_seconds:.0f}x, max |diff| {error:.1e}")
+    return ours_seconds
+
+
+def compare_flex(args) -> None:
+    train, x, sigma = random_problem(args.n, (3, 32, 32), args.batch, args.sigma)
+    heatmap = torch.rand(32, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    masks = flex_masks(heatmap, args.lam)
+    ours = PSPCFlex(train, masks)
+    start = time.perf_counter()
+    naive = naive_composite(x, sigma, train, masks)
+    naive_seconds = time.perf_counter() - start
+    ours_seconds = best_seconds(lambda: ours(x, sigma), args.repeats)
+    error = (ours(x, sigma) - naive).abs().max().item()
+    print(f"PSPC-Flex N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} lambda={args.lam} "
+          f"({unique_crops(masks).masks.shape[0]} distinct crops, {masks.flatten(1).sum(1).float().mean():.0f} pixels "
+          f"each): naive {naive_seconds:.2f} s, ours {ours_seconds:.3f} s, ratio {naive_seconds / ours_seconds:.0f}x, "
+          f"max |diff| {error:.1e}")
+
+
+def large(args, small_seconds: float) -> None:
+    for n_train, shape in ((60_000, (1, 28, 28)), (100_000, (3, 32, 32))):
+        train, x, sigma = random_problem(n_train, shape, 10, args.sigma)
+        per_image = shape[0] * shape[1] * shape[2] / (3 * 32 * 32)
+        projected = small_seconds * (n_train / args.n) * (10 / args.batch) * per_image
+        rss_before = peak_rss_gib()
+        ours = PSPCSquare(train, args.patch_size)
+        seconds = best_seconds(lambda: ours(x, sigma), args.repeats)
+        optimal = OptimalDenoiser(train)
+        optimal_seconds = best_seconds(lambda: optimal(x, sigma), 1)
+        print(f"PSPC-Square N={n_train} {'x'.join(map(str, shape))} B=10 s={args.patch_size}: projected {projected:.2f} s, "
+              f"measured {seconds:.2f} s; optimal denoiser {optimal_seconds:.2f} s; peak RSS {peak_rss_gib():.2f} GiB "
+              f"(was {rss_before:.2f} GiB before building it; training set {train.numel() * 4 / 2**30:.2f} GiB)")
+        del train, ours, optimal
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="training images in the naive comparison")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sigma", type=float, default=1.0)
+    parser.add_argument("--patch-size", type=int, default=11)
+    parser.add_argument("--lam", type=float, default=0.4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-flex", action="store_true", help="skip the (slow) naive PSPC-Flex loop")
+    parser.add_argument("--large", action="store_true", help="also time N=60k (1x28x28) and N=100k (3x32x32)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    small_seconds = compare_square(args)
+    if not args.skip_flex:
+        compare_flex(args)
+    if args.large:
+        large(args, small_seconds)
+
+
+if __name__ == "__main__":
+    main()
