@@ -28,7 +28,8 @@ def test_cifar10_lists_and_grid_points():
 def test_nearest_grid_point_is_nearest_in_sigma():
     schedule = PatchSchedule(tuple(range(1, 19)))
     grid = edm_grid(18)
-    for sigma in [1000.0, 79.0, 3.3, 1.0, 0.5, 0.1, 0.01, 0.0021, 1e-5] + [(a + b) / 2 * 1.001 for a, b in zip(grid, grid[1:])]:
+    midpoints = [(a + b) / 2 * 1.001 for a, b in zip(grid, grid[1:])]
+    for sigma in [1000.0, 79.0, 3.3, 1.0, 0.5, 0.1, 0.01, 0.0021, 1e-5] + midpoints:
         distances = [abs(point - sigma) for point in grid]
         assert schedule(sigma) == distances.index(min(distances)) + 1
     # between grid points 9 and 10 (sigma ~ 1.30 and ~ 0.88) the log-sigma midpoint is nearer to point 10 in sigma

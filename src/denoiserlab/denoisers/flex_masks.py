@@ -80,7 +80,8 @@ def read_array(path: str | Path) -> Tensor:
         with np.load(path, allow_pickle=False) as archive:
             keys = [key for key in ("masks", "heatmap") if key in archive.files] or archive.files
             if len(keys) != 1:
-                raise DenoiserLabError(f"{str(path)!r} must hold one array, or one named 'masks' or 'heatmap'; has {archive.files}")
+                raise DenoiserLabError(f"{str(path)!r} must hold one array, or one named 'masks' or 'heatmap'; "
+                                       f"has {archive.files}")
             return torch.from_numpy(archive[keys[0]])
     if path.suffix == ".pt":
         value = torch.load(path, map_location="cpu", weights_only=True)
@@ -101,8 +102,10 @@ def load_masks(path: str | Path, lam: float | Callable[[float], float] | None = 
             raise DenoiserLabError(f"{str(path)!r} holds bool masks already; a threshold lam does not apply")
         return array
     if not array.is_floating_point():
-        raise DenoiserLabError(f"{str(path)!r} must hold bool masks [K, H, W] or a float heatmap [H, W, H, W], got dtype {array.dtype}")
+        raise DenoiserLabError(f"{str(path)!r} must hold bool masks [K, H, W] or a float heatmap [H, W, H, W], "
+                               f"got dtype {array.dtype}")
     if lam is None:
-        raise DenoiserLabError(f"{str(path)!r} holds a heatmap; give a threshold lam (or a threshold schedule) to make masks")
+        raise DenoiserLabError(f"{str(path)!r} holds a heatmap; give a threshold lam (or a threshold schedule) "
+                               "to make masks")
     heatmap = check_heatmap(array)
     return HeatmapMasks(heatmap, lam) if callable(lam) else flex_masks(heatmap, lam)

@@ -22,7 +22,8 @@ def square_crop(image_size: tuple[int, int], top: int, left: int, size: int) -> 
     """The bool [H, W] mask of the size x size square with top-left pixel (top, left); must lie inside the image."""
     height, width = image_size
     if size < 1 or not (0 <= top <= height - size and 0 <= left <= width - size):
-        raise DenoiserLabError(f"a {size} x {size} square at (top={top}, left={left}) does not fit a {height} x {width} image")
+        raise DenoiserLabError(f"a {size} x {size} square at (top={top}, left={left}) "
+                               f"does not fit a {height} x {width} image")
     crop = torch.zeros(height, width, dtype=torch.bool)
     crop[top : top + size, left : left + size] = True
     return crop

@@ -37,7 +37,8 @@ class PSPCFlexConfig:
 
     def __post_init__(self):
         if not callable(self.masks) and not isinstance(self.masks, Tensor):
-            raise DenoiserLabError(f"masks must be a bool tensor [K, H, W] or a callable sigma -> masks, got {type(self.masks).__name__}")
+            raise DenoiserLabError("masks must be a bool tensor [K, H, W] or a callable sigma -> masks, "
+                                   f"got {type(self.masks).__name__}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
 

@@ -13,6 +13,7 @@ the fused C kernel (`square_kernel.py`); the eager PyTorch path below is the rea
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -104,7 +105,7 @@ class PSPCSquare:
             if self.config.kernel == "compiled":
                 raise
             warnings.warn(f"{error}; PSPC-Square falls back to the slower eager path", stacklevel=3)
-            self.config = PSPCSquareConfig(**{**self.config.__dict__, "kernel": "eager"})
+            self.config = dataclasses.replace(self.config, kernel="eager")  # the resolved setting, warned once
             return False
         return True
 
@@ -114,7 +115,8 @@ class PSPCSquare:
         inv_two_var = 1.0 / (2.0 * sigma**2)
         n_train, threads = self.images_.shape[0], torch.get_num_threads()
         args = (x, self.lanes_, n_train, inv_two_var, size)
-        logits = square_kernel.logit_cache(x.shape[0], self.lanes_.shape[0], (x.shape[2] - size + 1) * (x.shape[3] - size + 1))
+        n_crops = (x.shape[2] - size + 1) * (x.shape[3] - size + 1)
+        logits = square_kernel.logit_cache(x.shape[0], self.lanes_.shape[0], n_crops)  # None when too large
         log_normalisers = square_kernel.square_log_normalisers_compiled(*args, threads, logits)
         numerators = square_kernel.square_numerators_compiled(*args, log_normalisers, threads, logits)
         return numerators / windows_per_pixel(*x.shape[2:], size)

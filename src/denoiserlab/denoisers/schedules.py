@@ -140,7 +140,8 @@ def read_schedule_file(path: str | Path) -> dict:
         if key not in table:
             raise DenoiserLabError(f"schedule file {str(path)!r} lacks the key {key!r}")
     if table["kind"] not in SCHEDULE_KINDS:
-        raise DenoiserLabError(f"kind in schedule file {str(path)!r} must be one of {list(SCHEDULE_KINDS)}, got {table['kind']!r}")
+        raise DenoiserLabError(f"kind in schedule file {str(path)!r} must be one of {list(SCHEDULE_KINDS)}, "
+                               f"got {table['kind']!r}")
     if not isinstance(table["values"], list):
         raise DenoiserLabError(f"values in schedule file {str(path)!r} must be a list, got {table['values']!r}")
     return table

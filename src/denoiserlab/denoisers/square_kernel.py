@@ -306,13 +306,22 @@ def load_library() -> ctypes.CDLL:
     return _library
 
 
-def training_lanes(images: Tensor) -> Tensor:
-    """[N, C, H, W] float32 -> [ceil(N / 16), C, H, W, 16]: 16 training images side by side, zero padded."""
+def training_lanes(images: Tensor, blocks_per_copy: int = 1024) -> Tensor:
+    """[N, C, H, W] float32 -> [ceil(N / 16), C, H, W, 16]: 16 training images side by side, zero padded.
+
+    Filled a slice of blocks at a time, so the only large allocation is the result itself.
+    """
     n_images = images.shape[0]
     n_blocks = -(-n_images // LANES)
-    padded = torch.zeros((n_blocks * LANES, *images.shape[1:]), dtype=torch.float32)
-    padded[:n_images] = images
-    return padded.reshape(n_blocks, LANES, *images.shape[1:]).permute(0, 2, 3, 4, 1).contiguous()
+    lanes = torch.zeros((n_blocks, *images.shape[1:], LANES), dtype=torch.float32)
+    for first in range(0, n_blocks, blocks_per_copy):
+        chunk = images[first * LANES : (first + blocks_per_copy) * LANES]
+        full, rest = divmod(chunk.shape[0], LANES)
+        if full:
+            lanes[first : first + full] = chunk[: full * LANES].unflatten(0, (full, LANES)).permute(0, 2, 3, 4, 1)
+        if rest:
+            lanes[first + full, ..., :rest] = chunk[full * LANES :].permute(1, 2, 3, 0)
+    return lanes
 
 
 def _pointer(tensor: Tensor) -> ctypes.c_void_p:
