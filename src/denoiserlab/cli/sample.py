@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from denoiserlab.atomic import write_atomic
 from denoiserlab.cli.common import add_data_arguments, data_from_args
 from denoiserlab.data import float_to_uint8
 from denoiserlab.denoisers import REGISTRY, create
-from denoiserlab.diffusion import sample_euler, sample_heun, standard_noise
+from denoiserlab.diffusion import edm_sigmas, sample_euler, sample_heun, standard_noise
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.report import save_image_grid
 
@@ -22,6 +23,10 @@ SAMPLERS = {"heun": sample_heun, "euler": sample_euler}
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("sample", help="sample a denoiser from seeded initial noise")
     parser.add_argument("--denoiser", default="optimal", choices=sorted(REGISTRY), help="analytical denoiser")
+    parser.add_argument("--network", default=None, metavar="PATH",
+                        help="sample a trained network instead (our checkpoint folder, an EDM .pkl, a diffusers folder)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow loading an EDM .pkl, which runs code stored in the file")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="denoiser option, value parsed as JSON when possible (repeatable), e.g. rank=50")
     parser.add_argument("--xflip", action="store_true", help="denoiser also uses flipped training images")
@@ -51,15 +56,35 @@ def parse_options(pairs: list[str]) -> dict:
 def run(args: argparse.Namespace) -> None:
     if args.n < 1 or args.steps < 1:
         raise DenoiserLabError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
+    denoiser, image_shape, metadata = network_from_args(args) if args.network else denoiser_from_args(args)
+    noise = standard_noise((args.n, *image_shape), args.seed)
+    sigmas = edm_sigmas(args.steps, sigma_max=min(80.0, getattr(denoiser, "sigma_max", 80.0)))
+    with torch.no_grad():
+        result = SAMPLERS[args.sampler](denoiser, noise, sigmas, progress=True)
+    metadata.update(steps=args.steps, sigma_max=float(sigmas[0]), sampler=args.sampler, seed=args.seed)
+    write_samples(args.out, result.images, metadata)
+
+
+def denoiser_from_args(args: argparse.Namespace):
+    """The analytical denoiser named by --denoiser, built on the --data training set."""
     train = data_from_args(args)
     options = parse_options(args.option)
     if args.xflip:
         options["xflip"] = True
-    denoiser = create(args.denoiser, train, **options)
-    noise = standard_noise((args.n, *train.image_shape), args.seed)
-    result = SAMPLERS[args.sampler](denoiser, noise, args.steps, progress=True)
-    write_samples(args.out, result.images, dict(denoiser=args.denoiser, options=options, data=train.load_options,
-                                                steps=args.steps, sampler=args.sampler, seed=args.seed))
+    metadata = dict(denoiser=args.denoiser, options=options, data=train.load_options)
+    return create(args.denoiser, train, **options), train.image_shape, metadata
+
+
+def network_from_args(args: argparse.Namespace):
+    """The trained network at --network; samples start from noise of its own image shape."""
+    from denoiserlab.networks import load as load_network
+
+    network = load_network(args.network, trust_pickle=args.trust_pickle)
+    if isinstance(network, torch.nn.Module):
+        network.eval()
+    image_shape = (network.img_channels, network.img_resolution, network.img_resolution)
+    metadata = dict(denoiser="network", network=str(args.network), data=network.training_data)
+    return network, image_shape, metadata
 
 
 def write_samples(out: Path, images, metadata: dict) -> None:
