@@ -45,16 +45,17 @@ def from_dict(config_class: type[ConfigT], table: dict, source: str = "<dict>", 
     fields = {field.name: field for field in dataclasses.fields(config_class) if field.init}
     unknown = sorted(set(table) - set(fields))
     if unknown:
-        raise DenoiserLabError(f"{source}: unknown key {prefix}{unknown[0]!r}; allowed keys: {sorted(fields)}")
+        raise DenoiserLabError(f"{source}: unknown key '{prefix}{unknown[0]}'; allowed keys: {sorted(fields)}")
     hints = typing.get_type_hints(config_class)
     missing = [name for name, field in fields.items() if name not in table and not has_default(field)]
     if missing:
-        raise DenoiserLabError(f"{source}: missing required key {prefix}{missing[0]!r}")
+        raise DenoiserLabError(f"{source}: missing required key '{prefix}{missing[0]}'")
     values = {name: convert(value, hints[name], source, f"{prefix}{name}") for name, value in table.items()}
     try:
         return config_class(**values)
     except DenoiserLabError as error:
-        raise DenoiserLabError(f"{source}: {prefix.rstrip('.') or config_class.__name__}: {error}") from None
+        where = prefix.rstrip(".")
+        raise DenoiserLabError(f"{source}: {where + ': ' if where else ''}{error}") from None
 
 
 def has_default(field: dataclasses.Field) -> bool:

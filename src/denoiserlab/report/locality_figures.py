@@ -111,7 +111,7 @@ def figure_similarity(results: dict, name: str, path: Path) -> Path:
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         table = results["similarity_per_sample"][metric][name]
-        axis.boxplot([nan_for_none(values) for values in table.values()], tick_labels=list(table), vert=False)
+        axis.boxplot([nan_for_none(values) for values in table.values()], tick_labels=list(table), orientation="horizontal")
         axis.set_title(f"{metric} to {name}'s samples", fontsize=10)
         axis.tick_params(labelsize=8)
     return save_figure(figure, path)

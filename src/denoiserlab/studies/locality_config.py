@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from torch import Tensor
+
+from denoiserlab.denoisers import REGISTRY
 from denoiserlab.diffusion.sigmas import edm_sigmas
 from denoiserlab.errors import DenoiserLabError
-from torch import Tensor
 
 SCHEDULED_DENOISERS = ("pspc_square", "pspc_flex")  # denoisers whose schedule the study fits per network
 
@@ -132,6 +134,8 @@ class LocalityStudyConfig:
         require(len(self.networks) >= 1, "networks", self.networks, "at least one [[networks]] table")
         names = [network.name for network in self.networks]
         require(len(set(names)) == len(names), "networks.name", names, "unique labels")
+        unknown = sorted(set(self.denoisers) - set(REGISTRY))
+        require(not unknown, "denoisers", unknown, f"registry names (valid: {sorted(REGISTRY)})")
         require("optimal" in self.denoisers, "denoisers", sorted(self.denoisers), "a table including 'optimal'")
         for name in SCHEDULED_DENOISERS:
             schedule = self.denoisers.get(name, {}).get("schedule", "fitted")
