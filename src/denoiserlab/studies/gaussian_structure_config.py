@@ -1,0 +1,178 @@
+"""Configuration of the hidden-Gaussian-structure study (`denoiserlab gaussian-study CONFIG.toml`).
+
+Frozen dataclasses, one per TOML table; a TOML file mirrors `GaussianStudyConfig` one to one (see
+configs/gaussian-*.toml) and every default lives here. Defaults follow Li et al. 2024 where the paper gives them
+(10-step EDM grid, 100 pairs, alpha = beta = 1/sqrt(2)) and are sized for a 2-core CPU elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import Tensor
+
+from denoiserlab.diffusion.sigmas import edm_sigmas
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.studies.locality_config import DataConfig
+
+SWEEP_KINDS = ("n_train", "width", "kimg")  # what a sweep entry varies: training-set size, base width, length
+
+
+def require(condition: bool, key: str, value, allowed: str) -> None:
+    if not condition:
+        raise DenoiserLabError(f"{key} must be {allowed}, got {value!r}")
+
+
+def require_positive(config, section: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        require(value >= 1, f"{section}.{name}", value, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str  # label in results and figures
+    path: str  # checkpoint (any format of denoiserlab.networks.loaders.load) or shipped:NAME
+    trust_pickle: bool = False  # allow an EDM .pkl (it runs code when read)
+    options: dict = field(default_factory=dict)  # extra loader options (scheduler, class_label, training_data)
+
+    def __post_init__(self):
+        require(self.name != "" and "/" not in self.name and ":" not in self.name, "networks.name", self.name,
+                "a non-empty label without '/' or ':'")
+
+
+@dataclass(frozen=True)
+class SigmaConfig:
+    steps: int = 10  # EDM grid points; 10 gives the paper's list 80, 42.4, 21.1, 9.72, 4.07, 1.50, 0.47, 0.117, 0.020, 0.002
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0  # EDM grid exponent (Karras et al. 2022, eq. 5)
+
+    def __post_init__(self):
+        require(self.steps >= 2, "sigmas.steps", self.steps, "an integer >= 2")
+        self.grid()  # checks sigma_min, sigma_max, rho
+
+    def grid(self) -> Tensor:
+        """float64 [L], high -> low (the sampling grid without its final 0)."""
+        return edm_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+
+
+@dataclass(frozen=True)
+class LinearityConfig:
+    n_pairs: int = 100  # pairs (x1, x2) per sigma (paper: 100)
+    alpha: float = 2**-0.5  # default mixing weight; beta = sqrt(1 - alpha^2)
+    alphas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.9)  # the sweep of alpha (paper fig. 10), each with its beta
+    batch_size: int = 64  # images per denoiser call
+    seed: int = 0  # seed of the pairs and their noise
+
+    def __post_init__(self):
+        require_positive(self, "linearity", ("n_pairs", "batch_size"))
+        for alpha in (self.alpha, *self.alphas):
+            require(0 < alpha < 1, "linearity.alpha(s)", alpha, "a number in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    method: Literal["lstsq", "gd"] = "lstsq"  # exact least squares (fast) or Adam as in the paper (loss curve)
+    n_samples: int = 4096  # noisy training images per sigma (lstsq needs >= C*H*W + 1)
+    batch_size: int = 256  # images per network call (and the Adam mini-batch)
+    steps: int = 2000  # Adam steps ("gd")
+    learning_rate: float = 1e-3  # Adam learning rate ("gd")
+    top_k: int = 8  # leading singular vectors compared (and drawn) per sigma
+    seed: int = 0  # seed of the noisy images
+
+    def __post_init__(self):
+        require_positive(self, "distillation", ("n_samples", "batch_size", "steps", "top_k"))
+        require(self.learning_rate > 0, "distillation.learning_rate", self.learning_rate, "a number > 0")
+
+
+@dataclass(frozen=True)
+class ScoreErrorConfig:
+    n_samples: int = 1000  # noisy training images per sigma for the RMSE (Li et al. eq. 10)
+    batch_size: int = 128  # images per denoiser call
+    seed: int = 0  # seed of the noisy images
+
+    def __post_init__(self):
+        require_positive(self, "score_error", ("n_samples", "batch_size"))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n_samples: int = 16  # trajectories from shared noise: network Euler on the grid vs closed-form Gaussian (eq. 7)
+    seed: int = 0  # seed of the shared initial noise
+
+    def __post_init__(self):
+        require_positive(self, "sampling", ("n_samples",))
+
+
+@dataclass(frozen=True)
+class GeneralizationConfig:
+    k: int = 1000  # generated samples per network for the generalization score (paper: 10 000)
+    sampler: Literal["euler", "heun"] = "heun"  # PF-ODE sampler of these samples
+    steps: int = 18  # EDM grid points of that sampler
+    batch_size: int = 250  # samples generated at a time
+    seed: int = 1  # seed of their initial noise (shared by all networks: strong generalization compares them)
+
+    def __post_init__(self):
+        require_positive(self, "generalization", ("k", "steps", "batch_size"))
+
+
+@dataclass(frozen=True)
+class StrongGeneralizationConfig:
+    pairs: tuple[tuple[str, str], ...] = ()  # pairs of [[networks]] names (e.g. disjoint halves; small-N pairs)
+    feature_model: str | None = None  # TorchScript encoder [B, C, H, W] in [-1, 1] -> [B, ...]; None: skipped
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    path: str  # checkpoint (or shipped:NAME) of one run of the sweep
+    kind: Literal["n_train", "width", "kimg"]  # what this entry varies
+    value: float  # its value: training-set size, base width (channels) or kimg trained
+    label: str | None = None  # legend label (default: kind=value)
+    trust_pickle: bool = False
+    options: dict = field(default_factory=dict)  # extra loader options
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    entries: tuple[SweepEntry, ...] = ()  # checkpoints of the memorization -> generalization sweeps
+    sigma_indices: tuple[int, ...] | None = None  # grid indices of the score errors (None: the middle index)
+    n_samples_shown: int = 8  # samples per entry kept for the figure
+
+    def __post_init__(self):
+        require_positive(self, "sweeps", ("n_samples_shown",))
+
+
+@dataclass(frozen=True)
+class GaussianStudyConfig:
+    networks: tuple[NetworkEntry, ...] = ()  # networks analysed in full (at least one, or sweep entries)
+    data: DataConfig | None = None  # training set for every network; None: each network's recorded training_data
+    denoisers: dict[str, dict] = field(default_factory=lambda: {"gaussian": {}, "optimal": {}})  # registry name ->
+    # options; their linearity is measured on the first network's training set
+    sigmas: SigmaConfig = field(default_factory=SigmaConfig)
+    linearity: LinearityConfig = field(default_factory=LinearityConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    score_error: ScoreErrorConfig = field(default_factory=ScoreErrorConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    generalization: GeneralizationConfig = field(default_factory=GeneralizationConfig)
+    strong_generalization: StrongGeneralizationConfig = field(default_factory=StrongGeneralizationConfig)
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
+    device: str = "cpu"  # torch device of networks, denoisers and images
+
+    def __post_init__(self):
+        require(len(self.networks) + len(self.sweeps.entries) >= 1, "networks", self.networks,
+                "at least one [[networks]] or [[sweeps.entries]] table")
+        names = [network.name for network in self.networks]
+        require(len(set(names)) == len(names), "networks.name", names, "unique labels")
+        for pair in self.strong_generalization.pairs:
+            require(all(name in names for name in pair) and pair[0] != pair[1], "strong_generalization.pairs",
+                    list(pair), f"two different [[networks]] names among {names}")
+        for index in self.sweeps.sigma_indices or ():
+            require(-self.sigmas.steps <= index < self.sigmas.steps, "sweeps.sigma_indices", index,
+                    f"an index into the {self.sigmas.steps}-point sigma grid")
+
+    def sweep_sigma_indices(self) -> tuple[int, ...]:
+        """Grid indices (non-negative) of the sweeps' score errors."""
+        indices = self.sweeps.sigma_indices or (self.sigmas.steps // 2,)
+        return tuple(index % self.sigmas.steps for index in indices)

@@ -1,0 +1,102 @@
+"""Inputs of the Gaussian-structure study: networks (incl. `shipped:NAME`), each one's training set, and the
+analytical denoisers (Gaussian, optimal, ...) built on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from denoiserlab.config import to_dict
+from denoiserlab.data import load
+from denoiserlab.denoisers import create
+from denoiserlab.denoisers.training_set import dataset_fingerprint
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.networks.loaders import load as load_network_file
+from denoiserlab.studies.cache import file_fingerprint
+from denoiserlab.studies.locality_config import DataConfig
+from denoiserlab.studies.locality_inputs import network_path
+
+
+@dataclass
+class StudyData:
+    name: str  # dataset name as loaded
+    images: Tensor  # float32 [N, C, H, W] in [-1, 1] on the study's device (flips included when loaded with xflip)
+    load_options: dict  # the denoiserlab.data.load keyword arguments that give it back
+    key: dict  # cache key: load options and a content fingerprint
+    denoisers_: dict = field(default_factory=dict)  # registry name -> denoiser built on these images, once
+
+    def denoiser(self, name: str, options: dict | None = None):
+        """The registered denoiser `name` on these images (built on first use, then reused)."""
+        label = f"{name}:{sorted((options or {}).items())}"
+        if label not in self.denoisers_:
+            self.denoisers_[label] = create(name, self.images.cpu(), **(options or {}))
+        return self.denoisers_[label]
+
+
+@dataclass
+class StudyNetwork:
+    name: str  # label
+    module: nn.Module  # den(x, sigma), eval mode, gradients off
+    key: dict  # cache key: path, options and a content fingerprint of the checkpoint
+    data: StudyData  # its training set
+    n_parameters: int
+
+
+def load_dataset(options: dict, device: str, cache: dict[str, StudyData]) -> StudyData:
+    """Load (once per distinct options, via `cache`) the images data.load(**options) returns."""
+    label = repr(sorted(options.items()))
+    if label not in cache:
+        imageset = load(**options)
+        images = imageset.as_float()
+        key = {"load_options": options, "fingerprint": dataset_fingerprint(images)}
+        cache[label] = StudyData(imageset.name, images.to(device), options, key)
+    return cache[label]
+
+
+def data_options(config: DataConfig) -> dict:
+    """data.load keyword arguments of a [data] table (flips appended by the loader)."""
+    return {**config.load_options(), "xflip": config.xflip}
+
+
+def network_data_options(module: nn.Module, name: str, override: DataConfig | None,
+                         prefer_recorded: bool = False) -> dict:
+    """The training set of a network: the [data] table when given, else the network's recorded training_data
+    (with prefer_recorded, as for sweep checkpoints: the recorded one first, the [data] table as a fallback)."""
+    recorded = getattr(module, "training_data", None)
+    if prefer_recorded and recorded is not None:
+        return dict(recorded)
+    if override is not None:
+        return data_options(override)
+    if recorded is None:
+        raise DenoiserLabError(f"network {name!r} does not record its training data; give a [data] table (or the "
+                               "loader option training_data)")
+    return dict(recorded)
+
+
+def load_study_network(name: str, path: str, trust_pickle: bool, options: dict, data: DataConfig | None,
+                       device: str, datasets: dict[str, StudyData], prefer_recorded: bool = False) -> StudyNetwork:
+    """Load one network and its training set (see network_data_options); checks that the network takes that
+    set's images."""
+    folder = network_path(path)
+    module = load_network_file(folder, trust_pickle=trust_pickle, device=device, **options)
+    module.eval().requires_grad_(False)
+    study_data = load_dataset(network_data_options(module, name, data, prefer_recorded), device, datasets)
+    image_shape = tuple(study_data.images.shape[1:])
+    shape = (getattr(module, "img_channels", None), getattr(module, "img_resolution", None))
+    if shape != (image_shape[0], image_shape[1]) or image_shape[1] != image_shape[2]:
+        raise DenoiserLabError(f"network {name!r} ({folder}) takes images [C, H, W] = [{shape[0]}, {shape[1]},"
+                               f" {shape[1]}] but its training set has {list(image_shape)}")
+    key = {"path": path, "options": options, "fingerprint": file_fingerprint(folder)}
+    n_parameters = sum(parameter.numel() for parameter in module.parameters())
+    return StudyNetwork(name, module, key, study_data, n_parameters)
+
+
+def config_key(config) -> dict:
+    """A config dataclass as a cache-key table."""
+    return to_dict(config)
+
+
+def to_cpu(tensor: Tensor) -> Tensor:
+    return tensor.detach().to("cpu", torch.float32)

@@ -1,0 +1,156 @@
+"""results.json of the Gaussian-structure study (layout: see studies/gaussian_structure.py), the paper's numbers
+beside ours, and the arrays (images) the report draws."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from denoiserlab import __version__
+from denoiserlab.config import to_dict
+
+# Li et al. 2024 ("Understanding generalizability of diffusion models requires rethinking the hidden Gaussian
+# structure"), the numbers our results are read against.
+PAPER = {
+    "linearity_cosine_min": 0.96,  # appendix A: cosine linearity > 0.96 even at its lowest (generalizing models)
+    "weight_nmse_max": 0.2,  # sec. 3.2: weight NMSE of W_sigma vs the Gaussian map < 0.2 for most sigma
+    "rmse_linear_vs_gaussian_max": 0.05,  # sec. 3.2: distilled linear vs Gaussian outputs, RMSE < 0.05 at all sigma
+    "rmse_high_noise_max": 0.05,  # sec. 3.1: network vs linear RMSE < 0.05 in the high-noise regime [20, 80]
+    "generalization_score_threshold": 0.6,  # appendix B.1: a score above ~0.6 means generalization
+    "sigmas": [80.0, 42.415, 21.108, 9.723, 4.06, 1.501, 0.469, 0.116, 0.020, 0.002],  # sec. 3.1, EDM 10 steps
+}
+
+
+def plain(value):
+    """Tensors and nested containers as JSON-able lists / floats; non-finite floats as None."""
+    if isinstance(value, Tensor):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def stacked(per_sigma: list[dict], key: str) -> Tensor:
+    """The values of `key` across the per-sigma distillation tables: [L, ...]."""
+    return torch.stack([torch.as_tensor(table[key]) for table in per_sigma])
+
+
+def distillation_summary(per_sigma: list[dict], method: str) -> dict:
+    """results["distillation"][network] from the per-sigma stage outputs."""
+    summary = {"method": method, "weight_nmse": stacked(per_sigma, "weight_nmse"),
+               "alignment": stacked(per_sigma, "alignment"),
+               "rmse_linear_vs_gaussian": stacked(per_sigma, "rmse_linear_vs_gaussian"),
+               "fit_mse": stacked(per_sigma, "fit_mse"),
+               "spectrum_linear": stacked(per_sigma, "spectrum_linear"),
+               "spectrum_gaussian": stacked(per_sigma, "spectrum_gaussian")}
+    if method == "gd":
+        summary["loss_curves"] = stacked(per_sigma, "losses")
+    return summary
+
+
+def network_results(study: dict, method: str) -> dict:
+    """The per-network blocks of results.json from one network's stage outputs."""
+    trajectory, generalization = study["trajectory"], study["generalization"]
+    return {
+        "linearity": study["linearity"],
+        "distillation": distillation_summary(study["distillation"], method),
+        "score_error": {"linear": stacked(study["distillation"], "rmse_network_vs_linear"),
+                        "gaussian": study["score_errors"]["gaussian"], "optimal": study["score_errors"]["optimal"]},
+        "sampling": {"sigmas": trajectory["sigmas"], "nmse": trajectory["nmse"],
+                     "nmse_gaussian_euler": trajectory["nmse_gaussian_euler"],
+                     "final_nmse": float(trajectory["nmse"][-1])},
+        "generalization": {"score": generalization["score"], "k": len(generalization["samples"]),
+                           "nearest_distance_mean": float(generalization["nearest_distance"].mean()),
+                           "generalizes": generalization["score"] > PAPER["generalization_score_threshold"]},
+    }
+
+
+def paper_checks(block: dict, sigmas: Tensor) -> dict:
+    """The paper's claims evaluated on one network's numbers (ours beside the paper's)."""
+    cosine = torch.as_tensor(block["linearity"]["cosine"])
+    sweep = torch.as_tensor(block["linearity"]["sweep_cosine"])
+    nmse = torch.as_tensor(block["distillation"]["weight_nmse"])
+    high = sigmas >= 20
+    return {
+        "linearity_cosine_min": float(cosine.min()),
+        "linearity_cosine_min_sigma": float(sigmas[cosine.argmin()]),
+        "linearity_cosine_min_over_sweep": float(torch.cat([cosine, sweep.flatten()]).min()),
+        "linearity_above_paper_min": bool(cosine.min() > PAPER["linearity_cosine_min"]),
+        "weight_nmse_fraction_below_paper_max": float((nmse < PAPER["weight_nmse_max"]).double().mean()),
+        "rmse_linear_vs_gaussian_max": float(torch.as_tensor(block["distillation"]["rmse_linear_vs_gaussian"]).max()),
+        "rmse_network_vs_linear_high_noise_max": (float(torch.as_tensor(block["score_error"]["linear"])[high].max())
+                                                   if high.any() else None),
+        "generalization_score": block["generalization"]["score"],
+        "generalizes": block["generalization"]["generalizes"],
+    }
+
+
+def assemble_results(config, sigmas: Tensor, networks: dict, studies: dict, denoiser_linearity: dict,
+                     strong: list[dict], sweeps: dict, timings: dict, command: str) -> dict:
+    """The whole results.json table (plain JSON types)."""
+    blocks = {name: network_results(study, config.distillation.method) for name, study in studies.items()}
+    linearity = config.linearity
+    results = {
+        "study": "gaussian_structure", "version": __version__, "command": command, "config": to_dict(config),
+        "sigmas": sigmas,
+        "networks": {name: {"path": network.key["path"], "n_parameters": network.n_parameters,
+                            "dataset": dataset_summary(network.data)} for name, network in networks.items()},
+        "linearity": {"alpha": linearity.alpha, "beta": math.sqrt(1 - linearity.alpha**2),
+                      "alphas": list(linearity.alphas), "betas": [math.sqrt(1 - a**2) for a in linearity.alphas],
+                      "scores": {**{name: block["linearity"] for name, block in blocks.items()},
+                                 **{f"denoiser:{name}": table for name, table in denoiser_linearity.items()}}},
+        **{section: {name: block[section] for name, block in blocks.items()}
+           for section in ("distillation", "score_error", "sampling", "generalization")},
+        "strong_generalization": strong,
+        "sweeps": sweeps,
+        "paper": PAPER,
+        "checks": {name: paper_checks(block, sigmas) for name, block in blocks.items()},
+        "timings_s": timings,
+    }
+    return plain(results)
+
+
+def dataset_summary(data) -> dict:
+    return {"name": data.name, "n_images": len(data.images), "image_shape": list(data.images.shape[1:]),
+            "load_options": data.load_options}
+
+
+def strong_generalization_row(a: str, b: str, similarity: dict, gaussian_similarity: dict) -> dict:
+    """One results["strong_generalization"] row: means over the shared-noise samples."""
+    row = {"a": a, "b": b, "n_samples": len(similarity["pixel_cosine"])}
+    row.update({metric: float(values.mean()) for metric, values in similarity.items()})
+    row.setdefault("feature_cosine", None)
+    row.update({f"{name}_pixel_cosine": float(values.mean()) for name, values in gaussian_similarity.items()})
+    return row
+
+
+def sweep_row(entry, network, generalization: dict, errors: dict) -> dict:
+    """One results["sweeps"]["entries"] row."""
+    return {"label": entry.label or f"{entry.kind}={entry.value:g}", "kind": entry.kind, "value": entry.value,
+            "path": entry.path, "n_train": len(network.data.images), "n_parameters": network.n_parameters,
+            "generalization_score": generalization["score"],
+            "nearest_distance_mean": float(generalization["nearest_distance"].mean()),
+            "score_error_gaussian": errors["gaussian"], "score_error_optimal": errors["optimal"]}
+
+
+def shown_samples(generalization: dict, train: Tensor, count: int) -> dict[str, Tensor]:
+    """The first `count` samples and their nearest training images (for figures): float32 [n, C, H, W] each."""
+    indices = generalization["nearest_index"][:count]
+    return {"samples": generalization["samples"][:count], "nearest": train.cpu()[indices].float()}
+
+
+def network_arrays(study: dict, train: Tensor, image_shape: tuple[int, int, int], shown: int = 8) -> dict:
+    """Images of one network the report draws: trajectories, singular vectors [L, k, C, H, W], samples."""
+    trajectory = study["trajectory"]
+    return {"trajectory_network": trajectory["network"][:, :shown], "trajectory_gaussian": trajectory["gaussian"][:, :shown],
+            "vectors_linear": stacked(study["distillation"], "vectors_linear").reshape(
+                len(study["distillation"]), -1, *image_shape),
+            "vectors_gaussian": stacked(study["distillation"], "vectors_gaussian").reshape(
+                len(study["distillation"]), -1, *image_shape),
+            **shown_samples(study["generalization"], train, 2 * shown)}

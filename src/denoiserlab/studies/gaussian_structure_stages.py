@@ -1,0 +1,92 @@
+"""The cached stages of the Gaussian-structure study: each runs one measurement of gaussian_structure_measures
+through the shared StageCache, keyed by the resolved config section, the grid and the network / data fingerprints
+it depends on (a rerun loads finished stages, a changed setting recomputes only what it touches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import Tensor
+
+from denoiserlab.diffusion import standard_noise
+from denoiserlab.studies.cache import StageCache
+from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
+from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork, config_key
+from denoiserlab.studies.gaussian_structure_measures import (
+    distill_at_sigma,
+    generalization_table,
+    generate_samples,
+    linearity_per_sigma,
+    score_errors_per_sigma,
+    trajectory_comparison,
+)
+
+
+@dataclass
+class GaussianStudyContext:
+    config: GaussianStudyConfig
+    out: Path  # output folder
+    cache: StageCache
+    sigmas: Tensor  # float64 [L], high -> low
+    progress: bool  # show progress bars
+
+    def key(self, section: str, *parts: dict) -> dict:
+        """A stage key: the grid, one config section and the given parts (network, data, ...)."""
+        return {"sigmas": config_key(self.config.sigmas), section: config_key(getattr(self.config, section)),
+                "parts": list(parts)}
+
+
+def stage_linearity(ctx: GaussianStudyContext, label: str, den_key: dict, data: StudyData,
+                    make_denoiser: Callable) -> dict:
+    """Linearity scores [L] (and the alpha sweep [A, L]) of one network or analytical denoiser."""
+    key = ctx.key("linearity", den_key, data.key)
+    return ctx.cache.run(f"linearity-{label}", key, lambda: linearity_per_sigma(
+        make_denoiser(), data.images, ctx.sigmas, ctx.config.linearity, ctx.progress, label))
+
+
+def stage_distillation(ctx: GaussianStudyContext, network: StudyNetwork, level: int) -> dict:
+    """Linear distillation of a network at grid point `level`, compared with the Gaussian denoiser."""
+    key = {**ctx.key("distillation", network.key, network.data.key), "level": level,
+           "score_error": config_key(ctx.config.score_error)}
+    return ctx.cache.run(f"distillation-{network.name}-{level}", key, lambda: distill_at_sigma(
+        network.module, network.data.denoiser("gaussian"), network.data.images, float(ctx.sigmas[level]),
+        ctx.config.distillation, ctx.config.score_error, ctx.progress and ctx.config.distillation.method == "gd"))
+
+
+def stage_score_errors(ctx: GaussianStudyContext, name: str, network_key: dict, module, data: StudyData,
+                       levels: list[int] | None = None) -> dict[str, Tensor]:
+    """RMSE of a network vs the Gaussian and the optimal denoiser of its training set at grid points `levels`
+    (all when None): {"gaussian", "optimal": float64 [len(levels)]}."""
+    levels = list(range(len(ctx.sigmas))) if levels is None else levels
+    key = {**ctx.key("score_error", network_key, data.key), "levels": levels}
+    return ctx.cache.run(f"score_errors-{name}", key, lambda: score_errors_per_sigma(
+        module, {"gaussian": data.denoiser("gaussian"), "optimal": data.denoiser("optimal")}, data.images,
+        ctx.sigmas[levels], ctx.config.score_error))
+
+
+def stage_trajectory(ctx: GaussianStudyContext, network: StudyNetwork) -> dict:
+    """The network's Euler trajectory vs the closed-form Gaussian one from the same initial noise."""
+    key = ctx.key("sampling", network.key, network.data.key)
+    sampling = ctx.config.sampling
+    noise = standard_noise((sampling.n_samples, *network.data.images.shape[1:]), sampling.seed)
+    return ctx.cache.run(f"trajectory-{network.name}", key, lambda: trajectory_comparison(
+        network.module, network.data.denoiser("gaussian"), noise.to(ctx.config.device), ctx.sigmas))
+
+
+def stage_samples(ctx: GaussianStudyContext, name: str, network_key: dict, module,
+                  image_shape: tuple[int, int, int]) -> Tensor:
+    """config.generalization.k samples [K, C, H, W] of a network from the shared seeded noise."""
+    key = ctx.key("generalization", network_key, {"shape": list(image_shape)})
+    return ctx.cache.run(f"samples-{name}", key, lambda: generate_samples(
+        module, image_shape, ctx.config.generalization, ctx.config.device, ctx.progress, name))
+
+
+def stage_generalization(ctx: GaussianStudyContext, name: str, network_key: dict, module,
+                         data: StudyData) -> dict:
+    """{"samples" [K, ...], "score" (eq. 14), "nearest_distance" [K], "nearest_index" [K]} of one network."""
+    samples = stage_samples(ctx, name, network_key, module, tuple(data.images.shape[1:]))
+    key = ctx.key("generalization", network_key, data.key)
+    table = ctx.cache.run(f"generalization-{name}", key, lambda: generalization_table(samples, data.images))
+    return {"samples": samples, **table}
