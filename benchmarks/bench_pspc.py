@@ -5,12 +5,16 @@
 
 The naive version loops over crop positions and, per crop, gathers the co-located training patches and computes a
 full empirical posterior with a running log-sum-exp over chunks of 100 training images (float32), like
-plai-group/pspc. Times are the best of --repeats calls (wall clock, after one warm-up call).
+plai-group/pspc. It runs on one thread: its ops are too small to gain from two, and on a machine shared with other
+jobs torch's two-thread ops stall (10x slower here). Ours is timed on one thread and on --threads threads.
+Each figure: wall-clock seconds and process CPU seconds (robust to other jobs on the machine), best of --repeats
+calls after a warm-up call; the naive loop runs once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -55,14 +59,31 @@ def square_masks(height: int, width: int, size: int):
             yield mask
 
 
-def best_seconds(function, repeats: int) -> float:
-    function()  # warm-up: builds the kernel / lane layout, touches memory
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(function, repeats: int, threads: int) -> tuple[float, float]:
+    """(best wall seconds, best CPU seconds) of `repeats` calls on `threads` threads; repeats=0: one call, no warm-up."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if repeats:
+            function()  # warm-up: builds the kernel and the lane layout, touches memory
+        walls, cpus = [], []
+        for _ in range(max(repeats, 1)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            function()
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+    finally:
+        torch.set_num_threads(previous)
+    return min(walls), min(cpus)
+
+
+def describe(name: str, naive: tuple[float, float], one: tuple[float, float], many: tuple[float, float],
+             threads: int, error: float) -> str:
+    return (f"  naive {naive[0]:.2f} s wall ({naive[1]:.2f} s CPU), 1 thread\n"
+            f"  {name} {one[0] * 1e3:.1f} ms wall ({one[1] * 1e3:.1f} ms CPU), 1 thread; "
+            f"{many[0] * 1e3:.1f} ms wall, {threads} threads\n"
+            f"  ratio: {naive[1] / one[1]:.0f}x in CPU time (1 thread each), {naive[0] / many[0]:.0f}x in wall time "
+            f"(naive on 1 thread, ours on {threads}); max |ours - naive| = {error:.1e}")
 
 
 def peak_rss_gib() -> float:
@@ -77,18 +98,19 @@ def random_problem(n_train: int, shape: tuple[int, int, int], batch: int, sigma:
 
 
 def compare_square(args) -> float:
+    """Naive loop vs ours for PSPC-Square; returns ours' wall seconds on args.threads threads."""
     train, x, sigma = random_problem(args.n, (3, 32, 32), args.batch, args.sigma)
     ours = PSPCSquare(train, args.patch_size)
-    start = time.perf_counter()
-    naive = naive_composite(x, sigma, train, square_masks(32, 32, args.patch_size))
-    naive_seconds = time.perf_counter() - start
-    ours_seconds = best_seconds(lambda: ours(x, sigma), args.repeats)
-    eager_seconds = best_seconds(lambda: PSPCSquare(train, args.patch_size, kernel="eager")(x, sigma), 1)
-    error = (ours(x, sigma) - naive).abs().max().item()
-    print(f"PSPC-Square N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} s={args.patch_size}: "
-          f"naive {naive_seconds:.2f} s, ours {ours_seconds * 1e3:.1f} ms (eager path {eager_seconds * 1e3:.0f} ms), "
-          f"ratio {naive_seconds / ours_seconds:.0f}x, max |diff| {error:.1e}")
-    return ours_seconds
+    naive_result = []
+    naive = timed(lambda: naive_result.append(naive_composite(x, sigma, train, square_masks(32, 32, args.patch_size))),
+                  0, 1)
+    one, many = timed(lambda: ours(x, sigma), args.repeats, 1), timed(lambda: ours(x, sigma), args.repeats, args.threads)
+    eager = timed(lambda: PSPCSquare(train, args.patch_size, kernel="eager")(x, sigma), 1, args.threads)
+    error = (ours(x, sigma) - naive_result[0]).abs().max().item()
+    print(f"PSPC-Square N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} s={args.patch_size}:")
+    print(describe("ours", naive, one, many, args.threads, error))
+    print(f"  eager PyTorch path: {eager[0]:.2f} s wall, {args.threads} threads")
+    return many[0]
 
 
 def compare_flex(args) -> None:
@@ -96,15 +118,14 @@ def compare_flex(args) -> None:
     heatmap = torch.rand(32, 32, 32, 32, generator=torch.Generator().manual_seed(1))
     masks = flex_masks(heatmap, args.lam)
     ours = PSPCFlex(train, masks)
-    start = time.perf_counter()
-    naive = naive_composite(x, sigma, train, masks)
-    naive_seconds = time.perf_counter() - start
-    ours_seconds = best_seconds(lambda: ours(x, sigma), args.repeats)
-    error = (ours(x, sigma) - naive).abs().max().item()
-    print(f"PSPC-Flex N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} lambda={args.lam} "
+    naive_result = []
+    naive = timed(lambda: naive_result.append(naive_composite(x, sigma, train, masks)), 0, 1)
+    one, many = timed(lambda: ours(x, sigma), args.repeats, 1), timed(lambda: ours(x, sigma), args.repeats, args.threads)
+    error = (ours(x, sigma) - naive_result[0]).abs().max().item()
+    print(f"PSPC-Flex N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} lambda={args.lam}, random heatmap "
           f"({unique_crops(masks).masks.shape[0]} distinct crops, {masks.flatten(1).sum(1).float().mean():.0f} pixels "
-          f"each): naive {naive_seconds:.2f} s, ours {ours_seconds:.3f} s, ratio {naive_seconds / ours_seconds:.0f}x, "
-          f"max |diff| {error:.1e}")
+          "each on average):")
+    print(describe("ours", naive, one, many, args.threads, error))
 
 
 def large(args, small_seconds: float) -> None:
@@ -114,9 +135,9 @@ def large(args, small_seconds: float) -> None:
         projected = small_seconds * (n_train / args.n) * (10 / args.batch) * per_image
         rss_before = peak_rss_gib()
         ours = PSPCSquare(train, args.patch_size)
-        seconds = best_seconds(lambda: ours(x, sigma), args.repeats)
+        seconds = timed(lambda: ours(x, sigma), args.repeats, args.threads)[0]
         optimal = OptimalDenoiser(train)
-        optimal_seconds = best_seconds(lambda: optimal(x, sigma), 1)
+        optimal_seconds = timed(lambda: optimal(x, sigma), 1, args.threads)[0]
         print(f"PSPC-Square N={n_train} {'x'.join(map(str, shape))} B=10 s={args.patch_size}: projected {projected:.2f} s, "
               f"measured {seconds:.2f} s; optimal denoiser {optimal_seconds:.2f} s; peak RSS {peak_rss_gib():.2f} GiB "
               f"(was {rss_before:.2f} GiB before building it; training set {train.numel() * 4 / 2**30:.2f} GiB)")
@@ -131,10 +152,12 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=11)
     parser.add_argument("--lam", type=float, default=0.4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for ours")
     parser.add_argument("--skip-flex", action="store_true", help="skip the (slow) naive PSPC-Flex loop")
     parser.add_argument("--large", action="store_true", help="also time N=60k (1x28x28) and N=100k (3x32x32)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {args.threads} threads for ours, load average {load:.1f} before starting")
     small_seconds = compare_square(args)
     if not args.skip_flex:
         compare_flex(args)

@@ -62,51 +62,48 @@ static inline float exp_nonpositive(float x) {
 }
 
 /* Window sums of width s along a line of len lane vectors: out[i] = sum_{j<s} in[i + j], i <= len - s.
-   Block-restarted prefix and suffix sums (van Herk / Gil-Werman): only non-negative terms are added. */
+   Block-restarted prefix and suffix sums (van Herk / Gil-Werman): out[i] = suffix[i] + prefix[i + s - 1], the
+   prefix term dropped where i starts a block; only non-negative terms are ever added. */
 static void box_line(const float *in, long in_stride, float *out, long out_stride, int len, int s,
                      float *prefix, float *suffix) {
-    for (int i = 0; i < len; i++) {
-        const float *src = in + i * in_stride;
-        float *dst = prefix + (long)i * LANES;
-        if (i % s == 0) {
-#pragma omp simd
-            for (int l = 0; l < LANES; l++) dst[l] = src[l];
-        } else {
+    for (int start = 0; start < len; start += s) {
+        int end = start + s < len ? start + s : len;
+        memcpy(prefix + (long)start * LANES, in + start * in_stride, sizeof(float) * LANES);
+        for (int i = start + 1; i < end; i++) {
+            const float *src = in + i * in_stride;
+            float *dst = prefix + (long)i * LANES;
 #pragma omp simd
             for (int l = 0; l < LANES; l++) dst[l] = dst[l - LANES] + src[l];
         }
-    }
-    for (int i = len - 1; i >= 0; i--) {
-        const float *src = in + i * in_stride;
-        float *dst = suffix + (long)i * LANES;
-        if (i % s == s - 1 || i == len - 1) {
-#pragma omp simd
-            for (int l = 0; l < LANES; l++) dst[l] = src[l];
-        } else {
+        memcpy(suffix + (long)(end - 1) * LANES, in + (end - 1) * in_stride, sizeof(float) * LANES);
+        for (int i = end - 2; i >= start; i--) {
+            const float *src = in + i * in_stride;
+            float *dst = suffix + (long)i * LANES;
 #pragma omp simd
             for (int l = 0; l < LANES; l++) dst[l] = dst[l + LANES] + src[l];
         }
     }
-    for (int i = 0; i + s <= len; i++) {
-        float *dst = out + i * out_stride;
-        const float *tail = suffix + (long)i * LANES, *head = prefix + (long)(i + s - 1) * LANES;
-        if (i % s == 0) {
-#pragma omp simd
-            for (int l = 0; l < LANES; l++) dst[l] = tail[l];
-        } else {
+    int n_out = len - s + 1;
+    for (int start = 0; start < n_out; start += s) {
+        memcpy(out + start * out_stride, suffix + (long)start * LANES, sizeof(float) * LANES);
+        int end = start + s < n_out ? start + s : n_out;
+        for (int i = start + 1; i < end; i++) {
+            float *dst = out + i * out_stride;
+            const float *tail = suffix + (long)i * LANES, *head = prefix + (long)(i + s - 1) * LANES;
 #pragma omp simd
             for (int l = 0; l < LANES; l++) dst[l] = tail[l] + head[l];
         }
     }
 }
 
-/* Transposed window sums: out[i] = sum of in[p] over p < len with p <= i < p + s, for i < len + s - 1. */
+/* Transposed window sums: out[i] = sum of in[p] over p < len with p <= i < p + s, for i < len + s - 1
+   (window sums of the line zero-padded by s - 1 on both sides). */
 static void box_line_transposed(const float *in, long in_stride, float *out, long out_stride, int len, int s,
                                 float *padded, float *prefix, float *suffix) {
-    int padded_len = len + 2 * (s - 1);
-    memset(padded, 0, sizeof(float) * LANES * padded_len);
+    memset(padded, 0, sizeof(float) * LANES * (s - 1));
     for (int i = 0; i < len; i++) memcpy(padded + (long)(i + s - 1) * LANES, in + i * in_stride, sizeof(float) * LANES);
-    box_line(padded, LANES, out, out_stride, padded_len, s, prefix, suffix);
+    memset(padded + (long)(len + s - 1) * LANES, 0, sizeof(float) * LANES * (s - 1));
+    box_line(padded, LANES, out, out_stride, len + 2 * (s - 1), s, prefix, suffix);
 }
 
 /* Per-pixel squared differences summed over channels: d[hw][l] = sum_c (z[c][hw] - x[c][hw][l])^2. */
@@ -336,6 +333,12 @@ def _shape_arguments(queries: Tensor, n_train: int, size: int) -> list[ctypes.c_
     return [ctypes.c_int(value) for value in (*queries.shape, n_train, size)]
 
 
+def n_parts(n_blocks: int, threads: int) -> int:
+    """Shares of the training set, each with its own partial sums: a few per thread, so that a thread slowed by
+    other jobs on the machine does not hold up the others (dynamic scheduling)."""
+    return max(1, min(n_blocks, 4 * threads))
+
+
 def logit_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
     """Room for pass 1's crop logits [blocks, B, crops, 16] if they fit in LOGIT_CACHE_BYTES, else None."""
     if 4 * batch * n_blocks * n_crops * LANES > LOGIT_CACHE_BYTES:
@@ -350,7 +353,7 @@ def square_log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int
     Returns float64 [B, P1, P2]; fills `logits` for pass 2 when given.
     """
     batch, _, height, width = queries.shape
-    parts = threads
+    parts = n_parts(lanes.shape[0], threads)
     maxima = torch.empty(batch, parts, height - size + 1, width - size + 1)
     sums = torch.empty_like(maxima)
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
@@ -370,7 +373,7 @@ def square_numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv
 
     logits: the tensor pass 1 filled, or None to recompute the crop logits.
     """
-    parts = threads
+    parts = n_parts(lanes.shape[0], threads)
     numerators = torch.empty(queries.shape[0], parts, *queries.shape[1:])
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
     log_normalisers = log_normalisers.float().contiguous()
