@@ -137,11 +137,13 @@ def trajectory_nmse_figure(results: dict, path: Path) -> Path:
 
 def trajectory_grid(results: dict, arrays: dict, name: str, path: Path, shown: int = 4) -> Path:
     """Trajectory states (columns: steps) of the network and the Gaussian from the same noise, per sample."""
+    scale = 1 / (1 + Tensor(results["sampling"][name]["sigmas"]) ** 2).sqrt().view(-1, 1, 1, 1)  # display only
     rows = {}
     for sample in range(min(shown, arrays["trajectory_network"].shape[1])):
-        rows[f"{name} #{sample}"] = arrays["trajectory_network"][:, sample].clamp(-1, 1)
-        rows[f"Gaussian #{sample}"] = arrays["trajectory_gaussian"][:, sample].clamp(-1, 1)
-    return save_labelled_rows(rows, path, title="Trajectories from shared noise (left: sigma_max, right: sample)")
+        rows[f"{name} #{sample}"] = (arrays["trajectory_network"][:, sample] * scale).clamp(-1, 1)
+        rows[f"Gaussian #{sample}"] = (arrays["trajectory_gaussian"][:, sample] * scale).clamp(-1, 1)
+    return save_labelled_rows(rows, path, title="Trajectories from shared noise, x / sqrt(1 + sigma^2) "
+                                                "(left: sigma_max, right: sample)")
 
 
 def samples_grid(arrays: dict, name: str, path: Path) -> Path:

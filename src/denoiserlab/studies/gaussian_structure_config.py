@@ -78,7 +78,7 @@ class DistillationConfig:
     n_samples: int = 4096  # noisy training images per sigma (lstsq needs >= C*H*W + 1)
     batch_size: int = 256  # images per network call (and the Adam mini-batch)
     steps: int = 2000  # Adam steps ("gd")
-    learning_rate: float = 1e-3  # Adam learning rate ("gd")
+    learning_rate: float = 1e-3  # Adam learning rate ("gd") at unit input scale; divided by sqrt(1 + sigma^2)
     top_k: int = 8  # leading singular vectors compared (and drawn) per sigma
     seed: int = 0  # seed of the noisy images
 

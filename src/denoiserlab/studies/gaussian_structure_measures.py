@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -64,8 +65,9 @@ def distill_at_sigma(den: Denoiser, gaussian: GaussianDenoiser, images: Tensor, 
     agree with its Gaussian partner), "rmse_linear_vs_gaussian", "rmse_network_vs_linear": floats (eq. 10),
     "fit_mse": float (lstsq residual or last Adam loss), "losses": float64 [steps] ("gd") or [1]}.
     """
+    learning_rate = config.learning_rate / math.sqrt(1 + sigma**2)  # inputs grow as sigma: keep W x's steps even
     weight, bias, losses = distill_linear(den, images, sigma, config.method, config.n_samples, config.seed,
-                                          config.batch_size, config.steps, config.learning_rate, progress,
+                                          config.batch_size, config.steps, learning_rate, progress,
                                           return_losses=True)
     gaussian_weight, _ = gaussian_linear_map(gaussian, sigma)
     weight, gaussian_weight = weight.cpu(), gaussian_weight.cpu()
