@@ -62,36 +62,27 @@ static inline float exp_nonpositive(float x) {
 }
 
 /* Window sums of width s along a line of len lane vectors: out[i] = sum_{j<s} in[i + j], i <= len - s.
-   Block-restarted prefix and suffix sums (van Herk / Gil-Werman): out[i] = suffix[i] + prefix[i + s - 1], the
-   prefix term dropped where i starts a block; only non-negative terms are ever added. */
-static void box_line(const float *in, long in_stride, float *out, long out_stride, int len, int s,
-                     float *prefix, float *suffix) {
-    for (int start = 0; start < len; start += s) {
-        int end = start + s < len ? start + s : len;
-        memcpy(prefix + (long)start * LANES, in + start * in_stride, sizeof(float) * LANES);
-        for (int i = start + 1; i < end; i++) {
-            const float *src = in + i * in_stride;
-            float *dst = prefix + (long)i * LANES;
-#pragma omp simd
-            for (int l = 0; l < LANES; l++) dst[l] = dst[l - LANES] + src[l];
-        }
-        memcpy(suffix + (long)(end - 1) * LANES, in + (end - 1) * in_stride, sizeof(float) * LANES);
-        for (int i = end - 2; i >= start; i--) {
+   Van Herk / Gil-Werman blocks of length s: out[i] = (suffix sum of i's block from i) + (prefix sum of the next
+   block up to i + s - 1), the prefix kept in a register. Only non-negative terms are ever added. */
+static void box_line(const float *in, long in_stride, float *out, long out_stride, int len, int s, float *suffix) {
+    int n_out = len - s + 1;
+    for (int start = 0; start < n_out; start += s) {
+        int last = start + s - 1; /* < len, since start <= len - s */
+        memcpy(suffix + (long)last * LANES, in + last * in_stride, sizeof(float) * LANES);
+        for (int i = last - 1; i >= start; i--) {
             const float *src = in + i * in_stride;
             float *dst = suffix + (long)i * LANES;
 #pragma omp simd
             for (int l = 0; l < LANES; l++) dst[l] = dst[l + LANES] + src[l];
         }
-    }
-    int n_out = len - s + 1;
-    for (int start = 0; start < n_out; start += s) {
         memcpy(out + start * out_stride, suffix + (long)start * LANES, sizeof(float) * LANES);
+        float head[LANES] = {0};
         int end = start + s < n_out ? start + s : n_out;
         for (int i = start + 1; i < end; i++) {
+            const float *next = in + (i + s - 1) * in_stride, *tail = suffix + (long)i * LANES;
             float *dst = out + i * out_stride;
-            const float *tail = suffix + (long)i * LANES, *head = prefix + (long)(i + s - 1) * LANES;
 #pragma omp simd
-            for (int l = 0; l < LANES; l++) dst[l] = tail[l] + head[l];
+            for (int l = 0; l < LANES; l++) { head[l] += next[l]; dst[l] = tail[l] + head[l]; }
         }
     }
 }
@@ -99,11 +90,11 @@ static void box_line(const float *in, long in_stride, float *out, long out_strid
 /* Transposed window sums: out[i] = sum of in[p] over p < len with p <= i < p + s, for i < len + s - 1
    (window sums of the line zero-padded by s - 1 on both sides). */
 static void box_line_transposed(const float *in, long in_stride, float *out, long out_stride, int len, int s,
-                                float *padded, float *prefix, float *suffix) {
+                                float *padded, float *suffix) {
     memset(padded, 0, sizeof(float) * LANES * (s - 1));
     for (int i = 0; i < len; i++) memcpy(padded + (long)(i + s - 1) * LANES, in + i * in_stride, sizeof(float) * LANES);
     memset(padded + (long)(len + s - 1) * LANES, 0, sizeof(float) * LANES * (s - 1));
-    box_line(padded, LANES, out, out_stride, len + 2 * (s - 1), s, prefix, suffix);
+    box_line(padded, LANES, out, out_stride, len + 2 * (s - 1), s, suffix);
 }
 
 /* Per-pixel squared differences summed over channels: d[hw][l] = sum_c (z[c][hw] - x[c][hw][l])^2. */
@@ -123,7 +114,7 @@ static void pixel_squared_differences(const float *z, const float *x, int C, int
     }
 }
 
-typedef struct { float *d, *rows, *crops, *prefix, *suffix, *padded; } Scratch;
+typedef struct { float *d, *rows, *crops, *suffix, *padded; } Scratch;
 
 static Scratch scratch_new(int H, int W, int s) {
     long longest = (H > W ? H : W) + 2L * s;
@@ -131,14 +122,13 @@ static Scratch scratch_new(int H, int W, int s) {
     t.d = malloc(sizeof(float) * LANES * H * W);
     t.rows = malloc(sizeof(float) * LANES * H * W);
     t.crops = malloc(sizeof(float) * LANES * H * W);
-    t.prefix = malloc(sizeof(float) * LANES * longest);
     t.suffix = malloc(sizeof(float) * LANES * longest);
     t.padded = malloc(sizeof(float) * LANES * longest);
     return t;
 }
 
 static void scratch_free(Scratch t) {
-    free(t.d); free(t.rows); free(t.crops); free(t.prefix); free(t.suffix); free(t.padded);
+    free(t.d); free(t.rows); free(t.crops); free(t.suffix); free(t.padded);
 }
 
 /* Logits -|C z - C x|^2 * inv_two_var of all s x s crops for one block of training images: [P1][P2][LANES];
@@ -148,10 +138,10 @@ static void crop_logits(const float *z, const float *x, int C, int H, int W, int
     int P1 = H - s + 1, P2 = W - s + 1;
     pixel_squared_differences(z, x, C, H * W, t.d);
     for (int h = 0; h < H; h++)
-        box_line(t.d + (long)h * W * LANES, LANES, t.rows + (long)h * P2 * LANES, LANES, W, s, t.prefix, t.suffix);
+        box_line(t.d + (long)h * W * LANES, LANES, t.rows + (long)h * P2 * LANES, LANES, W, s, t.suffix);
     for (int q = 0; q < P2; q++)
         box_line(t.rows + (long)q * LANES, (long)P2 * LANES, logits + (long)q * LANES, (long)P2 * LANES, H, s,
-                 t.prefix, t.suffix);
+                 t.suffix);
     for (int p = 0; p < P1 * P2; p++) {
         float *v = logits + (long)p * LANES;
 #pragma omp simd
@@ -238,10 +228,10 @@ void square_pass2(const float *z, const float *xt, int B, int C, int H, int W, i
                 if (largest == 0.0f) continue; /* every weight underflowed to exactly 0: nothing to add */
                 for (int p = 0; p < P1; p++)
                     box_line_transposed(t.crops + (long)p * P2 * LANES, LANES, t.rows + (long)p * W * LANES, LANES,
-                                        P2, s, t.padded, t.prefix, t.suffix);
+                                        P2, s, t.padded, t.suffix);
                 for (int w = 0; w < W; w++)
                     box_line_transposed(t.rows + (long)w * LANES, (long)W * LANES, t.d + (long)w * LANES,
-                                        (long)W * LANES, P1, s, t.padded, t.prefix, t.suffix);
+                                        (long)W * LANES, P1, s, t.padded, t.suffix);
                 float *accb = acc + (long)b * C * HW * LANES;
                 for (int c = 0; c < C; c++)
                     for (int p = 0; p < HW; p++) {
