@@ -1,0 +1,158 @@
+"""Training: EDM loss and weight by hand, warm-up, EMA half-life, exact resume, outputs, config files and errors."""
+
+import argparse
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from denoiserlab.cli import train as train_cli
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.networks import load_checkpoint
+from denoiserlab.networks.ema import ema_beta, update_ema
+from denoiserlab.networks.loss import edm_loss, edm_loss_weight, sample_training_sigmas
+from denoiserlab.networks.training import learning_rate, run_training
+from denoiserlab.networks.training_config import TrainConfig, train_config_from_dict
+
+TINY_RUN = dict(subset=64, resolution=8, resolution_policy="resize", arch="unet", batch_size=16, checkpoint_kimg=0.064, log_kimg=0.032, sample_count=4,
+                sample_steps=2, lr_rampup_kimg=0.05, ema_halflife_kimg=0.05,
+                network=dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+                             channels_per_head=8, dropout=0.2))
+
+
+def test_edm_loss_weight_by_hand():
+    """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out^2 (Karras et al. 2022, Table 1)."""
+    for s in (0.002, 0.3, 1.0, 80.0):
+        weight = float(edm_loss_weight(torch.tensor(s, dtype=torch.float64)))
+        assert math.isclose(weight, (s * s + 0.25) / (s * 0.5) ** 2, rel_tol=1e-12)
+        c_out = s * 0.5 / math.sqrt(s * s + 0.25)
+        assert math.isclose(weight * c_out**2, 1.0, rel_tol=1e-12)
+
+
+def test_training_sigmas_are_log_normal():
+    log_sigma = sample_training_sigmas(20000, torch.Generator().manual_seed(0)).log().double()
+    assert abs(float(log_sigma.mean()) + 1.2) < 0.05 and abs(float(log_sigma.std()) - 1.2) < 0.05
+
+
+def test_edm_loss_matches_a_per_sample_loop():
+    generator = torch.Generator().manual_seed(3)
+    x0 = torch.rand(4, 1, 3, 3, dtype=torch.float64) * 2 - 1
+
+    def den(x, sigma):  # a simple denoiser with per-sample sigma: shrink towards 0
+        return x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+
+    state = generator.get_state()
+    loss = edm_loss(den, x0, generator)
+    generator.set_state(state)
+    sigmas = (torch.randn(4, generator=generator) * 1.2 - 1.2).exp()
+    eps = torch.randn(x0.shape, generator=generator)
+    for i in range(4):
+        s = float(sigmas[i])
+        x = x0[i] + s * eps[i].double()
+        error = ((x / (1 + s * s) - x0[i]) ** 2).mean().item()
+        assert math.isclose(float(loss[i]), (s * s + 0.25) / (s * 0.5) ** 2 * error, rel_tol=1e-5)
+
+
+def test_learning_rate_warm_up_and_ema_half_life():
+    config = TrainConfig(out="x", lr=1e-3, lr_rampup_kimg=10.0)
+    assert learning_rate(config, 5000) == pytest.approx(5e-4) and learning_rate(config, 20000) == 1e-3
+    beta = ema_beta(batch_size=100, nimg=10**9, halflife_kimg=2.0, rampup_ratio=0.05)
+    assert beta ** (2000 / 100) == pytest.approx(0.5)  # half the weight is forgotten after one half-life
+    assert ema_beta(100, nimg=4000, halflife_kimg=2.0, rampup_ratio=0.05) ** 2 == pytest.approx(0.5)  # 200 images
+
+
+def test_update_ema_by_hand():
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = [0.9 * e.detach() + 0.1 * m.detach() for e, m in zip(ema.parameters(), model.parameters())]
+    update_ema(ema, model, 0.9)
+    for value, wanted in zip(ema.parameters(), expected):
+        torch.testing.assert_close(value.detach(), wanted)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    """Stop after 3 steps (as after a kill), rerun to 6: weights, EMA and losses equal a 6-step run bitwise."""
+    options = dict(TINY_RUN, checkpoint_kimg=0.048, log_kimg=0.016)
+    run_training(TrainConfig(out=str(tmp_path / "a"), kimg=0.096, **options), progress=False)
+    run_training(TrainConfig(out=str(tmp_path / "b"), kimg=0.048, **options), progress=False)
+    run_training(TrainConfig(out=str(tmp_path / "b"), kimg=0.096, **options), progress=False)
+    state_a = torch.load(tmp_path / "a" / "training-state.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "b" / "training-state.pt", weights_only=True)
+    assert state_a["step"] == state_b["step"] == 6
+    for part in ("model", "ema"):
+        for name, value in state_a[part].items():
+            assert torch.equal(value, state_b[part][name]), (part, name)
+    assert [row[2] for row in state_a["history"]] == [row[2] for row in state_b["history"]]
+
+
+def test_run_outputs_and_checkpoint(tmp_path):
+    network = run_training(TrainConfig(out=str(tmp_path), kimg=0.128, xflip=True, **TINY_RUN), progress=False)
+    assert network == tmp_path / "network-000000"
+    with open(tmp_path / "loss.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 4 and all(math.isfinite(float(row["loss"])) for row in rows)
+    assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "samples-000000.png").stat().st_size > 0
+    den = load_checkpoint(network)
+    assert den.training_data["xflip"] is True and den.training_data["subset"] == 64
+    assert not any(path.name.endswith(".tmp") for path in tmp_path.rglob("*"))
+
+
+def test_training_lowers_the_loss(tmp_path):
+    """64 steps of Adam at a fixed learning rate: the last 16 losses average below the first 16."""
+    options = dict(TINY_RUN, lr=2e-3, lr_rampup_kimg=0.0, log_kimg=0.016, checkpoint_kimg=10.0,
+                   network=dict(TINY_RUN["network"], dropout=0.0))
+    run_training(TrainConfig(out=str(tmp_path), kimg=1.024, **options), progress=False)
+    with open(tmp_path / "loss.csv") as file:
+        losses = [float(row["loss"]) for row in csv.DictReader(file)]
+    assert len(losses) == 64 and sum(losses[-16:]) < 0.8 * sum(losses[:16])
+
+
+def test_resume_with_other_options_fails(tmp_path):
+    run_training(TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN), progress=False)
+    with pytest.raises(DenoiserLabError, match="batch_size"):
+        run_training(TrainConfig(out=str(tmp_path), kimg=0.032, **dict(TINY_RUN, batch_size=8)), progress=False)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    train_cli.add_parser(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+def test_toml_config_and_flags(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('arch = "dit-small"\nkimg = 5\nxflip = true\n[network]\ndepth = 2\n')
+    config = train_cli.config_from_args(parse(["train", "--config", str(path), "--out", "r", "--kimg", "7",
+                                               "--network", "dropout=0.1"]))
+    assert (config.arch, config.kimg, config.xflip, config.out) == ("dit-small", 7.0, True, "r")
+    assert config.network == {"depth": 2, "dropout": 0.1} and config.batch_size == TrainConfig.batch_size
+
+
+@pytest.mark.parametrize("text,match", [
+    ('arch = "unet-small"\nlearning_rate = 1e-3\n', "learning_rate"),
+    ('kimg = "ten"\n', "kimg"),
+    ('arch = "resnet"\n', "unknown network preset"),
+    ('[network]\nwidth = 3\n', "width"),
+    ('batch_size = 0\n', "batch_size"),
+    ('kimg = [1\n', "not valid TOML"),
+])
+def test_bad_toml_fails_naming_the_key(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(DenoiserLabError, match=match):
+        train_cli.config_from_args(parse(["train", "--config", str(path), "--out", "r"]))
+
+
+def test_missing_out_and_cuda_fail():
+    with pytest.raises(DenoiserLabError, match="out"):
+        train_config_from_dict({})
+    if not torch.cuda.is_available():
+        with pytest.raises(DenoiserLabError, match="CUDA"):
+            run_training(TrainConfig(out="unused", device="cuda"), progress=False)
+
+
+def test_resolved_config_is_written(tmp_path):
+    run_training(TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN), progress=False)
+    saved = json.loads((tmp_path / "training_config.json").read_text())
+    assert train_config_from_dict(saved) == TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN)
