@@ -15,14 +15,15 @@ from denoiserlab.analysis import (
     distill_linear,
     gaussian_linear_map,
     generalization_score,
-    linearity_score,
     nearest_neighbour_distances,
     pixel_cosine,
     score_approximation_error,
     singular_vector_alignment,
     weight_nmse,
 )
-from denoiserlab.analysis.metrics import feature_cosine
+from denoiserlab.analysis.linearity import mixing_weights, noisy_pairs, pair_nmse
+from denoiserlab.analysis.metrics import feature_cosine, rows_cosine
+from denoiserlab.analysis.noisy_inputs import denoise_in_batches
 from denoiserlab.denoisers import GaussianDenoiser
 from denoiserlab.diffusion import append_zero, sample_euler, sample_heun, standard_noise
 from denoiserlab.studies.gaussian_structure_config import (
@@ -33,7 +34,6 @@ from denoiserlab.studies.gaussian_structure_config import (
 )
 
 Denoiser = Callable[[Tensor, "float | Tensor"], Tensor]
-METRICS = ("cosine", "nmse")
 
 
 def linearity_per_sigma(den: Denoiser, images: Tensor, sigmas: Tensor, config: LinearityConfig,
@@ -42,17 +42,28 @@ def linearity_per_sigma(den: Denoiser, images: Tensor, sigmas: Tensor, config: L
 
     Returns float64 {"cosine", "nmse": [L], "sweep_cosine", "sweep_nmse": [A, L]}; beta = sqrt(1 - alpha^2).
     """
-    table = {}
-    for metric in METRICS:
-        table[metric] = torch.tensor([linearity_score(den, images, float(sigma), config.n_pairs, config.alpha,
-                                                      config.seed, metric, batch_size=config.batch_size)
-                                      for sigma in tqdm(sigmas, desc=f"linearity {label} {metric}",
-                                                        disable=not progress, leave=False)], dtype=torch.float64)
-        table[f"sweep_{metric}"] = torch.tensor(
-            [[linearity_score(den, images, float(sigma), config.n_pairs, alpha, config.seed, metric,
-                              batch_size=config.batch_size) for sigma in sigmas] for alpha in config.alphas],
-            dtype=torch.float64).reshape(len(config.alphas), len(sigmas))
-    return table
+    alphas = (config.alpha, *config.alphas)
+    scores = torch.stack([linearity_at_sigma(den, images, float(sigma), alphas, config)
+                          for sigma in tqdm(sigmas, desc=f"linearity {label}", disable=not progress, leave=False)],
+                         -1)  # [2, 1 + A, L]
+    return {"cosine": scores[0, 0], "nmse": scores[1, 0], "sweep_cosine": scores[0, 1:], "sweep_nmse": scores[1, 1:]}
+
+
+@torch.no_grad()
+def linearity_at_sigma(den: Denoiser, images: Tensor, sigma: float, alphas: tuple[float, ...],
+                       config: LinearityConfig) -> Tensor:
+    """Cosine and NMSE linearity for several alphas on the pairs and noise analysis.linearity_score draws (same
+    seed): D(x1) and D(x2) are computed once and shared by every alpha. Returns float64 [2 (cosine, nmse), A]."""
+    x1, x2 = noisy_pairs(images, sigma, config.n_pairs, config.seed)
+    weights = [mixing_weights(alpha, None) for alpha in alphas]
+    inputs = torch.cat([x1, x2, *[alpha * x1 + beta * x2 for alpha, beta in weights]])
+    outputs = denoise_in_batches(den, inputs, sigma, config.batch_size).double()
+    d1, d2, *d_mixed = outputs.reshape(2 + len(alphas), config.n_pairs, -1)  # each [P, D]
+    scores = []
+    for (alpha, beta), mixed in zip(weights, d_mixed):
+        combined = alpha * d1 + beta * d2
+        scores.append(torch.stack([rows_cosine(mixed, combined).mean(), pair_nmse(mixed, combined).mean()]))
+    return torch.stack(scores, 1)
 
 
 def distill_at_sigma(den: Denoiser, gaussian: GaussianDenoiser, images: Tensor, sigma: float,
