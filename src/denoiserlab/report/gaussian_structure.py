@@ -21,10 +21,11 @@ def affine_note(alpha: float, beta: float) -> str:
             f"beta = {beta:.4f}, so 1 - alpha - beta = {gap:.4f} and the mismatch is {gap:.4f} c. At small sigma "
             f"A -> I on the data and c -> 0, so both scores are perfect. At large sigma A -> 0 and every output "
             f"-> mu: both sides point along mu, so the cosine tends to 1 while the NMSE tends to "
-            f"(1 - alpha - beta)^2 / (alpha + beta)^2 = {limit:.4f}. In between, the cosine dips only slightly "
-            f"below 1 because c is small next to A x for noisy inputs. A purely linear map scores exactly 1 (cosine) "
-            f"and 0 (NMSE) at any alpha, beta. Read the networks' cosine scores against the Gaussian denoiser's "
-            f"curve, not against 1.")
+            f"(1 - alpha - beta)^2 / (alpha + beta)^2 = {limit:.4f}: the cosine measures only the direction of the "
+            f"mismatch, the NMSE also its size. In between, only the part of (1 - alpha - beta) c orthogonal to "
+            f"the outputs lowers the cosine, so it dips slightly below 1 (the Gaussian denoiser's row in the table "
+            f"below). A purely linear map scores exactly 1 (cosine) and 0 (NMSE) at any alpha, beta; read the "
+            f"networks' scores against the Gaussian denoiser's curve, not against 1.")
 
 
 def comparison_rows(results: dict) -> list[list]:

@@ -44,7 +44,7 @@ class NetworkEntry:
 
 @dataclass(frozen=True)
 class SigmaConfig:
-    steps: int = 10  # EDM grid points; 10 gives the paper's list 80, 42.4, 21.1, 9.72, 4.07, 1.50, 0.47, 0.117, 0.020, 0.002
+    steps: int = 10  # EDM grid points; 10: the paper's list 80, 42.4, 21.1, 9.72, 4.07, 1.50, 0.47, 0.117, 0.02, 0.002
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0  # EDM grid exponent (Karras et al. 2022, eq. 5)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
-from denoiserlab.config import to_dict
 from denoiserlab.data import load
 from denoiserlab.denoisers import create
 from denoiserlab.denoisers.training_set import dataset_fingerprint
@@ -91,12 +89,3 @@ def load_study_network(name: str, path: str, trust_pickle: bool, options: dict, 
     key = {"path": path, "options": options, "fingerprint": file_fingerprint(folder)}
     n_parameters = sum(parameter.numel() for parameter in module.parameters())
     return StudyNetwork(name, module, key, study_data, n_parameters)
-
-
-def config_key(config) -> dict:
-    """A config dataclass as a cache-key table."""
-    return to_dict(config)
-
-
-def to_cpu(tensor: Tensor) -> Tensor:
-    return tensor.detach().to("cpu", torch.float32)

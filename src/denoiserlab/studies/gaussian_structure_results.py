@@ -148,7 +148,8 @@ def shown_samples(generalization: dict, train: Tensor, count: int) -> dict[str, 
 def network_arrays(study: dict, train: Tensor, image_shape: tuple[int, int, int], shown: int = 8) -> dict:
     """Images of one network the report draws: trajectories, singular vectors [L, k, C, H, W], samples."""
     trajectory = study["trajectory"]
-    return {"trajectory_network": trajectory["network"][:, :shown], "trajectory_gaussian": trajectory["gaussian"][:, :shown],
+    return {"trajectory_network": trajectory["network"][:, :shown],
+            "trajectory_gaussian": trajectory["gaussian"][:, :shown],
             "vectors_linear": stacked(study["distillation"], "vectors_linear").reshape(
                 len(study["distillation"]), -1, *image_shape),
             "vectors_gaussian": stacked(study["distillation"], "vectors_gaussian").reshape(

@@ -10,10 +10,11 @@ from typing import Callable
 
 from torch import Tensor
 
+from denoiserlab.config import to_dict
 from denoiserlab.diffusion import standard_noise
 from denoiserlab.studies.cache import StageCache
 from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
-from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork, config_key
+from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork
 from denoiserlab.studies.gaussian_structure_measures import (
     distill_at_sigma,
     generalization_table,
@@ -34,7 +35,7 @@ class GaussianStudyContext:
 
     def key(self, section: str, *parts: dict) -> dict:
         """A stage key: the grid, one config section and the given parts (network, data, ...)."""
-        return {"sigmas": config_key(self.config.sigmas), section: config_key(getattr(self.config, section)),
+        return {"sigmas": to_dict(self.config.sigmas), section: to_dict(getattr(self.config, section)),
                 "parts": list(parts)}
 
 
@@ -49,7 +50,7 @@ def stage_linearity(ctx: GaussianStudyContext, label: str, den_key: dict, data: 
 def stage_distillation(ctx: GaussianStudyContext, network: StudyNetwork, level: int) -> dict:
     """Linear distillation of a network at grid point `level`, compared with the Gaussian denoiser."""
     key = {**ctx.key("distillation", network.key, network.data.key), "level": level,
-           "score_error": config_key(ctx.config.score_error)}
+           "score_error": to_dict(ctx.config.score_error)}
     return ctx.cache.run(f"distillation-{network.name}-{level}", key, lambda: distill_at_sigma(
         network.module, network.data.denoiser("gaussian"), network.data.images, float(ctx.sigmas[level]),
         ctx.config.distillation, ctx.config.score_error, ctx.progress and ctx.config.distillation.method == "gd"))
