@@ -289,6 +289,19 @@ def test_gradient_descent_distillation_matches_distill_linear_and_keeps_its_loss
     assert loss_curves_figure(results, "a", tmp_path / "loss.png").is_file()
 
 
+def test_a_sweeps_only_study_reports_the_sweep(study, tmp_path):
+    table = {"sigmas": {"steps": 3}, "generalization": {"k": 4, "steps": 2, "sampler": "euler"},
+             "score_error": {"n_samples": 8},
+             "sweeps": {"entries": [{"path": str(study.root / "b"), "kind": "width", "value": 8}],
+                        "sigma_indices": [0, -1]}}
+    results = run_gaussian_study(from_dict(GaussianStudyConfig, table), tmp_path, progress=False)
+    assert results["checks"] == {} and results["linearity"]["scores"] == {}
+    row = results["sweeps"]["entries"][0]
+    assert row["n_train"] == 20 and len(row["score_error_gaussian"]) == 2
+    assert results["sweeps"]["sigmas"] == [80.0, pytest.approx(0.002)]
+    assert (tmp_path / "figures" / "sweep-width.png").is_file() and (tmp_path / "report.html").is_file()
+
+
 def test_feature_cosine_of_samples_uses_the_feature_model():
     generator = torch.Generator().manual_seed(3)
     a, b = torch.rand(5, 1, 8, 8, generator=generator), torch.rand(5, 1, 8, 8, generator=generator)

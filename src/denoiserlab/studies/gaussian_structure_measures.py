@@ -63,7 +63,7 @@ def linearity_at_sigma(den: Denoiser, images: Tensor, sigma: float, alphas: tupl
     for (alpha, beta), mixed in zip(weights, d_mixed):
         combined = alpha * d1 + beta * d2
         scores.append(torch.stack([rows_cosine(mixed, combined).mean(), pair_nmse(mixed, combined).mean()]))
-    return torch.stack(scores, 1)
+    return torch.stack(scores, 1).cpu()
 
 
 def distill_at_sigma(den: Denoiser, gaussian: GaussianDenoiser, images: Tensor, sigma: float,
