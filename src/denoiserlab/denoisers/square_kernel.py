@@ -3,7 +3,8 @@
 The eager PyTorch path in `pspc_square.py` is the readable reference; this kernel computes the same two passes
 (per-crop log normalisers, then the composite numerator) but keeps every [pixels x 16 training images] intermediate
 in cache: training images are laid out 16 side by side (one per SIMD lane), the training set is the outer loop
-(read from memory once per pass for all queries), and each thread sums its own share of the training set.
+(read from memory once per pass for all queries), and each of a few Python threads sums its own shares of the
+training set (`run_parts`).
 Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), window sums without cancellation
 (`box_filter.py`), and a polynomial exp accurate to ~2 ulp.
 
@@ -20,16 +21,16 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from denoiserlab.denoisers.streaming_softmax import merge_log_sum_exp
 
 LANES = 16  # training images side by side, as in the C source
 LOGIT_CACHE_BYTES = 1 << 29  # keep pass-1 crop logits for pass 2 up to this size, else recompute them
-COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
+COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 
 
 class KernelUnavailable(RuntimeError):
@@ -149,107 +150,112 @@ static void crop_logits(const float *z, const float *x, int C, int H, int W, int
     }
 }
 
-/* Pass 1: per part of the training set, query and crop: max logit and sum of exp(logit - max).
-   max_out, sum_out: [B][parts][P1 * P2]; logits_out (or NULL): [blocks][B][P1 * P2][LANES], kept for pass 2. */
+/* Pass 1 on share `part` of `parts` of the training set: per query and crop, max logit and sum of exp(logit - max).
+   max_out, sum_out: [B][P1 * P2][parts]; logits_out (or NULL): [blocks][B][P1 * P2][LANES], kept for pass 2. */
 void square_pass1(const float *z, const float *xt, int B, int C, int H, int W, int N, int s,
-                  const float *inv_two_var, int parts, int threads, float *max_out, float *sum_out,
+                  const float *inv_two_var, int part, int parts, float *max_out, float *sum_out,
                   float *logits_out) {
     int blocks = (N + LANES - 1) / LANES, P = (H - s + 1) * (W - s + 1);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int part = 0; part < parts; part++) {
-        long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
-        long state = (long)B * P * LANES;
-        Scratch t = scratch_new(H, W, s);
-        float *run_max = malloc(sizeof(float) * state), *run_sum = calloc(state, sizeof(float));
-        for (long i = 0; i < state; i++) run_max[i] = -FLT_MAX;
-        for (long block = first; block < last; block++) {
-            int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
-            for (int b = 0; b < B; b++) {
-                float *logits = logits_out ? logits_out + (block * B + b) * P * LANES : t.crops;
-                crop_logits(z + (long)b * C * H * W, xt + block * C * H * W * LANES, C, H, W, s, inv_two_var[b],
-                            valid, t, logits);
-                float *mb = run_max + (long)b * P * LANES, *sb = run_sum + (long)b * P * LANES;
-                for (int p = 0; p < P; p++) {
-                    float *m = mb + (long)p * LANES, *sm = sb + (long)p * LANES, *v = logits + (long)p * LANES;
-                    /* running log-sum-exp with one exp per element: e = exp(-|v - m|) */
+    long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
+    long state = (long)B * P * LANES;
+    Scratch t = scratch_new(H, W, s);
+    float *run_max = malloc(sizeof(float) * state), *run_sum = calloc(state, sizeof(float));
+    for (long i = 0; i < state; i++) run_max[i] = -FLT_MAX;
+    for (long block = first; block < last; block++) {
+        int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
+        for (int b = 0; b < B; b++) {
+            float *logits = logits_out ? logits_out + (block * B + b) * P * LANES : t.crops;
+            crop_logits(z + (long)b * C * H * W, xt + block * C * H * W * LANES, C, H, W, s, inv_two_var[b],
+                        valid, t, logits);
+            float *mb = run_max + (long)b * P * LANES, *sb = run_sum + (long)b * P * LANES;
+            for (int p = 0; p < P; p++) {
+                float *m = mb + (long)p * LANES, *sm = sb + (long)p * LANES, *v = logits + (long)p * LANES;
+                /* running log-sum-exp with one exp per element: e = exp(-|v - m|) */
 #pragma omp simd
-                    for (int l = 0; l < LANES; l++) {
-                        float e = exp_nonpositive(-fabsf(v[l] - m[l]));
-                        int grows = v[l] > m[l];
-                        sm[l] = grows ? sm[l] * e + 1.0f : sm[l] + e;
-                        m[l] = grows ? v[l] : m[l];
-                    }
+                for (int l = 0; l < LANES; l++) {
+                    float e = exp_nonpositive(-fabsf(v[l] - m[l]));
+                    int grows = v[l] > m[l];
+                    sm[l] = grows ? sm[l] * e + 1.0f : sm[l] + e;
+                    m[l] = grows ? v[l] : m[l];
                 }
             }
         }
-        for (long q = 0; q < (long)B * P; q++) {
-            float m = -FLT_MAX, sm = 0.0f;
-            for (int l = 0; l < LANES; l++) m = run_max[q * LANES + l] > m ? run_max[q * LANES + l] : m;
-            for (int l = 0; l < LANES; l++) sm += run_sum[q * LANES + l] * expf(run_max[q * LANES + l] - m);
-            long b = q / P, p = q % P;
-            max_out[(b * parts + part) * P + p] = m;
-            sum_out[(b * parts + part) * P + p] = sm;
-        }
-        free(run_max); free(run_sum); scratch_free(t);
+    }
+    for (long q = 0; q < (long)B * P; q++) {
+        float m = -FLT_MAX, sm = 0.0f;
+        for (int l = 0; l < LANES; l++) m = run_max[q * LANES + l] > m ? run_max[q * LANES + l] : m;
+        for (int l = 0; l < LANES; l++) sm += run_sum[q * LANES + l] * expf(run_max[q * LANES + l] - m);
+        max_out[q * parts + part] = m;
+        sum_out[q * parts + part] = sm;
+    }
+    free(run_max); free(run_sum); scratch_free(t);
+}
+
+/* Merge the parts of pass 1: log_out[q] = log sum_part sum[q][part] * exp(max[q][part] - overall max), in double;
+   max_in, sum_in: [Q][parts] with Q = B * P1 * P2. */
+void merge_parts(const float *max_in, const float *sum_in, long Q, int parts, double *log_out) {
+    for (long q = 0; q < Q; q++) {
+        double m = -DBL_MAX, total = 0.0;
+        for (int part = 0; part < parts; part++) m = max_in[q * parts + part] > m ? max_in[q * parts + part] : m;
+        for (int part = 0; part < parts; part++) total += sum_in[q * parts + part] * exp(max_in[q * parts + part] - m);
+        log_out[q] = m + log(total);
     }
 }
 
-/* Pass 2: num[c][h][w] = sum_n x_n[c][h][w] * (sum over crops holding (h, w) of exp(logit_n - log_normaliser)).
+/* Pass 2 on share `part` of `parts`: num[c][h][w] = sum_n x_n[c][h][w] * (sum over crops holding (h, w) of
+   exp(logit_n - log_normaliser)).
    log_normaliser: [B][P1][P2]; logits_in: pass 1's logits_out, or NULL to recompute them;
    num_out: [B][parts][C][H][W]. */
 void square_pass2(const float *z, const float *xt, int B, int C, int H, int W, int N, int s,
-                  const float *inv_two_var, const float *log_normaliser, const float *logits_in, int parts,
-                  int threads, float *num_out) {
+                  const float *inv_two_var, const float *log_normaliser, const float *logits_in, int part,
+                  int parts, float *num_out) {
     int blocks = (N + LANES - 1) / LANES, P1 = H - s + 1, P2 = W - s + 1, HW = H * W;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int part = 0; part < parts; part++) {
-        long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
-        Scratch t = scratch_new(H, W, s);
-        float *acc = calloc((size_t)B * LANES * C * HW, sizeof(float));
-        for (long block = first; block < last; block++) {
-            int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
-            const float *x = xt + block * C * HW * LANES;
-            for (int b = 0; b < B; b++) {
-                const float *lz = log_normaliser + (long)b * P1 * P2, *logits = t.crops;
-                if (logits_in)
-                    logits = logits_in + (block * B + b) * P1 * P2 * LANES;
-                else
-                    crop_logits(z + (long)b * C * HW, x, C, H, W, s, inv_two_var[b], valid, t, t.crops);
-                float largest = 0.0f;
-                for (int p = 0; p < P1 * P2; p++) {
-                    const float *v = logits + (long)p * LANES;
-                    float *weight = t.crops + (long)p * LANES;
+    long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
+    Scratch t = scratch_new(H, W, s);
+    float *acc = calloc((size_t)B * LANES * C * HW, sizeof(float));
+    for (long block = first; block < last; block++) {
+        int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
+        const float *x = xt + block * C * HW * LANES;
+        for (int b = 0; b < B; b++) {
+            const float *lz = log_normaliser + (long)b * P1 * P2, *logits = t.crops;
+            if (logits_in)
+                logits = logits_in + (block * B + b) * P1 * P2 * LANES;
+            else
+                crop_logits(z + (long)b * C * HW, x, C, H, W, s, inv_two_var[b], valid, t, t.crops);
+            float largest = 0.0f;
+            for (int p = 0; p < P1 * P2; p++) {
+                const float *v = logits + (long)p * LANES;
+                float *weight = t.crops + (long)p * LANES;
 #pragma omp simd reduction(max : largest)
-                    for (int l = 0; l < LANES; l++) {
-                        weight[l] = exp_nonpositive(v[l] - lz[p]);
-                        largest = weight[l] > largest ? weight[l] : largest;
-                    }
+                for (int l = 0; l < LANES; l++) {
+                    weight[l] = exp_nonpositive(v[l] - lz[p]);
+                    largest = weight[l] > largest ? weight[l] : largest;
                 }
-                if (largest == 0.0f) continue; /* every weight underflowed to exactly 0: nothing to add */
-                for (int p = 0; p < P1; p++)
-                    box_line_transposed(t.crops + (long)p * P2 * LANES, LANES, t.rows + (long)p * W * LANES, LANES,
-                                        P2, s, t.padded, t.suffix);
-                for (int w = 0; w < W; w++)
-                    box_line_transposed(t.rows + (long)w * LANES, (long)W * LANES, t.d + (long)w * LANES,
-                                        (long)W * LANES, P1, s, t.padded, t.suffix);
-                float *accb = acc + (long)b * C * HW * LANES;
-                for (int c = 0; c < C; c++)
-                    for (int p = 0; p < HW; p++) {
-                        float *a = accb + ((long)c * HW + p) * LANES;
-                        const float *wv = t.d + (long)p * LANES, *xv = x + ((long)c * HW + p) * LANES;
-#pragma omp simd
-                        for (int l = 0; l < LANES; l++) a[l] += wv[l] * xv[l];
-                    }
             }
+            if (largest == 0.0f) continue; /* every weight underflowed to exactly 0: nothing to add */
+            for (int p = 0; p < P1; p++)
+                box_line_transposed(t.crops + (long)p * P2 * LANES, LANES, t.rows + (long)p * W * LANES, LANES,
+                                    P2, s, t.padded, t.suffix);
+            for (int w = 0; w < W; w++)
+                box_line_transposed(t.rows + (long)w * LANES, (long)W * LANES, t.d + (long)w * LANES,
+                                    (long)W * LANES, P1, s, t.padded, t.suffix);
+            float *accb = acc + (long)b * C * HW * LANES;
+            for (int c = 0; c < C; c++)
+                for (int p = 0; p < HW; p++) {
+                    float *a = accb + ((long)c * HW + p) * LANES;
+                    const float *wv = t.d + (long)p * LANES, *xv = x + ((long)c * HW + p) * LANES;
+#pragma omp simd
+                    for (int l = 0; l < LANES; l++) a[l] += wv[l] * xv[l];
+                }
         }
-        for (long i = 0; i < (long)B * C * HW; i++) {
-            float total = 0.0f;
-            for (int l = 0; l < LANES; l++) total += acc[i * LANES + l];
-            long b = i / ((long)C * HW), j = i % ((long)C * HW);
-            num_out[(b * parts + part) * C * HW + j] = total;
-        }
-        free(acc); scratch_free(t);
     }
+    for (long i = 0; i < (long)B * C * HW; i++) {
+        float total = 0.0f;
+        for (int l = 0; l < LANES; l++) total += acc[i * LANES + l];
+        long b = i / ((long)C * HW), j = i % ((long)C * HW);
+        num_out[(b * parts + part) * C * HW + j] = total;
+    }
+    free(acc); scratch_free(t);
 }
 """
 
@@ -272,7 +278,8 @@ def _build(target: Path) -> None:
         source = Path(tmp) / "pspc_square.c"
         source.write_text(C_SOURCE)
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *COMPILE_FLAGS, str(source), "-o", str(built)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *COMPILE_FLAGS, str(source), "-o", str(built), "-lm"], capture_output=True,
+                                text=True)
         if result.returncode != 0:
             raise KernelUnavailable(f"building the PSPC-Square kernel failed: {result.stderr.strip()[:500]}")
         os.replace(built, target)
@@ -325,8 +332,23 @@ def _shape_arguments(queries: Tensor, n_train: int, size: int) -> list[ctypes.c_
 
 def n_parts(n_blocks: int, threads: int) -> int:
     """Shares of the training set, each with its own partial sums: a few per thread, so that a thread slowed by
-    other jobs on the machine does not hold up the others (dynamic scheduling)."""
+    other jobs on the machine does not hold up the others."""
     return max(1, min(n_blocks, 4 * threads))
+
+
+def run_parts(function, arguments: list, parts: int, threads: int) -> None:
+    """Call function(*arguments, part, parts) for every part on `threads` Python threads.
+
+    ctypes releases the GIL during the call, so the parts run in parallel; plain threads rather than OpenMP
+    because OpenMP barriers stall badly (~100 ms a region here) when other jobs load the machine.
+    """
+    calls = [arguments + [ctypes.c_int(part), ctypes.c_int(parts)] for part in range(parts)]
+    if threads == 1:
+        for call in calls:
+            function(*call)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda call: function(*call), calls))
 
 
 def logit_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
@@ -344,17 +366,17 @@ def square_log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int
     """
     batch, _, height, width = queries.shape
     parts = n_parts(lanes.shape[0], threads)
-    maxima = torch.empty(batch, parts, height - size + 1, width - size + 1)
+    maxima = torch.empty(batch, height - size + 1, width - size + 1, parts)
     sums = torch.empty_like(maxima)
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
-    load_library().square_pass1(_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size),
-                                _pointer(inv_two_var), ctypes.c_int(parts), ctypes.c_int(threads),
-                                _pointer(maxima), _pointer(sums), _optional_pointer(logits))
-    running_max = running_sum = None
-    for part in range(parts):
-        running_max, running_sum = merge_log_sum_exp(running_max, running_sum, maxima[:, part].double(),
-                                                     sums[:, part].double())
-    return running_max + running_sum.log()
+    arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size), _pointer(inv_two_var)]
+    library = load_library()
+    run_parts(lambda *call: library.square_pass1(*call, _pointer(maxima), _pointer(sums), _optional_pointer(logits)),
+              arguments, parts, threads)
+    log_normalisers = torch.empty(maxima.shape[:-1], dtype=torch.float64)
+    library.merge_parts(_pointer(maxima), _pointer(sums), ctypes.c_long(log_normalisers.numel()), ctypes.c_int(parts),
+                        _pointer(log_normalisers))
+    return log_normalisers
 
 
 def square_numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor, size: int,
@@ -367,8 +389,8 @@ def square_numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv
     numerators = torch.empty(queries.shape[0], parts, *queries.shape[1:])
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
     log_normalisers = log_normalisers.float().contiguous()
-    load_library().square_pass2(_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size),
-                                _pointer(inv_two_var), _pointer(log_normalisers), _optional_pointer(logits),
-                                ctypes.c_int(parts),
-                                ctypes.c_int(threads), _pointer(numerators))
+    arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size), _pointer(inv_two_var),
+                 _pointer(log_normalisers), _optional_pointer(logits)]
+    library = load_library()
+    run_parts(lambda *call: library.square_pass2(*call, _pointer(numerators)), arguments, parts, threads)
     return numerators.sum(1, dtype=torch.float64)

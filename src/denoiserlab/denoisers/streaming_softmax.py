@@ -27,3 +27,4 @@ def streaming_log_normaliser(logit_chunks: Iterable[Tensor]) -> Tensor:
         chunk_sum = torch.exp(logits - chunk_max.unsqueeze(1)).sum(1, dtype=torch.float64)
         running_max, running_sum = merge_log_sum_exp(running_max, running_sum, chunk_max.double(), chunk_sum)
     return running_max + running_sum.log()
+
