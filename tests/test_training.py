@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,26 @@ def test_resolved_config_is_written(tmp_path):
     run_training(TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN), progress=False)
     saved = json.loads((tmp_path / "training_config.json").read_text())
     assert train_config_from_dict(saved) == TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixed_precision_run_loads_on_cpu(tmp_path):
+    network = run_training(TrainConfig(out=str(tmp_path), kimg=0.032, device="cuda", **TINY_RUN), progress=False)
+    den = load_checkpoint(network)
+    assert torch.isfinite(den(torch.zeros(2, 1, 8, 8), 1.0)).all()
+
+
+@pytest.mark.parametrize("name", ["train-unet-small", "train-dit-small", "train-mixer-small",
+                                  "train-unet-small-memorize"])
+def test_shipped_train_configs_are_valid(name):
+    path = Path(__file__).parents[1] / "configs" / f"{name}.toml"
+    config = train_cli.config_from_args(parse(["train", "--config", str(path), "--out", "r"]))
+    assert config.data == "fashion-mnist" and config.xflip is False
+
+
+def test_leftovers_of_a_killed_write_are_removed_on_resume(tmp_path):
+    run_training(TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN), progress=False)
+    (tmp_path / ".loss.png.abc123.tmp").write_bytes(b"half a png")
+    (tmp_path / ".network-000000.xyz.tmp").mkdir()
+    run_training(TrainConfig(out=str(tmp_path), kimg=0.032, **TINY_RUN), progress=False)
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +161,16 @@ def write_checkpoint(run: TrainingRun, config: TrainConfig, out: Path) -> Path:
     return network_path
 
 
+def remove_leftovers(out: Path) -> None:
+    """Delete temporary files and folders that a killed run left behind (atomic writes name them .NAME.*.tmp/.old)."""
+    for path in [*out.glob(".*.tmp"), *out.glob(".*.old")]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def start_or_resume(config: TrainConfig, out: Path, run: TrainingRun) -> None:
     """Load the saved state when the run folder has one; otherwise record the resolved config."""
+    if out.is_dir():
+        remove_leftovers(out)
     if (out / STATE_FILE).exists():
         check_same_run(out, config)
         load_state(out / STATE_FILE, run)
@@ -189,7 +198,9 @@ def run_training(config: TrainConfig, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{run.history[-1][2]:.4f}", img_s=f"{images_per_second:.1f}")
             losses, tick_start, tick_nimg = [], time.perf_counter(), run.nimg
         if crossed_interval(run.nimg, config.batch_size, config.checkpoint_kimg) or run.nimg >= total_nimg:
+            checkpoint_start = time.perf_counter()
             last_network = write_checkpoint(run, config, out)
+            tick_start += time.perf_counter() - checkpoint_start  # images/s counts training time only
     bar.close()
     return last_network or latest_network(out)
 
