@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare
-from denoiserlab.denoisers import pspc_flex, square_kernel
-from denoiserlab.denoisers.square_kernel import KernelUnavailable, load_library
+from denoiserlab.denoisers import pspc_flex, pspc_kernel
+from denoiserlab.denoisers.pspc_kernel import KernelUnavailable, load_library
 from denoiserlab.errors import DenoiserLabError
 
 
@@ -120,7 +120,7 @@ def test_square_exact_at_smallest_sigma(kernel):
 @pytest.mark.skipif(not compiled_kernel_available(), reason="C kernel cannot be built here")
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 29])  # recompute the crop logits in pass 2, or keep them
 def test_square_compiled_agrees_with_eager_on_larger_input(monkeypatch, cache_bytes):
-    monkeypatch.setattr(square_kernel, "LOGIT_CACHE_BYTES", cache_bytes)
+    monkeypatch.setattr(pspc_kernel, "LOGIT_CACHE_BYTES", cache_bytes)
     train, x = make_data((3, 12, 10), n_train=133, batch=4)  # 133: a partial block of 16 training images
     sigmas = torch.tensor([0.5, 1.0, 3.0, 0.05])
     for size in (1, 4, 7, 10):
@@ -129,16 +129,27 @@ def test_square_compiled_agrees_with_eager_on_larger_input(monkeypatch, cache_by
         assert torch.allclose(compiled, eager, atol=1e-5)
 
 
-def test_flex_all_true_mask_is_optimal():
+@pytest.mark.skipif(not compiled_kernel_available(), reason="C kernel cannot be built here")
+def test_flex_compiled_agrees_with_eager_on_larger_input():
+    train, x = make_data((3, 12, 10), n_train=133, batch=4)
+    sigmas = torch.tensor([0.5, 1.0, 3.0, 0.05])
+    masks = random_masks(40, 12, 10, 7)
+    compiled = PSPCFlex(train, masks, kernel="compiled")(x, sigmas)
+    assert torch.allclose(compiled, PSPCFlex(train, masks, kernel="eager", chunk_size=50)(x, sigmas), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_flex_all_true_mask_is_optimal(kernel):
     train, x = make_data((3, 6, 6))
     masks = torch.ones(4, 6, 6, dtype=torch.bool)  # duplicates of the full crop
-    assert torch.allclose(PSPCFlex(train, masks)(x, SIGMAS), OptimalDenoiser(train)(x, SIGMAS), atol=1e-5)
+    assert torch.allclose(PSPCFlex(train, masks, kernel=kernel)(x, SIGMAS), OptimalDenoiser(train)(x, SIGMAS), atol=1e-5)
 
 
-def test_flex_square_masks_equal_square():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_flex_square_masks_equal_square(kernel):
     train, x = make_data((1, 8, 8))
     masks = torch.stack(square_crops(8, 8, 3))
-    assert torch.allclose(PSPCFlex(train, masks)(x, SIGMAS), PSPCSquare(train, 3, kernel="eager")(x, SIGMAS), atol=1e-5)
+    assert torch.allclose(PSPCFlex(train, masks, kernel=kernel)(x, SIGMAS), PSPCSquare(train, 3, kernel="eager")(x, SIGMAS), atol=1e-5)
 
 
 def random_masks(count, height, width, seed):
@@ -148,19 +159,22 @@ def random_masks(count, height, width, seed):
     return torch.cat([masks, masks[:3]])  # with duplicated crops
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 28])  # recompute the logits in pass 2, or keep them
-def test_flex_random_masks_match_loop_reference(monkeypatch, cache_bytes):
+def test_flex_random_masks_match_loop_reference(monkeypatch, cache_bytes, kernel):
     monkeypatch.setattr(pspc_flex, "LOGIT_CACHE_BYTES", cache_bytes)
+    monkeypatch.setattr(pspc_kernel, "LOGIT_CACHE_BYTES", cache_bytes)
     for shape, seed in (((1, 8, 8), 0), ((3, 6, 6), 1)):
         train, x = make_data(shape, seed=seed)
         masks = random_masks(12, *shape[1:], seed)
-        out = PSPCFlex(train, masks, chunk_size=7)(x, SIGMAS)
+        out = PSPCFlex(train, masks, kernel=kernel, chunk_size=7)(x, SIGMAS)
         reference = reference_composite(x, SIGMAS, train, list(masks))
         assert torch.allclose(out.double(), reference, atol=2e-5)
         assert torch.equal(out[:, :, 0, 0], x[:, :, 0, 0])
 
 
-def test_flex_per_sample_masks_from_callable():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_flex_per_sample_masks_from_callable(kernel):
     train, x = make_data((1, 6, 6), batch=4)
     sigmas = torch.tensor([2.0, 0.3, 1.0, 0.3])
     small, large = random_masks(5, 6, 6, 2), torch.ones(1, 6, 6, dtype=torch.bool)
@@ -168,18 +182,19 @@ def test_flex_per_sample_masks_from_callable():
     def masks_at(sigma):
         return large if sigma > 1.5 else small.clone()  # equal but distinct tensors for 0.3 and 1.0
 
-    out = PSPCFlex(train, masks_at)(x, sigmas)
+    out = PSPCFlex(train, masks_at, kernel=kernel)(x, sigmas)
     for b, sigma in enumerate(sigmas.tolist()):
         reference = reference_composite(x[b : b + 1], sigmas[b : b + 1], train, list(masks_at(sigma)))
         assert torch.allclose(out[b : b + 1].double(), reference, atol=2e-5)
 
 
-def test_flex_xflip_and_smallest_sigma():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_flex_xflip_and_smallest_sigma(kernel):
     train, _ = make_data((3, 6, 6), n_train=10)
     x = train[:3] + 0.002 * torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(3))
     masks = random_masks(8, 6, 6, 4)
     sigmas = torch.tensor([0.002, 0.002, 0.5])
-    out = PSPCFlex(train, masks, xflip=True)(x, sigmas)
+    out = PSPCFlex(train, masks, xflip=True, kernel=kernel)(x, sigmas)
     assert torch.isfinite(out).all()
     reference = reference_composite(x, sigmas, torch.cat([train, train.flip(-1)]), list(masks))
     assert torch.allclose(out.double(), reference, atol=1e-5)

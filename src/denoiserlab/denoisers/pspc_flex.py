@@ -5,7 +5,8 @@ heatmaps (`flex_masks.py`). Each crop gets its empirical posterior mean over the
 images; each output pixel is the average over the crops that contain it (duplicated crops count as often as they
 occur); pixels covered by no crop keep the noisy input value.
 
-Fast and exact: with d_n the per-pixel squared differences sum_c (z - x_n)^2 ([B, n, H*W], never the
+On CPU the default is the fused C kernel (`pspc_kernel.py`), which holds each crop as a pixel index list. The eager
+path below is the readable reference and runs anywhere (GPU included): with d_n the per-pixel squared differences sum_c (z - x_n)^2 ([B, n, H*W], never the
 |a|^2 - 2ab + |b|^2 expansion), all crop distances are one GEMM d_n @ masks^T (a sum of non-negative terms, so no
 cancellation in float32), and the composite is sum_n x_n * (weights_n @ masks), a second GEMM; identical masks are
 merged first (lambda = 1 is a single full-image crop). Two streaming passes over the training set with an exact
@@ -21,6 +22,8 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers import pspc_kernel
+from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
 from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
 from denoiserlab.denoisers.training_set import training_images
 from denoiserlab.errors import DenoiserLabError
@@ -33,9 +36,12 @@ LOGIT_CACHE_BYTES = 1 << 28  # keep pass-1 logits for pass 2 up to this size, el
 class PSPCFlexConfig:
     masks: Tensor | Callable[[float], Tensor]  # bool [K, H, W] crops, or a schedule sigma -> such a tensor
     xflip: bool = False  # also use the horizontal flip of every training image
-    chunk_size: int | None = None  # training images per chunk (None: about 32 MiB of float32 pixel distances)
+    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (two GEMMs, any device), "auto": compiled on CPU if it builds
+    chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB)
 
     def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if not callable(self.masks) and not isinstance(self.masks, Tensor):
             raise DenoiserLabError("masks must be a bool tensor [K, H, W] or a callable sigma -> masks, "
                                    f"got {type(self.masks).__name__}")
@@ -57,6 +63,10 @@ class CropSet:
 
     def to(self, device: torch.device) -> "CropSet":
         return CropSet(self.masks.to(device), self.counts.to(device))
+
+    def for_kernel(self) -> pspc_kernel.KernelCrops:
+        """The same crops as pixel index lists for the C kernel."""
+        return pspc_kernel.listed_crops(self.masks.cpu(), self.counts.cpu())
 
 
 def check_masks(masks: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -87,13 +97,14 @@ class PSPCFlex:
     config_class = PSPCFlexConfig
 
     def __init__(self, train: Tensor | ImageSet, masks: Tensor | Callable[[float], Tensor], xflip: bool = False,
-                 chunk_size: int | None = None):
-        self.config = PSPCFlexConfig(masks=masks, xflip=xflip, chunk_size=chunk_size)
+                 kernel: str = "auto", chunk_size: int | None = None):
+        self.config = PSPCFlexConfig(masks=masks, xflip=xflip, kernel=kernel, chunk_size=chunk_size)
         self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
         self.image_shape_ = tuple(self.images_.shape[1:])
         if isinstance(masks, Tensor):
             check_masks(masks, self.image_shape_[1:])
-        self._crop_sets = []  # (mask tensor, CropSet) pairs seen so far
+        self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+        self._crop_sets = []  # (mask tensor, CropSet, KernelCrops or None) for the mask tensors seen so far
         self._on_device = {}
 
     def masks_at(self, sigma: float) -> Tensor:
@@ -110,17 +121,28 @@ class PSPCFlex:
         out = torch.empty_like(x)
         for index in sorted(set(group_of_sample)):
             group = torch.tensor([i for i, g in enumerate(group_of_sample) if g == index], device=x.device)
-            crops = self._crop_sets[index][1].to(x.device)
-            out[group] = flex_composite(x[group], sigma[group], self._images_on(x.device), crops,
-                                        self.config.chunk_size).to(x.dtype)
+            out[group] = self.composite(x[group], sigma[group], index).to(x.dtype)
         return out
+
+    def composite(self, x: Tensor, sigma: Tensor, index: int) -> Tensor:
+        """The composite over crop set `index`. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
+        crops = self._crop_sets[index][1]
+        if not use_compiled_kernel(self, x.device, "PSPC-Flex"):
+            return flex_composite(x, sigma, self._images_on(x.device), crops.to(x.device), self.config.chunk_size)
+        if self.lanes_ is None:
+            self.lanes_ = pspc_kernel.training_lanes(self.images_)
+        numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma,
+                                                      self._crop_sets[index][2], torch.get_num_threads())
+        coverage = crops.coverage.double().reshape(x.shape[2:])
+        return torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double())
 
     def _crop_set_index(self, masks: Tensor) -> int:
         """Index into the cache of deduplicated crop sets; the same (or an equal) mask tensor reuses its entry."""
-        for index, (seen, _) in enumerate(self._crop_sets):
+        for index, (seen, _, _) in enumerate(self._crop_sets):
             if seen is masks or (seen.shape == masks.shape and torch.equal(seen, masks.to(seen.device))):
                 return index
-        self._crop_sets.append((masks, unique_crops(masks.cpu())))
+        crops = unique_crops(masks.cpu())
+        self._crop_sets.append((masks, crops, crops.for_kernel() if self.config.kernel != "eager" else None))
         return len(self._crop_sets) - 1
 
     def _images_on(self, device: torch.device) -> Tensor:

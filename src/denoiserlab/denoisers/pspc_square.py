@@ -8,7 +8,7 @@ Fast and exact: every crop distance is a window sum of one per-pixel squared-dif
 so all crop distances come from one box filter (`box_filter.py`), and the composite is
 sum_n x_n * (transposed box filter of the normalised crop weights of n) / (crops per pixel): O(B N H W) for any s.
 Two streaming passes over the training set: per-crop log normalisers, then the weighted sums. The CPU default is
-the fused C kernel (`square_kernel.py`); the eager PyTorch path below is the readable reference and runs anywhere.
+the fused C kernel (`pspc_kernel.py`); the eager PyTorch path below is the readable reference and runs anywhere.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers import square_kernel
+from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
 from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
 from denoiserlab.denoisers.training_set import training_images
@@ -89,36 +89,16 @@ class PSPCSquare:
 
     def composite(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
         """The composite for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
-        if self._use_compiled(x.device):
+        if use_compiled_kernel(self, x.device, "PSPC-Square"):
             return self._composite_compiled(x, sigma, size)
         return square_composite(x, sigma, self._images_on(x.device), size, self.config.chunk_size)
 
-    def _use_compiled(self, device: torch.device) -> bool:
-        """Whether this call goes to the C kernel (CPU only; "auto" falls back to eager with a warning)."""
-        if self.config.kernel == "eager" or device.type != "cpu":
-            if self.config.kernel == "compiled":
-                raise DenoiserLabError(f"kernel='compiled' runs on CPU only, got a tensor on {device}")
-            return False
-        try:
-            square_kernel.load_library()
-        except square_kernel.KernelUnavailable as error:
-            if self.config.kernel == "compiled":
-                raise
-            warnings.warn(f"{error}; PSPC-Square falls back to the slower eager path", stacklevel=3)
-            self.config = dataclasses.replace(self.config, kernel="eager")  # the resolved setting, warned once
-            return False
-        return True
-
     def _composite_compiled(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
         if self.lanes_ is None:
-            self.lanes_ = square_kernel.training_lanes(self.images_)
-        inv_two_var = 1.0 / (2.0 * sigma**2)
-        n_train, threads = self.images_.shape[0], torch.get_num_threads()
-        args = (x, self.lanes_, n_train, inv_two_var, size)
-        n_crops = (x.shape[2] - size + 1) * (x.shape[3] - size + 1)
-        logits = square_kernel.logit_cache(x.shape[0], self.lanes_.shape[0], n_crops)  # None when too large
-        log_normalisers = square_kernel.square_log_normalisers_compiled(*args, threads, logits)
-        numerators = square_kernel.square_numerators_compiled(*args, log_normalisers, threads, logits)
+            self.lanes_ = pspc_kernel.training_lanes(self.images_)
+        crops = pspc_kernel.square_crops(x.shape[2], x.shape[3], size)
+        numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma, crops,
+                                                      torch.get_num_threads())
         return numerators / windows_per_pixel(*x.shape[2:], size)
 
     def _images_on(self, device: torch.device) -> Tensor:
@@ -128,6 +108,24 @@ class PSPCSquare:
         if device not in self._on_device:
             self._on_device[device] = self.images_.to(device)
         return self._on_device[device]
+
+
+def use_compiled_kernel(denoiser, device: torch.device, name: str) -> bool:
+    """Whether a call of `denoiser` (with config.kernel) goes to the C kernel: CPU only; "auto" falls back to eager,
+    with a warning, when the kernel cannot be built, and records kernel="eager" in the denoiser's config."""
+    if denoiser.config.kernel == "eager" or device.type != "cpu":
+        if denoiser.config.kernel == "compiled":
+            raise DenoiserLabError(f"kernel='compiled' runs on CPU only, got a tensor on {device}")
+        return False
+    try:
+        pspc_kernel.load_library()
+    except pspc_kernel.KernelUnavailable as error:
+        if denoiser.config.kernel == "compiled":
+            raise
+        warnings.warn(f"{error}; {name} falls back to the slower eager path", stacklevel=3)
+        denoiser.config = dataclasses.replace(denoiser.config, kernel="eager")
+        return False
+    return True
 
 
 def default_square_chunk(batch: int, image_shape: tuple[int, ...], bytes_per_chunk: int = 1 << 25) -> int:

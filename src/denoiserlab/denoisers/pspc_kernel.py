@@ -1,12 +1,12 @@
-"""A small compiled CPU kernel for PSPC-Square: both passes of `pspc_square` fused, vectorised and threaded.
+"""A small compiled CPU kernel for PSPC-Square and PSPC-Flex: both passes fused, vectorised and threaded.
 
-The eager PyTorch path in `pspc_square.py` is the readable reference; this kernel computes the same two passes
-(per-crop log normalisers, then the composite numerator) but keeps every [pixels x 16 training images] intermediate
-in cache: training images are laid out 16 side by side (one per SIMD lane), the training set is the outer loop
-(read from memory once per pass for all queries), and each of a few Python threads sums its own shares of the
-training set (`run_parts`).
-Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), window sums without cancellation
-(`box_filter.py`), and a polynomial exp accurate to ~2 ulp.
+The eager PyTorch paths in `pspc_square.py` and `pspc_flex.py` are the readable references; this kernel computes
+the same two passes (per-crop log normalisers, then the composite numerator) but keeps every
+[pixels x 16 training images] intermediate in cache: training images are laid out 16 side by side (one per SIMD
+lane), the training set is the outer loop (read from memory once per pass for all queries), and each of a few Python
+threads sums its own shares of the training set (`run_parts`). Square crops use window sums without cancellation
+(`box_filter.py`); listed (Flex) crops are pixel index lists, so a crop costs its size, not H * W as in a dense
+GEMM. Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), a polynomial exp accurate to ~2 ulp.
 
 The C source below is compiled once per machine with the system C compiler into the user cache directory
 (~/.cache/denoiserlab/kernels, or $XDG_CACHE_HOME) on first use, about a second; nothing happens at import.
@@ -22,11 +22,11 @@ import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-
 
 LANES = 16  # training images side by side, as in the C source
 LOGIT_CACHE_BYTES = 1 << 29  # keep pass-1 crop logits for pass 2 up to this size, else recompute them
@@ -34,7 +34,7 @@ COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-f
 
 
 class KernelUnavailable(RuntimeError):
-    """The C kernel could not be built or loaded on this machine (no C compiler, no OpenMP, ...)."""
+    """The C kernel could not be built or loaded on this machine (no C compiler, ...)."""
 
 
 C_SOURCE = r"""
@@ -117,12 +117,12 @@ static void pixel_squared_differences(const float *z, const float *x, int C, int
 
 typedef struct { float *d, *rows, *crops, *suffix, *padded; } Scratch;
 
-static Scratch scratch_new(int H, int W, int s) {
-    long longest = (H > W ? H : W) + 2L * s;
+static Scratch scratch_new(int H, int W, int s, int n_crops) {
+    long longest = (H > W ? H : W) + 2L * s, most = (long)H * W > n_crops ? (long)H * W : n_crops;
     Scratch t;
     t.d = malloc(sizeof(float) * LANES * H * W);
     t.rows = malloc(sizeof(float) * LANES * H * W);
-    t.crops = malloc(sizeof(float) * LANES * H * W);
+    t.crops = malloc(sizeof(float) * LANES * most);
     t.suffix = malloc(sizeof(float) * LANES * longest);
     t.padded = malloc(sizeof(float) * LANES * longest);
     return t;
@@ -132,41 +132,95 @@ static void scratch_free(Scratch t) {
     free(t.d); free(t.rows); free(t.crops); free(t.suffix); free(t.padded);
 }
 
-/* Logits -|C z - C x|^2 * inv_two_var of all s x s crops for one block of training images: [P1][P2][LANES];
+/* The crops of a composite: all s x s squares (stride 1), or a list of crops given as pixel index lists
+   (pixels of crop k: pixels[offsets[k]] .. pixels[offsets[k + 1] - 1], each crop counted counts[k] times). */
+typedef struct {
+    int listed, H, W, s, n_crops;
+    const int *offsets, *pixels;
+    const float *counts;
+} Crops;
+
+static Crops crops_make(int H, int W, int s, int n_crops, const int *offsets, const int *pixels, const float *counts) {
+    Crops crops = {offsets != NULL, H, W, s, offsets ? n_crops : (H - s + 1) * (W - s + 1), offsets, pixels, counts};
+    return crops;
+}
+
+/* Logits -|C z - C x|^2 * inv_two_var of every crop for one block of training images: [n_crops][LANES];
    lanes >= valid (padding past the end of the training set) get -inf. */
-static void crop_logits(const float *z, const float *x, int C, int H, int W, int s, float inv_two_var, int valid,
+static void crop_logits(const float *z, const float *x, int C, Crops crops, float inv_two_var, int valid,
                         Scratch t, float *logits) {
-    int P1 = H - s + 1, P2 = W - s + 1;
+    int H = crops.H, W = crops.W, s = crops.s;
     pixel_squared_differences(z, x, C, H * W, t.d);
-    for (int h = 0; h < H; h++)
-        box_line(t.d + (long)h * W * LANES, LANES, t.rows + (long)h * P2 * LANES, LANES, W, s, t.suffix);
-    for (int q = 0; q < P2; q++)
-        box_line(t.rows + (long)q * LANES, (long)P2 * LANES, logits + (long)q * LANES, (long)P2 * LANES, H, s,
-                 t.suffix);
-    for (int p = 0; p < P1 * P2; p++) {
-        float *v = logits + (long)p * LANES;
+    if (crops.listed) {
+        for (int k = 0; k < crops.n_crops; k++) {
+            float *v = logits + (long)k * LANES;
+            memset(v, 0, sizeof(float) * LANES);
+            for (int j = crops.offsets[k]; j < crops.offsets[k + 1]; j++) {
+                const float *dv = t.d + (long)crops.pixels[j] * LANES;
+#pragma omp simd
+                for (int l = 0; l < LANES; l++) v[l] += dv[l];
+            }
+        }
+    } else {
+        int P2 = W - s + 1;
+        for (int h = 0; h < H; h++)
+            box_line(t.d + (long)h * W * LANES, LANES, t.rows + (long)h * P2 * LANES, LANES, W, s, t.suffix);
+        for (int q = 0; q < P2; q++)
+            box_line(t.rows + (long)q * LANES, (long)P2 * LANES, logits + (long)q * LANES, (long)P2 * LANES, H, s,
+                     t.suffix);
+    }
+    for (int k = 0; k < crops.n_crops; k++) {
+        float *v = logits + (long)k * LANES;
 #pragma omp simd
         for (int l = 0; l < LANES; l++) v[l] = l < valid ? -v[l] * inv_two_var : -INFINITY;
     }
 }
 
+/* Per pixel, the sum of the weights [n_crops][LANES] of the crops that contain it (times their counts):
+   out [H * W][LANES]. */
+static void pixel_weights(const float *weights, Crops crops, Scratch t, float *out) {
+    int H = crops.H, W = crops.W, s = crops.s;
+    if (crops.listed) {
+        memset(out, 0, sizeof(float) * LANES * H * W);
+        for (int k = 0; k < crops.n_crops; k++) {
+            float count = crops.counts[k];
+            const float *wv = weights + (long)k * LANES;
+            for (int j = crops.offsets[k]; j < crops.offsets[k + 1]; j++) {
+                float *o = out + (long)crops.pixels[j] * LANES;
+#pragma omp simd
+                for (int l = 0; l < LANES; l++) o[l] += count * wv[l];
+            }
+        }
+    } else {
+        int P1 = H - s + 1, P2 = W - s + 1;
+        for (int p = 0; p < P1; p++)
+            box_line_transposed(weights + (long)p * P2 * LANES, LANES, t.rows + (long)p * W * LANES, LANES, P2, s,
+                                t.padded, t.suffix);
+        for (int w = 0; w < W; w++)
+            box_line_transposed(t.rows + (long)w * LANES, (long)W * LANES, out + (long)w * LANES, (long)W * LANES,
+                                P1, s, t.padded, t.suffix);
+    }
+}
+
 /* Pass 1 on share `part` of `parts` of the training set: per query and crop, max logit and sum of exp(logit - max).
-   max_out, sum_out: [B][P1 * P2][parts]; logits_out (or NULL): [blocks][B][P1 * P2][LANES], kept for pass 2. */
-void square_pass1(const float *z, const float *xt, int B, int C, int H, int W, int N, int s,
-                  const float *inv_two_var, int part, int parts, float *max_out, float *sum_out,
-                  float *logits_out) {
-    int blocks = (N + LANES - 1) / LANES, P = (H - s + 1) * (W - s + 1);
+   max_out, sum_out: [B][n_crops][parts]; logits_out (or NULL): [blocks][B][n_crops][LANES], kept for pass 2.
+   Squares of side s when offsets is NULL, else the listed crops. */
+void pspc_pass1(const float *z, const float *xt, int B, int C, int H, int W, int N, int s, int n_crops,
+                const int *offsets, const int *pixels, const float *counts, const float *inv_two_var,
+                float *max_out, float *sum_out, float *logits_out, int part, int parts) {
+    Crops crops = crops_make(H, W, s, n_crops, offsets, pixels, counts);
+    int blocks = (N + LANES - 1) / LANES, P = crops.n_crops;
     long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
     long state = (long)B * P * LANES;
-    Scratch t = scratch_new(H, W, s);
+    Scratch t = scratch_new(H, W, s, P);
     float *run_max = malloc(sizeof(float) * state), *run_sum = calloc(state, sizeof(float));
     for (long i = 0; i < state; i++) run_max[i] = -FLT_MAX;
     for (long block = first; block < last; block++) {
         int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
         for (int b = 0; b < B; b++) {
             float *logits = logits_out ? logits_out + (block * B + b) * P * LANES : t.crops;
-            crop_logits(z + (long)b * C * H * W, xt + block * C * H * W * LANES, C, H, W, s, inv_two_var[b],
-                        valid, t, logits);
+            crop_logits(z + (long)b * C * H * W, xt + block * C * H * W * LANES, C, crops, inv_two_var[b], valid,
+                        t, logits);
             float *mb = run_max + (long)b * P * LANES, *sb = run_sum + (long)b * P * LANES;
             for (int p = 0; p < P; p++) {
                 float *m = mb + (long)p * LANES, *sm = sb + (long)p * LANES, *v = logits + (long)p * LANES;
@@ -192,7 +246,7 @@ void square_pass1(const float *z, const float *xt, int B, int C, int H, int W, i
 }
 
 /* Merge the parts of pass 1: log_out[q] = log sum_part sum[q][part] * exp(max[q][part] - overall max), in double;
-   max_in, sum_in: [Q][parts] with Q = B * P1 * P2. */
+   max_in, sum_in: [Q][parts] with Q = B * n_crops. */
 void merge_parts(const float *max_in, const float *sum_in, long Q, int parts, double *log_out) {
     for (long q = 0; q < Q; q++) {
         double m = -DBL_MAX, total = 0.0;
@@ -203,27 +257,27 @@ void merge_parts(const float *max_in, const float *sum_in, long Q, int parts, do
 }
 
 /* Pass 2 on share `part` of `parts`: num[c][h][w] = sum_n x_n[c][h][w] * (sum over crops holding (h, w) of
-   exp(logit_n - log_normaliser)).
-   log_normaliser: [B][P1][P2]; logits_in: pass 1's logits_out, or NULL to recompute them;
-   num_out: [B][parts][C][H][W]. */
-void square_pass2(const float *z, const float *xt, int B, int C, int H, int W, int N, int s,
-                  const float *inv_two_var, const float *log_normaliser, const float *logits_in, int part,
-                  int parts, float *num_out) {
-    int blocks = (N + LANES - 1) / LANES, P1 = H - s + 1, P2 = W - s + 1, HW = H * W;
+   exp(logit_n - log_normaliser)). log_normaliser: [B][n_crops]; logits_in: pass 1's logits_out, or NULL to
+   recompute them; num_out: [B][parts][C][H][W]. */
+void pspc_pass2(const float *z, const float *xt, int B, int C, int H, int W, int N, int s, int n_crops,
+                const int *offsets, const int *pixels, const float *counts, const float *inv_two_var,
+                const float *log_normaliser, const float *logits_in, float *num_out, int part, int parts) {
+    Crops crops = crops_make(H, W, s, n_crops, offsets, pixels, counts);
+    int blocks = (N + LANES - 1) / LANES, P = crops.n_crops, HW = H * W;
     long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
-    Scratch t = scratch_new(H, W, s);
+    Scratch t = scratch_new(H, W, s, P);
     float *acc = calloc((size_t)B * LANES * C * HW, sizeof(float));
     for (long block = first; block < last; block++) {
         int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
         const float *x = xt + block * C * HW * LANES;
         for (int b = 0; b < B; b++) {
-            const float *lz = log_normaliser + (long)b * P1 * P2, *logits = t.crops;
+            const float *lz = log_normaliser + (long)b * P, *logits = t.crops;
             if (logits_in)
-                logits = logits_in + (block * B + b) * P1 * P2 * LANES;
+                logits = logits_in + (block * B + b) * P * LANES;
             else
-                crop_logits(z + (long)b * C * HW, x, C, H, W, s, inv_two_var[b], valid, t, t.crops);
+                crop_logits(z + (long)b * C * HW, x, C, crops, inv_two_var[b], valid, t, t.crops);
             float largest = 0.0f;
-            for (int p = 0; p < P1 * P2; p++) {
+            for (int p = 0; p < P; p++) {
                 const float *v = logits + (long)p * LANES;
                 float *weight = t.crops + (long)p * LANES;
 #pragma omp simd reduction(max : largest)
@@ -233,12 +287,7 @@ void square_pass2(const float *z, const float *xt, int B, int C, int H, int W, i
                 }
             }
             if (largest == 0.0f) continue; /* every weight underflowed to exactly 0: nothing to add */
-            for (int p = 0; p < P1; p++)
-                box_line_transposed(t.crops + (long)p * P2 * LANES, LANES, t.rows + (long)p * W * LANES, LANES,
-                                    P2, s, t.padded, t.suffix);
-            for (int w = 0; w < W; w++)
-                box_line_transposed(t.rows + (long)w * LANES, (long)W * LANES, t.d + (long)w * LANES,
-                                    (long)W * LANES, P1, s, t.padded, t.suffix);
+            pixel_weights(t.crops, crops, t, t.d);
             float *accb = acc + (long)b * C * HW * LANES;
             for (int c = 0; c < C; c++)
                 for (int p = 0; p < HW; p++) {
@@ -275,13 +324,13 @@ def _build(target: Path) -> None:
         raise KernelUnavailable("no C compiler (gcc or cc) on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        source = Path(tmp) / "pspc_square.c"
+        source = Path(tmp) / "pspc.c"
         source.write_text(C_SOURCE)
         built = Path(tmp) / target.name
         result = subprocess.run([compiler, *COMPILE_FLAGS, str(source), "-o", str(built), "-lm"], capture_output=True,
                                 text=True)
         if result.returncode != 0:
-            raise KernelUnavailable(f"building the PSPC-Square kernel failed: {result.stderr.strip()[:500]}")
+            raise KernelUnavailable(f"building the PSPC kernel failed: {result.stderr.strip()[:500]}")
         os.replace(built, target)
 
 
@@ -290,13 +339,13 @@ def load_library() -> ctypes.CDLL:
     global _library
     if _library is None:
         key = hashlib.sha256("\n".join([C_SOURCE, *COMPILE_FLAGS, platform.node(), platform.machine()]).encode())
-        target = kernel_cache_dir() / f"pspc_square_{key.hexdigest()[:16]}.so"
+        target = kernel_cache_dir() / f"pspc_{key.hexdigest()[:16]}.so"
         if not target.exists():
             _build(target)
         try:
             _library = ctypes.CDLL(str(target))
         except OSError as error:
-            raise KernelUnavailable(f"loading the PSPC-Square kernel {target} failed: {error}") from None
+            raise KernelUnavailable(f"loading the PSPC kernel {target} failed: {error}") from None
     return _library
 
 
@@ -326,8 +375,8 @@ def _optional_pointer(tensor: Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(None) if tensor is None else _pointer(tensor)
 
 
-def _shape_arguments(queries: Tensor, n_train: int, size: int) -> list[ctypes.c_int]:
-    return [ctypes.c_int(value) for value in (*queries.shape, n_train, size)]
+def _shape_arguments(queries: Tensor, n_train: int) -> list[ctypes.c_int]:
+    return [ctypes.c_int(value) for value in (*queries.shape, n_train)]
 
 
 def n_parts(n_blocks: int, threads: int) -> int:
@@ -351,6 +400,36 @@ def run_parts(function, arguments: list, parts: int, threads: int) -> None:
         list(pool.map(lambda call: function(*call), calls))
 
 
+@dataclass(frozen=True)
+class KernelCrops:
+    """Crops as the C kernel takes them: all size x size squares (offsets None), or listed crops in CSR form."""
+
+    n_crops: int
+    size: int = 1  # square side; 1 for listed crops
+    offsets: Tensor | None = None  # int32 [K + 1]: crop k holds pixels[offsets[k] : offsets[k + 1]]
+    pixels: Tensor | None = None  # int32 [total]: flat pixel indices y * W + x
+    counts: Tensor | None = None  # float32 [K]: how often each crop counts in the composite
+
+
+def square_crops(height: int, width: int, size: int) -> KernelCrops:
+    """All size x size squares of an H x W image, in row-major order of their top-left corner."""
+    return KernelCrops(n_crops=(height - size + 1) * (width - size + 1), size=size)
+
+
+def listed_crops(masks: Tensor, counts: Tensor) -> KernelCrops:
+    """Crops from a 0/1 tensor [K, H * W] and their multiplicities [K]."""
+    masks = masks.bool()
+    offsets = torch.zeros(masks.shape[0] + 1, dtype=torch.int32)
+    offsets[1:] = masks.sum(1).cumsum(0)
+    pixels = masks.nonzero()[:, 1].to(torch.int32).contiguous()  # row-major: grouped by crop
+    return KernelCrops(n_crops=masks.shape[0], offsets=offsets, pixels=pixels, counts=counts.float().contiguous())
+
+
+def _crop_arguments(crops: KernelCrops) -> list:
+    return [ctypes.c_int(crops.size), ctypes.c_int(crops.n_crops), _optional_pointer(crops.offsets),
+            _optional_pointer(crops.pixels), _optional_pointer(crops.counts)]
+
+
 def logit_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
     """Room for pass 1's crop logits [blocks, B, crops, 16] if they fit in LOGIT_CACHE_BYTES, else None."""
     if 4 * batch * n_blocks * n_crops * LANES > LOGIT_CACHE_BYTES:
@@ -358,39 +437,47 @@ def logit_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
     return torch.empty(n_blocks, batch, n_crops, LANES)
 
 
-def square_log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor,
-                                    size: int, threads: int, logits: Tensor | None = None) -> Tensor:
-    """Pass 1. queries: [B, C, H, W]; lanes: `training_lanes`; inv_two_var: [B]; logits: `logit_cache` or None.
+def log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor, crops: KernelCrops,
+                             threads: int, logits: Tensor | None = None) -> Tensor:
+    """Pass 1: log sum_n exp(crop logit) per query and crop, float64 [B, K].
 
-    Returns float64 [B, P1, P2]; fills `logits` for pass 2 when given.
+    queries: [B, C, H, W]; lanes: `training_lanes`; inv_two_var: [B]; logits: `logit_cache` (filled) or None.
     """
-    batch, _, height, width = queries.shape
     parts = n_parts(lanes.shape[0], threads)
-    maxima = torch.empty(batch, height - size + 1, width - size + 1, parts)
+    maxima = torch.empty(queries.shape[0], crops.n_crops, parts)
     sums = torch.empty_like(maxima)
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
-    arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size), _pointer(inv_two_var)]
+    arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train), *_crop_arguments(crops),
+                 _pointer(inv_two_var), _pointer(maxima), _pointer(sums), _optional_pointer(logits)]
     library = load_library()
-    run_parts(lambda *call: library.square_pass1(*call, _pointer(maxima), _pointer(sums), _optional_pointer(logits)),
-              arguments, parts, threads)
+    run_parts(library.pspc_pass1, arguments, parts, threads)
     log_normalisers = torch.empty(maxima.shape[:-1], dtype=torch.float64)
     library.merge_parts(_pointer(maxima), _pointer(sums), ctypes.c_long(log_normalisers.numel()), ctypes.c_int(parts),
                         _pointer(log_normalisers))
     return log_normalisers
 
 
-def square_numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor, size: int,
-                               log_normalisers: Tensor, threads: int, logits: Tensor | None = None) -> Tensor:
-    """Pass 2: sum_n x_n * (transposed box filter of the crop weights of n). Returns float64 [B, C, H, W].
+def numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor, crops: KernelCrops,
+                        log_normalisers: Tensor, threads: int, logits: Tensor | None = None) -> Tensor:
+    """Pass 2: sum_n x_n * (per pixel, the summed normalised weights of n over the crops holding it).
 
-    logits: the tensor pass 1 filled, or None to recompute the crop logits.
+    Returns float64 [B, C, H, W]; logits: the tensor pass 1 filled, or None to recompute the crop logits.
     """
     parts = n_parts(lanes.shape[0], threads)
     numerators = torch.empty(queries.shape[0], parts, *queries.shape[1:])
     queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
     log_normalisers = log_normalisers.float().contiguous()
-    arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train, size), _pointer(inv_two_var),
-                 _pointer(log_normalisers), _optional_pointer(logits)]
-    library = load_library()
-    run_parts(lambda *call: library.square_pass2(*call, _pointer(numerators)), arguments, parts, threads)
+    arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train), *_crop_arguments(crops),
+                 _pointer(inv_two_var), _pointer(log_normalisers), _optional_pointer(logits), _pointer(numerators)]
+    run_parts(load_library().pspc_pass2, arguments, parts, threads)
     return numerators.sum(1, dtype=torch.float64)
+
+
+def composite_numerators(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, crops: KernelCrops,
+                         threads: int) -> Tensor:
+    """Both passes: the composite numerators float64 [B, C, H, W] (divide by the crops per pixel)."""
+    inv_two_var = 1.0 / (2.0 * sigma.double() ** 2)
+    logits = logit_cache(queries.shape[0], lanes.shape[0], crops.n_crops)  # None when too large
+    args = (queries, lanes, n_train, inv_two_var, crops)
+    log_normalisers = log_normalisers_compiled(*args, threads, logits)
+    return numerators_compiled(*args, log_normalisers, threads, logits)
