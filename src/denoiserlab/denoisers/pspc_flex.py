@@ -5,11 +5,12 @@ heatmaps (`flex_masks.py`). Each crop gets its empirical posterior mean over the
 images; each output pixel is the average over the crops that contain it (duplicated crops count as often as they
 occur); pixels covered by no crop keep the noisy input value.
 
-On CPU the default is the fused C kernel (`pspc_kernel.py`), which holds each crop as a pixel index list. The eager
-path below is the readable reference and runs anywhere (GPU included): with d_n the per-pixel squared differences sum_c (z - x_n)^2 ([B, n, H*W], never the
-|a|^2 - 2ab + |b|^2 expansion), all crop distances are one GEMM d_n @ masks^T (a sum of non-negative terms, so no
-cancellation in float32), and the composite is sum_n x_n * (weights_n @ masks), a second GEMM; identical masks are
-merged first (lambda = 1 is a single full-image crop). Two streaming passes over the training set with an exact
+Identical masks are merged first (lambda = 1 is a single full-image crop). On CPU the default is the fused C kernel
+(`pspc_kernel.py`), which holds each crop as a pixel index list, so a crop costs its size. The eager path below is
+the readable reference and runs anywhere (GPU included): with d_n the per-pixel squared differences
+sum_c (z - x_n)^2 ([B, n, H*W], never the |a|^2 - 2ab + |b|^2 expansion), all crop distances are one GEMM
+d_n @ masks^T (a sum of non-negative terms, so no cancellation in float32), and the composite is
+sum_n x_n * (weights_n @ masks), a second GEMM. Two streaming passes over the training set with an exact
 log-sum-exp; the logits of pass 1 are kept for pass 2 when they fit in LOGIT_CACHE_BYTES.
 """
 
@@ -36,7 +37,7 @@ LOGIT_CACHE_BYTES = 1 << 28  # keep pass-1 logits for pass 2 up to this size, el
 class PSPCFlexConfig:
     masks: Tensor | Callable[[float], Tensor]  # bool [K, H, W] crops, or a schedule sigma -> such a tensor
     xflip: bool = False  # also use the horizontal flip of every training image
-    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (two GEMMs, any device), "auto": compiled on CPU if it builds
+    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (two GEMMs, any device), "auto": compiled on CPU
     chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB)
 
     def __post_init__(self):

@@ -36,7 +36,7 @@ KERNELS = ("auto", "compiled", "eager")
 class PSPCSquareConfig:
     patch_size: int | Callable[[float], int] = 3  # crop side in pixels, or a schedule sigma -> side (PatchSchedule)
     xflip: bool = False  # also use the horizontal flip of every training image
-    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled on CPU if it builds
+    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled on CPU
     chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB of float32)
 
     def __post_init__(self):
