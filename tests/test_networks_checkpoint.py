@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.networks import load_checkpoint, save_checkpoint
+from denoiserlab.networks import EDMPrecond, load_checkpoint, save_checkpoint
 from denoiserlab.networks.atomic import atomic_folder, atomic_write, atomic_write_text
-from test_networks import TINY, tiny_denoiser
+from test_networks import TINY, AffineRawNet, tiny_denoiser
 
 TRAINING_DATA = dict(source="fashion-mnist", split="train", subset=500, classes=None, resolution=None,
                      resolution_policy="pad", xflip=False, channels=None, seed=0)
@@ -77,3 +77,11 @@ def test_bad_checkpoint_folders_fail(tmp_path):
     config_path.write_text(json.dumps({**config, "network": {**config["network"], "width": 3}}))
     with pytest.raises(DenoiserLabError, match="width"):
         load_checkpoint(tmp_path / "net")
+
+
+def test_only_our_architectures_can_be_saved(tmp_path):
+    with pytest.raises(DenoiserLabError, match="AffineRawNet"):
+        save_checkpoint(tmp_path / "net", EDMPrecond(AffineRawNet(), 1, 2))
+    with pytest.raises(DenoiserLabError, match="EDMPrecond"):
+        save_checkpoint(tmp_path / "net", AffineRawNet())
+    assert not (tmp_path / "net").exists()

@@ -17,8 +17,9 @@ from denoiserlab.networks.loss import edm_loss, edm_loss_weight, sample_training
 from denoiserlab.networks.training import learning_rate, run_training
 from denoiserlab.networks.training_config import TrainConfig, train_config_from_dict
 
-TINY_RUN = dict(subset=64, resolution=8, resolution_policy="resize", arch="unet", batch_size=16, checkpoint_kimg=0.064, log_kimg=0.032, sample_count=4,
-                sample_steps=2, lr_rampup_kimg=0.05, ema_halflife_kimg=0.05,
+TINY_RUN = dict(subset=64, resolution=8, resolution_policy="resize", arch="unet", batch_size=16,
+                checkpoint_kimg=0.064, log_kimg=0.032, sample_count=4, sample_steps=2, lr_rampup_kimg=0.05,
+                ema_halflife_kimg=0.05,
                 network=dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
                              channels_per_head=8, dropout=0.2))
 

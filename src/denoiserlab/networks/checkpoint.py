@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import denoiserlab
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.atomic import atomic_folder
-from denoiserlab.networks.build import build_raw_network, network_config
+from denoiserlab.networks.build import ARCHITECTURES, build_raw_network, network_config
 from denoiserlab.networks.precond import EDMPrecond
 
 CHECKPOINT_FORMAT = "denoiserlab-checkpoint"
@@ -28,8 +28,13 @@ CONFIG_FILE = "config.json"
 
 def checkpoint_config(denoiser: EDMPrecond, preset: str | None, training_options: dict | None) -> dict:
     """The config.json content describing `denoiser` (network config read from the raw network)."""
+    if not isinstance(denoiser, EDMPrecond):
+        raise DenoiserLabError(f"save_checkpoint needs an EDMPrecond denoiser, got {type(denoiser).__name__}")
     net = denoiser.net
-    architecture = {"UNet": "unet", "DiT": "dit", "Mixer": "mixer"}[type(net).__name__]
+    names = [name for name, (_, network_class) in ARCHITECTURES.items() if type(net) is network_class]
+    if not names:
+        raise DenoiserLabError(f"cannot save a {type(net).__name__}: not one of {list(ARCHITECTURES)}")
+    architecture = names[0]
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
