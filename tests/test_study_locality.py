@@ -275,3 +275,40 @@ def test_config_errors_name_the_file_and_key(setup, tmp_path):
     unknown_denoiser = dict(setup["table"], denoisers={"optimal": {}, "wiener": {}})
     with pytest.raises(DenoiserLabError, match=f"{path}: denoisers must be registry names"):
         from_dict(LocalityStudyConfig, unknown_denoiser, source=str(path))
+
+
+def test_training_set_defaults_to_the_one_the_networks_record():
+    from types import SimpleNamespace
+
+    from denoiserlab.studies.locality_config import DataConfig, NetworkConfig
+    from denoiserlab.studies.locality_inputs import LoadedNetwork, study_data_options
+
+    def network(name: str, recorded: dict | None) -> LoadedNetwork:
+        return LoadedNetwork(NetworkConfig(name, "unused"), SimpleNamespace(training_data=recorded), {})
+
+    recorded = {"source": "fashion-mnist", "subset": 500}
+    same = {"a": network("a", recorded), "b": network("b", dict(recorded))}
+    assert study_data_options(None, same) == recorded
+    table = DataConfig(source="x.npz", xflip=True)
+    assert study_data_options(table, same) == {**table.load_options(), "xflip": True}
+    with pytest.raises(DenoiserLabError, match="networks record different training sets"):
+        study_data_options(None, {"a": network("a", recorded), "b": network("b", {"source": "fashion-mnist"})})
+    with pytest.raises(DenoiserLabError, match="network 'b' does not record its training data"):
+        study_data_options(None, {"a": network("a", recorded), "b": network("b", None)})
+
+
+@pytest.mark.parametrize("name", ["locality-fashion-mnist.toml", "paper-cifar10.toml", "fashion-mnist-full.toml"])
+def test_shipped_study_configs_load(name):
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    config = load_toml(LocalityStudyConfig, path)
+    assert config.networks and "optimal" in config.denoisers
+
+
+def test_shipped_names_resolve_inside_the_package_assets():
+    from denoiserlab.studies.locality_inputs import heatmaps_path, network_path
+
+    assert network_path("runs/a") == Path("runs/a")
+    with pytest.raises(DenoiserLabError, match="nothing shipped as shipped:no-such-net .*assets/checkpoints"):
+        network_path("shipped:no-such-net")
+    with pytest.raises(DenoiserLabError, match="assets/heatmaps/no-such.npz"):
+        heatmaps_path("shipped:no-such.npz")

@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     config = load_toml(LocalityStudyConfig, args.config)
     names = ", ".join(network.name for network in config.networks)
-    print(f"denoiserlab study: {args.config} on {config.data.source}, networks {names}; output in {args.out}/")
+    data = config.data.source if config.data else "the networks' training set"
+    print(f"denoiserlab study: {args.config} on {data}, networks {names}; output in {args.out}/")
     command = shlex.join(["denoiserlab", *sys.argv[1:]]) if sys.argv[1:2] == ["study"] else None
     results = run_locality_study(config, args.out, feature_model=args.feature_model, command=command)
     for name in results["networks"]:

@@ -54,7 +54,14 @@ from denoiserlab.studies.locality_fitting import (
     schedule_from_values,
 )
 from denoiserlab.studies.locality_heatmaps import READINGS, save_heatmaps_file
-from denoiserlab.studies.locality_inputs import LoadedNetwork, build_denoiser, load_network, load_training_data
+from denoiserlab.studies.locality_inputs import (
+    LoadedNetwork,
+    build_denoiser,
+    check_image_shape,
+    load_network,
+    load_training_data,
+    study_data_options,
+)
 from denoiserlab.studies.locality_metrics import comparison_per_sigma
 from denoiserlab.studies.locality_results import assemble_results, sample_numbers
 from denoiserlab.studies.locality_stages import (
@@ -107,9 +114,10 @@ def open_study(config: LocalityStudyConfig, out: Path) -> StudyContext:
     """Load the data and networks, open the stage cache and write the resolved config."""
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.toml", lambda temp: temp.write_text(tomli_w.dumps(to_dict(config))))
-    data = load_training_data(config.data)
-    image_shape = tuple(data.images.shape[1:])
-    networks = {network.name: load_network(network, image_shape, config.device) for network in config.networks}
+    networks = {network.name: load_network(network, config.device) for network in config.networks}
+    data = load_training_data(study_data_options(config.data, networks))
+    for network in networks.values():
+        check_image_shape(network, tuple(data.images.shape[1:]))
     return StudyContext(config, out, StageCache(out), data, config.sigmas.grid(), networks)
 
 
@@ -120,7 +128,7 @@ def shared_methods(ctx: StudyContext) -> dict[str, Method]:
         if name not in SCHEDULED_DENOISERS:
             key = {"name": name, "options": options, "data": ctx.data.key}
             methods[name] = Method(name, name, key, lambda n=name, o=options: build_denoiser(
-                n, o, ctx.data, ctx.config.data.xflip))
+                n, o, ctx.data))
     return methods
 
 
@@ -148,11 +156,9 @@ def study_network(ctx: StudyContext, network: LoadedNetwork, forward: dict, fit:
     fitting = fit_schedules(ctx, network, heatmaps, fit["z"], {"network": net_fit, "optimal": optimal_fit})
     methods = {**shared, **scheduled_methods(ctx, name, fitting, heatmaps),
                **{f"network:{other}": network_method(loaded) for other, loaded in ctx.networks.items() if other != name}}
-    reverse_key = reverse_set_key(ctx, network)
-    outputs = {label: {"forward": outputs_of(ctx, method, "forward", forward_key, forward["z"]),
-                       "reverse": outputs_of(ctx, method, f"reverse-{name}", reverse_key, reverse["z"])}
-               for label, method in methods.items()}
-    tables = comparison_tables(outputs, net_forward, reverse["network"])
+    sets = {"forward": ("forward", forward_key, forward["z"], net_forward),
+            "reverse": (f"reverse-{name}", reverse_set_key(ctx, network), reverse["z"], reverse["network"])}
+    tables = {process: comparison_tables(ctx, methods, *set_) for process, set_ in sets.items()}
     return {"reverse": reverse, "heatmaps": heatmaps, "fitting": fitting, "methods": methods, "tables": tables}
 
 
@@ -199,20 +205,18 @@ def scheduled_methods(ctx: StudyContext, network_name: str, fitting: dict, heatm
     return methods
 
 
-def comparison_tables(outputs: dict[str, dict[str, Tensor]], net_forward: Tensor, net_reverse: Tensor) -> dict:
-    """Step 2 and 5: per process, every method against the network and against the optimal denoiser."""
-    tables = {}
-    for process, reference in (("forward", net_forward), ("reverse", net_reverse)):
-        optimal = outputs["optimal"][process]
-        per_method = {label: comparison_per_sigma(result[process], reference) for label, result in outputs.items()}
-        tables[process] = {
-            "mse": {label: table["mse"] for label, table in per_method.items()},
-            "r2": {label: table["r2"] for label, table in per_method.items()},
-            "pearson_r": {label: table["pearson_r"] for label, table in per_method.items()},
-            "mse_vs_optimal": {"network": mse_per_sigma(reference, optimal).tolist(),
-                               **{label: mse_per_sigma(result[process], optimal).tolist()
-                                  for label, result in outputs.items()}},
-        }
+def comparison_tables(ctx: StudyContext, methods: dict[str, Method], set_name: str, set_key: dict, z: Tensor,
+                      reference: Tensor) -> dict:
+    """Steps 2 and 5 on one set: every method against the network's outputs `reference` and against the optimal
+    denoiser (outputs loaded one method at a time, so memory holds three output sets at most)."""
+    optimal = outputs_of(ctx, methods["optimal"], set_name, set_key, z)
+    tables = {"mse": {}, "r2": {}, "pearson_r": {}, "mse_vs_optimal": {"network": mse_per_sigma(reference, optimal).tolist()}}
+    for label, method in methods.items():
+        outputs = optimal if label == "optimal" else outputs_of(ctx, method, set_name, set_key, z)
+        table = comparison_per_sigma(outputs, reference)
+        for name in ("mse", "r2", "pearson_r"):
+            tables[name][label] = table[name]
+        tables["mse_vs_optimal"][label] = mse_per_sigma(outputs, optimal).tolist()
     return tables
 
 

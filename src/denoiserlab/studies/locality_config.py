@@ -45,7 +45,7 @@ class DataConfig:
 class NetworkConfig:
     name: str  # label of the network in results and figures
     path: str  # checkpoint path (any format of denoiserlab.networks.loaders) or shipped:NAME
-    heatmaps: str | None = None  # precomputed gradient heatmaps (.npz or .pt, see locality_heatmaps); None: compute
+    heatmaps: str | None = None  # precomputed heatmap file (.npz/.pt, see locality_heatmaps) or shipped:FILE; None: compute
     trust_pickle: bool = False  # allow an EDM .pkl (it runs code when read)
     options: dict = field(default_factory=dict)  # extra loader options (scheduler, class_label, ...)
 
@@ -119,7 +119,7 @@ class SimilarityConfig:
 @dataclass(frozen=True)
 class LocalityStudyConfig:
     networks: tuple[NetworkConfig, ...]  # one or more networks, each compared with every denoiser
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # the training set; None: the one the networks record (their training_data)
     # registry name -> options; pspc_square / pspc_flex take `schedule` = "fitted" (default), "cifar10" or a file
     denoisers: dict[str, dict] = field(default_factory=lambda: {
         "optimal": {}, "gaussian": {}, "pspc_square": {}, "pspc_flex": {}})

@@ -5,7 +5,8 @@ float32 [L, H, W, H, W] (indexed [sigma, y, x, y', x'], output pixel first) in b
 
 Heatmap files (to ship precomputed heatmaps instead of recomputing them): `.npz` or `.pt` holding
 `sigmas` float64 [L] (high -> low), `same_channel` float16 [L, H, W, H, W], optionally `all_channels` (same shape),
-`n_samples` (z per sigma) and `command` (the command line that made them). A study reads such a file when a
+`n_samples` (z per sigma) and `command` (the command line that made them); for one-channel images, where both
+readings coincide, only `same_channel` is stored, with `readings_equal` = True. A study reads such a file when a
 network's `heatmaps` key names it; its sigmas must contain every sigma of the study grid (relative tolerance 1e-6).
 """
 
@@ -46,6 +47,9 @@ def save_heatmaps_file(path: str | Path, heatmaps: dict, command: str) -> Path:
     path = Path(path)
     arrays = {"sigmas": heatmaps["sigmas"].double(), "n_samples": torch.tensor(heatmaps["n_samples"]),
               **{reading: heatmaps[reading].half() for reading in READINGS if reading in heatmaps}}
+    if "all_channels" in arrays and torch.equal(arrays["all_channels"], arrays["same_channel"]):
+        del arrays["all_channels"]  # one-channel images: the readings coincide, stored once
+        arrays["readings_equal"] = torch.tensor(True)
     if path.suffix == ".npz":
         numpy_arrays = {key: value.numpy() for key, value in arrays.items()}
         return write_atomic(path, lambda temp: write_npz(temp, command=np.array(command), **numpy_arrays))
@@ -76,6 +80,8 @@ def read_heatmaps_file(path: str | Path) -> dict:
     for key in ("sigmas", "same_channel"):
         if key not in table:
             raise DenoiserLabError(f"heatmap file {str(path)!r} lacks the array {key!r} (has {sorted(table)})")
+    if bool(table.pop("readings_equal", False)):
+        table["all_channels"] = table["same_channel"]
     table["n_samples"] = int(table["n_samples"]) if "n_samples" in table else None
     table["command"] = str(table.get("command", "unknown"))
     return table

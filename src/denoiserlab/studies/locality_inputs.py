@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from denoiserlab.config import to_dict
 from denoiserlab.data import ImageSet, load
 from denoiserlab.denoisers import REGISTRY, create
 from denoiserlab.denoisers.training_set import dataset_fingerprint, training_images
@@ -24,31 +23,59 @@ SHIPPED_PREFIX = "shipped:"
 
 @dataclass(frozen=True)
 class TrainingData:
-    imageset: ImageSet  # as loaded (no flips)
-    images: Tensor  # float32 [N, C, H, W] in [-1, 1], with flipped copies appended when config.xflip
-    key: dict  # cache key: the data config and a fingerprint of the images
+    imageset: ImageSet  # as loaded (without the study's flips)
+    images: Tensor  # float32 [N, C, H, W] in [-1, 1], with flipped copies appended when xflip
+    xflip: bool  # flipped images count as training images (denoisers, forward set, nearest neighbours)
+    key: dict  # cache key: the load options and a fingerprint of the images
 
 
-def load_training_data(config: DataConfig) -> TrainingData:
-    """Load the study's training set (what the optimal denoiser memorises)."""
-    imageset = load(**config.load_options())
-    images = training_images(imageset, config.xflip)
-    return TrainingData(imageset, images, {"data": to_dict(config), "fingerprint": dataset_fingerprint(images)})
+def study_data_options(config: DataConfig | None, networks: dict[str, "LoadedNetwork"]) -> dict:
+    """denoiserlab.data.load keyword arguments (plus xflip) of the study's training set: the [data] table when
+    given, else the training_data the networks record (all of them must record the same one)."""
+    if config is not None:
+        return {**config.load_options(), "xflip": config.xflip}
+    recorded = {name: getattr(network.module, "training_data", None) for name, network in networks.items()}
+    missing = [name for name, options in recorded.items() if options is None]
+    if missing:
+        raise DenoiserLabError(f"network {missing[0]!r} does not record its training data; give a [data] table")
+    first = next(iter(recorded.values()))
+    differing = [name for name, options in recorded.items() if options != first]
+    if differing:
+        raise DenoiserLabError(f"networks record different training sets ({first} vs {recorded[differing[0]]} of"
+                               f" {differing[0]!r}); the study compares them with one optimal denoiser, so give a"
+                               " [data] table")
+    return dict(first)
 
 
-def shipped_path(name: str) -> Path:
-    """The folder of a network shipped with the package: src/denoiserlab/assets/checkpoints/NAME."""
-    folder = importlib.resources.files("denoiserlab") / "assets" / "checkpoints" / name
-    path = Path(str(folder))
+def load_training_data(options: dict) -> TrainingData:
+    """Load the study's training set (what the optimal denoiser memorises) from load options plus xflip."""
+    options = dict(options)
+    xflip = bool(options.pop("xflip", False))
+    imageset = load(**options)
+    images = training_images(imageset, xflip)
+    key = {"data": {**options, "xflip": xflip}, "fingerprint": dataset_fingerprint(images)}
+    return TrainingData(imageset, images, xflip, key)
+
+
+def shipped_path(name: str, folder: str = "checkpoints") -> Path:
+    """A file or folder shipped with the package: src/denoiserlab/assets/<folder>/NAME."""
+    path = Path(str(importlib.resources.files("denoiserlab") / "assets" / folder / name))
     if not path.exists():
-        raise DenoiserLabError(f"no shipped network named {name!r} (looked for {path})")
+        raise DenoiserLabError(f"nothing shipped as {SHIPPED_PREFIX}{name} (looked for {path})")
     return path
 
 
 def network_path(spec: str) -> Path:
-    """A network path from the config: `shipped:NAME` or a file system path."""
+    """A network path from the config: `shipped:NAME` (assets/checkpoints/NAME) or a file system path."""
     if spec.startswith(SHIPPED_PREFIX):
         return shipped_path(spec[len(SHIPPED_PREFIX):])
+    return Path(spec)
+
+
+def heatmaps_path(spec: str) -> Path:
+    """A heatmap file from the config: `shipped:FILE` (assets/heatmaps/FILE) or a file system path."""
+    if spec.startswith(SHIPPED_PREFIX):
+        return shipped_path(spec[len(SHIPPED_PREFIX):], "heatmaps")
     return Path(spec)
 
 
@@ -59,17 +86,21 @@ class LoadedNetwork:
     key: dict  # cache key: the path and a content fingerprint of the checkpoint
 
 
-def load_network(config: NetworkConfig, image_shape: tuple[int, int, int], device: str) -> LoadedNetwork:
-    """Load one configured network and check that it takes images of the training set's shape."""
+def load_network(config: NetworkConfig, device: str) -> LoadedNetwork:
+    """Load one configured network as a denoiser (eval mode, gradients off)."""
     path = network_path(config.path)
     module = load_network_file(path, trust_pickle=config.trust_pickle, device=device, **config.options)
     module.eval().requires_grad_(False)
-    shape = (getattr(module, "img_channels", None), getattr(module, "img_resolution", None))
-    if shape != (image_shape[0], image_shape[1]) or image_shape[1] != image_shape[2]:
-        raise DenoiserLabError(f"network {config.name!r} ({path}) takes images [C, H, W] = [{shape[0]}, {shape[1]},"
-                               f" {shape[1]}] but the training set has {list(image_shape)}")
     return LoadedNetwork(config, module, {"path": config.path, "options": config.options,
                                           "fingerprint": file_fingerprint(path)})
+
+
+def check_image_shape(network: LoadedNetwork, image_shape: tuple[int, int, int]) -> None:
+    """The network must take images of the training set's shape [C, H, W]."""
+    shape = (getattr(network.module, "img_channels", None), getattr(network.module, "img_resolution", None))
+    if shape != (image_shape[0], image_shape[1]) or image_shape[1] != image_shape[2]:
+        raise DenoiserLabError(f"network {network.config.name!r} ({network.config.path}) takes images [C, H, W] ="
+                               f" [{shape[0]}, {shape[1]}, {shape[1]}] but the training set has {list(image_shape)}")
 
 
 def denoiser_options(name: str, options: dict, xflip: bool) -> dict:
@@ -83,9 +114,10 @@ def denoiser_options(name: str, options: dict, xflip: bool) -> dict:
     return options
 
 
-def build_denoiser(name: str, options: dict, data: TrainingData, xflip: bool, **extra):
-    """The registered denoiser `name` on the (unflipped) training set; `extra` adds schedule objects for PSPC."""
-    return create(name, data.imageset.as_float(), **denoiser_options(name, options, xflip), **extra)
+def build_denoiser(name: str, options: dict, data: TrainingData, **extra):
+    """The registered denoiser `name` on the (unflipped) training set, flips as the study's; `extra` adds
+    schedule objects for PSPC."""
+    return create(name, data.imageset.as_float(), **denoiser_options(name, options, data.xflip), **extra)
 
 
 def to_cpu(tensor: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ def assemble_results(ctx, per_network: dict, numbers: dict, feature_model: str |
                               for name in names},
         "nearest_neighbour_per_sample": nearest,
         "dataset": {"name": ctx.data.imageset.name, "n_images": int(ctx.data.images.shape[0]),
-                    "image_shape": list(ctx.data.images.shape[1:]), "xflip": ctx.config.data.xflip},
+                    "image_shape": list(ctx.data.images.shape[1:]), "xflip": ctx.data.xflip},
         "config": to_dict(ctx.config),
         "command": command,
         "versions": versions(),

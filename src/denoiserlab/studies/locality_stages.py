@@ -31,7 +31,7 @@ from denoiserlab.studies.locality_heatmaps import (
     heatmaps_on_grid,
     read_heatmaps_file,
 )
-from denoiserlab.studies.locality_inputs import LoadedNetwork, TrainingData, build_denoiser
+from denoiserlab.studies.locality_inputs import LoadedNetwork, TrainingData, build_denoiser, heatmaps_path
 from denoiserlab.studies.locality_sets import forward_set, outputs_on, reverse_set, samples_from, shared_noise
 
 FIT_SEED_OFFSET = 1_000_003  # the fitting set's seed = evaluation seed + this, so the two sets differ
@@ -102,10 +102,11 @@ def stage_outputs(ctx: StudyContext, set_name: str, set_key: dict, z: Tensor, la
 
 def stage_heatmaps(ctx: StudyContext, network: LoadedNetwork) -> dict:
     """Step 3: the network's heatmaps [L, H, W, H, W] (both readings), from its heatmap file or computed."""
-    path = network.config.heatmaps
-    if path is not None:
-        table = heatmaps_on_grid(read_heatmaps_file(path), ctx.sigmas, tuple(ctx.data.images.shape[1:]), path)
-        return {**table, "source": path, "key": {"file": file_fingerprint(path)}}
+    spec = network.config.heatmaps
+    if spec is not None:
+        path = heatmaps_path(spec)
+        table = heatmaps_on_grid(read_heatmaps_file(path), ctx.sigmas, tuple(ctx.data.images.shape[1:]), spec)
+        return {**table, "source": spec, "key": {"file": file_fingerprint(path)}}
     config = ctx.config.heatmaps
     key = {**ctx.grid_key, "network": network.key, "heatmaps": to_dict(config), "seed": ctx.config.evaluation.seed}
     computed = ctx.cache.run(f"heatmaps-{network.config.name}", key, lambda: compute_heatmaps(
@@ -118,7 +119,7 @@ def stage_square_sweep(ctx: StudyContext, fit_z: Tensor) -> dict:
     sizes = effective_patch_sizes(ctx.config.fitting.patch_sizes, ctx.data.images.shape[-1])
     key = {**ctx.grid_key, "fit": to_dict(ctx.config.fitting), "seed": ctx.config.evaluation.seed, "sizes": sizes}
     outputs = ctx.cache.run("square_sweep", key, lambda: square_sweep_outputs(
-        ctx.data.imageset.as_float(), ctx.config.data.xflip, fit_z, ctx.sigmas, sizes,
+        ctx.data.imageset.as_float(), ctx.data.xflip, fit_z, ctx.sigmas, sizes,
         ctx.config.evaluation.batch_size, ctx.config.device))
     return {"patch_sizes": sizes, "outputs": outputs}
 
@@ -135,7 +136,7 @@ def stage_flex_sweep(ctx: StudyContext, network: LoadedNetwork, heatmaps: dict, 
     key = {**ctx.grid_key, "fit": to_dict(ctx.config.fitting), "seed": ctx.config.evaluation.seed,
            "network": network.key, "heatmaps": heatmaps["key"], "reading": reading}
     return ctx.cache.run(f"flex_sweep-{network.config.name}", key, lambda: flex_sweep_mse(
-        ctx.data.imageset.as_float(), ctx.config.data.xflip, fit_z, ctx.sigmas, heatmaps[reading],
+        ctx.data.imageset.as_float(), ctx.data.xflip, fit_z, ctx.sigmas, heatmaps[reading],
         ctx.config.fitting.thresholds, references, ctx.config.evaluation.batch_size, ctx.config.device))
 
 
@@ -152,9 +153,9 @@ def make_scheduled_denoiser(ctx: StudyContext, name: str, schedule, heatmaps: di
     """A factory of PSPC-Square (patch-size schedule) or PSPC-Flex (masks from heatmaps + threshold schedule)."""
     options = ctx.config.denoisers[name]
     if name == "pspc_square":
-        return lambda: build_denoiser(name, options, ctx.data, ctx.config.data.xflip, patch_size=schedule)
+        return lambda: build_denoiser(name, options, ctx.data, patch_size=schedule)
     masks = GridHeatmapMasks(heatmaps[ctx.config.heatmaps.reading], ctx.sigmas, schedule)
-    return lambda: build_denoiser(name, options, ctx.data, ctx.config.data.xflip, masks=masks)
+    return lambda: build_denoiser(name, options, ctx.data, masks=masks)
 
 
 def stage_samples(ctx: StudyContext, label: str, method_key: dict, make_denoiser: Callable) -> Tensor:
