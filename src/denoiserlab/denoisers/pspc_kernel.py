@@ -63,40 +63,31 @@ static inline float exp_nonpositive(float x) {
     return x < -87.0f ? 0.0f : p * scale.f;
 }
 
-/* Window sums of width s along a line of len lane vectors: out[i] = sum_{j<s} in[i + j], i <= len - s.
-   Van Herk / Gil-Werman blocks of length s: out[i] = (suffix sum of i's block from i) + (prefix sum of the next
-   block up to i + s - 1), the prefix kept in a register. Only non-negative terms are ever added. */
-static void box_line(const float *in, long in_stride, float *out, long out_stride, int len, int s, float *suffix) {
+/* Window sums of width s along a line of len elements, each `width` contiguous floats (a lane vector, or a whole
+   image row of lane vectors for the vertical pass): out[i] = sum_{j<s} in[i + j] for i <= len - s.
+   Van Herk / Gil-Werman blocks of length s: out[i] = (suffix sum of i's block from i) + (running prefix sum of the
+   next block up to i + s - 1). Only non-negative terms are ever added: no cancellation. */
+static void box_line(const float *in, float *out, int len, int s, long width, float *suffix, float *head) {
     int n_out = len - s + 1;
     for (int start = 0; start < n_out; start += s) {
         int last = start + s - 1; /* < len, since start <= len - s */
-        memcpy(suffix + (long)last * LANES, in + last * in_stride, sizeof(float) * LANES);
+        memcpy(suffix + last * width, in + last * width, sizeof(float) * width);
         for (int i = last - 1; i >= start; i--) {
-            const float *src = in + i * in_stride;
-            float *dst = suffix + (long)i * LANES;
+            const float *src = in + i * width;
+            float *dst = suffix + i * width;
 #pragma omp simd
-            for (int l = 0; l < LANES; l++) dst[l] = dst[l + LANES] + src[l];
+            for (long l = 0; l < width; l++) dst[l] = dst[l + width] + src[l];
         }
-        memcpy(out + start * out_stride, suffix + (long)start * LANES, sizeof(float) * LANES);
-        float head[LANES] = {0};
+        memcpy(out + start * width, suffix + start * width, sizeof(float) * width);
+        memset(head, 0, sizeof(float) * width);
         int end = start + s < n_out ? start + s : n_out;
         for (int i = start + 1; i < end; i++) {
-            const float *next = in + (i + s - 1) * in_stride, *tail = suffix + (long)i * LANES;
-            float *dst = out + i * out_stride;
+            const float *next = in + (long)(i + s - 1) * width, *tail = suffix + i * width;
+            float *dst = out + i * width;
 #pragma omp simd
-            for (int l = 0; l < LANES; l++) { head[l] += next[l]; dst[l] = tail[l] + head[l]; }
+            for (long l = 0; l < width; l++) { head[l] += next[l]; dst[l] = tail[l] + head[l]; }
         }
     }
-}
-
-/* Transposed window sums: out[i] = sum of in[p] over p < len with p <= i < p + s, for i < len + s - 1
-   (window sums of the line zero-padded by s - 1 on both sides). */
-static void box_line_transposed(const float *in, long in_stride, float *out, long out_stride, int len, int s,
-                                float *padded, float *suffix) {
-    memset(padded, 0, sizeof(float) * LANES * (s - 1));
-    for (int i = 0; i < len; i++) memcpy(padded + (long)(i + s - 1) * LANES, in + i * in_stride, sizeof(float) * LANES);
-    memset(padded + (long)(len + s - 1) * LANES, 0, sizeof(float) * LANES * (s - 1));
-    box_line(padded, LANES, out, out_stride, len + 2 * (s - 1), s, suffix);
 }
 
 /* Per-pixel squared differences summed over channels: d[hw][l] = sum_c (z[c][hw] - x[c][hw][l])^2. */
@@ -116,21 +107,24 @@ static void pixel_squared_differences(const float *z, const float *x, int C, int
     }
 }
 
-typedef struct { float *d, *rows, *crops, *suffix, *padded; } Scratch;
+typedef struct { float *d, *rows, *crops, *suffix, *head, *padded, *padded_rows; } Scratch;
 
 static Scratch scratch_new(int H, int W, int s, int n_crops) {
     long longest = (H > W ? H : W) + 2L * s, most = (long)H * W > n_crops ? (long)H * W : n_crops;
+    long padded_image = (long)(H + s) * W * LANES;
     Scratch t;
     t.d = malloc(sizeof(float) * LANES * H * W);
     t.rows = malloc(sizeof(float) * LANES * H * W);
     t.crops = malloc(sizeof(float) * LANES * most);
-    t.suffix = malloc(sizeof(float) * LANES * longest);
+    t.suffix = malloc(sizeof(float) * padded_image);
+    t.head = malloc(sizeof(float) * LANES * W);
     t.padded = malloc(sizeof(float) * LANES * longest);
+    t.padded_rows = calloc(padded_image, sizeof(float)); /* rows s-1 .. s+P1-2 rewritten, the others stay 0 */
     return t;
 }
 
 static void scratch_free(Scratch t) {
-    free(t.d); free(t.rows); free(t.crops); free(t.suffix); free(t.padded);
+    free(t.d); free(t.rows); free(t.crops); free(t.suffix); free(t.head); free(t.padded); free(t.padded_rows);
 }
 
 /* The crops of a composite: all s x s squares (stride 1), or a list of crops given as pixel index lists
@@ -165,10 +159,8 @@ static void crop_logits(const float *z, const float *x, int C, Crops crops, floa
     } else {
         int P2 = W - s + 1;
         for (int h = 0; h < H; h++)
-            box_line(t.d + (long)h * W * LANES, LANES, t.rows + (long)h * P2 * LANES, LANES, W, s, t.suffix);
-        for (int q = 0; q < P2; q++)
-            box_line(t.rows + (long)q * LANES, (long)P2 * LANES, logits + (long)q * LANES, (long)P2 * LANES, H, s,
-                     t.suffix);
+            box_line(t.d + (long)h * W * LANES, t.rows + (long)h * P2 * LANES, W, s, LANES, t.suffix, t.head);
+        box_line(t.rows, logits, H, s, (long)P2 * LANES, t.suffix, t.head); /* whole rows at a time */
     }
     for (int k = 0; k < crops.n_crops; k++) {
         float *v = logits + (long)k * LANES;
@@ -193,13 +185,15 @@ static void pixel_weights(const float *weights, Crops crops, Scratch t, float *o
             }
         }
     } else {
+        /* transposed window sums = window sums of the input zero-padded by s - 1 on every side */
         int P1 = H - s + 1, P2 = W - s + 1;
-        for (int p = 0; p < P1; p++)
-            box_line_transposed(weights + (long)p * P2 * LANES, LANES, t.rows + (long)p * W * LANES, LANES, P2, s,
-                                t.padded, t.suffix);
-        for (int w = 0; w < W; w++)
-            box_line_transposed(t.rows + (long)w * LANES, (long)W * LANES, out + (long)w * LANES, (long)W * LANES,
-                                P1, s, t.padded, t.suffix);
+        memset(t.padded, 0, sizeof(float) * LANES * (P2 + 2 * (s - 1)));
+        for (int p = 0; p < P1; p++) {
+            memcpy(t.padded + (long)(s - 1) * LANES, weights + (long)p * P2 * LANES, sizeof(float) * LANES * P2);
+            box_line(t.padded, t.padded_rows + (long)(p + s - 1) * W * LANES, P2 + 2 * (s - 1), s, LANES, t.suffix,
+                     t.head);
+        }
+        box_line(t.padded_rows, out, P1 + 2 * (s - 1), s, (long)W * LANES, t.suffix, t.head);
     }
 }
 
