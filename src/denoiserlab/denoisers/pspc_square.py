@@ -9,6 +9,10 @@ so all crop distances come from one box filter (`box_filter.py`), and the compos
 sum_n x_n * (transposed box filter of the normalised crop weights of n) / (crops per pixel): O(B N H W) for any s.
 Two streaming passes over the training set: per-crop log normalisers, then the weighted sums. The CPU default is
 the fused C kernel (`pspc_kernel.py`); the eager PyTorch path below is the readable reference and runs anywhere.
+
+Precision: float32 per-pixel differences and cancellation-free window sums give every crop distance D to a relative
+error of ~1e-7, so a logit -D / (2 sigma^2) is off by ~1e-7 D / (2 sigma^2): ~1e-2 for D = 1 at sigma = 0.002,
+and far less for the crops that carry the weight near a training image. Normalisers and sums are float64.
 """
 
 from __future__ import annotations
