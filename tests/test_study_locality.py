@@ -198,11 +198,11 @@ def test_rerun_recomputes_only_a_deleted_stage(setup, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(setup["out"], out)
     config = from_dict(LocalityStudyConfig, setup["table"])
-    assert run_locality_study(config, out)["stages_computed"] == []
+    assert run_locality_study(config, out, write_report=False)["stages_computed"] == []
     (deleted,) = (out / "stages").glob("outputs-forward-gaussian-*.pt")
     deleted.unlink()
     untouched = {path: path.stat().st_mtime_ns for path in (out / "stages").glob("*.pt") if path != deleted}
-    rerun = run_locality_study(config, out)
+    rerun = run_locality_study(config, out, write_report=False)
     assert rerun["stages_computed"] == ["outputs-forward-gaussian"]
     assert {path: path.stat().st_mtime_ns for path in untouched} == untouched
     assert rerun["forward"]["mse"] == setup["results"]["forward"]["mse"]
@@ -234,7 +234,7 @@ def test_crash_mid_stage_leaves_no_corrupt_file_and_resumes(setup, tmp_path, mon
         run_locality_study(config, out)
     monkeypatch.undo()
     assert not list((out / "stages").glob("heatmaps-dit-*"))
-    resumed = run_locality_study(config, out)
+    resumed = run_locality_study(config, out, write_report=False)
     assert resumed["stages_computed"] == ["heatmaps-dit"]
     assert resumed["heatmaps"]["dit"]["extent"] == setup["results"]["heatmaps"]["dit"]["extent"]
 
@@ -248,7 +248,8 @@ def test_heatmap_file_and_fixed_schedule(setup, tmp_path):
     table = dict(setup["table"], networks=[{"name": "mixer", "path": setup["table"]["networks"][0]["path"],
                                             "heatmaps": str(heatmap_file)}],
                  denoisers={"optimal": {}, "pspc_flex": {"schedule": "cifar10"}})
-    results = run_locality_study(from_dict(LocalityStudyConfig, table), tmp_path / "out")
+    results = run_locality_study(from_dict(LocalityStudyConfig, table), tmp_path / "out", write_report=False)
+    assert (tmp_path / "out" / "results.json").is_file() and not (tmp_path / "out" / "report.html").exists()
     assert results["heatmaps"]["mixer"]["source"] == str(heatmap_file)
     assert "n_samples=2" in results["heatmaps"]["mixer"]["command"]
     assert not any(name.startswith("heatmaps-") for name in results["stages_computed"])
@@ -312,3 +313,22 @@ def test_shipped_names_resolve_inside_the_package_assets():
         network_path("shipped:no-such-net")
     with pytest.raises(DenoiserLabError, match="assets/heatmaps/no-such.npz"):
         heatmaps_path("shipped:no-such.npz")
+
+
+def test_feature_model_adds_feature_cosine(setup, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(setup["out"], out)
+    torch.manual_seed(0)
+    encoder = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.Tanh(), torch.nn.Flatten()))
+    model_path = tmp_path / "encoder.pt"
+    encoder.save(str(model_path))
+    results = run_locality_study(from_dict(LocalityStudyConfig, setup["table"]), out, feature_model=str(model_path))
+    assert results["stages_computed"] == [] and results["feature_model"] == str(model_path)
+    optimal_samples = stage_value(out, "samples-optimal")
+    network_samples = stage_value(out, "reverse_set-mixer")["samples"]
+    with torch.no_grad():
+        a, b = encoder(optimal_samples).double(), encoder(network_samples).double()
+    cosines = [(u @ v / (u.norm() * v.norm())).item() for u, v in zip(a, b)]
+    assert results["similarity_per_sample"]["feature_cosine"]["mixer"]["optimal"] == pytest.approx(cosines, rel=1e-5)
+    assert results["similarity"]["feature_cosine"]["mixer"]["optimal"] == pytest.approx(np.mean(cosines), rel=1e-5)
+    assert "No feature model was given" not in (out / "report.html").read_text()

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from denoiserlab.atomic import write_atomic, write_json
 from denoiserlab.config import to_dict
+from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.cache import StageCache
 from denoiserlab.studies.locality_config import SCHEDULED_DENOISERS, LocalityStudyConfig
 from denoiserlab.studies.locality_fitting import (
@@ -90,8 +91,9 @@ class Method:
 
 
 def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_model: str | None = None,
-                       command: str | None = None) -> dict:
-    """Run (or resume) the study; writes results.json, config.toml, schedules, heatmaps, figures, report.html."""
+                       command: str | None = None, write_report: bool = True) -> dict:
+    """Run (or resume) the study; writes results.json, config.toml, schedules, heatmaps and (unless write_report
+    is False, e.g. in programmatic sweeps) the figures and report.html. Returns the results.json table."""
     started = time.perf_counter()
     ctx = open_study(config, Path(out))
     forward, fit = stage_forward_set(ctx), stage_forward_set(ctx, fitting=True)
@@ -103,6 +105,8 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
     results = assemble_results(ctx, per_network, numbers, feature_model or config.similarity.feature_model,
                                command or " ".join(sys.argv), time.perf_counter() - started)
     write_json(ctx.out / "results.json", results)
+    if not write_report:
+        return results
     from denoiserlab.report.locality import write_locality_report
 
     write_locality_report(results, {name: {"samples": samples[name], "heatmaps": per_network[name]["heatmaps"]}
@@ -159,7 +163,8 @@ def study_network(ctx: StudyContext, network: LoadedNetwork, forward: dict, fit:
     sets = {"forward": ("forward", forward_key, forward["z"], net_forward),
             "reverse": (f"reverse-{name}", reverse_set_key(ctx, network), reverse["z"], reverse["network"])}
     tables = {process: comparison_tables(ctx, methods, *set_) for process, set_ in sets.items()}
-    return {"reverse": reverse, "heatmaps": heatmaps, "fitting": fitting, "methods": methods, "tables": tables}
+    return {"samples": reverse["samples"], "heatmaps": heatmaps, "fitting": fitting, "methods": methods,
+            "tables": tables}
 
 
 def keep_heatmaps_file(ctx: StudyContext, name: str, heatmaps: dict) -> None:
@@ -223,7 +228,7 @@ def comparison_tables(ctx: StudyContext, methods: dict[str, Method], set_name: s
 def network_samples(ctx: StudyContext, name: str, study: dict) -> dict[str, Tensor]:
     """Step 6: {"network": its samples, <method>: that method's samples from the same noise} (other networks'
     samples are their own trajectories' ends)."""
-    samples = {"network": study["reverse"]["samples"]}
+    samples = {"network": study["samples"]}
     for label, method in study["methods"].items():
         if label.startswith("network:"):
             samples[label] = stage_reverse_set(ctx, ctx.networks[label.split(":", 1)[1]])["samples"]
@@ -233,12 +238,14 @@ def network_samples(ctx: StudyContext, name: str, study: dict) -> dict[str, Tens
 
 
 def load_feature_model(path: str | None, device: str) -> Callable | None:
-    """A TorchScript image encoder [B, C, H, W] in [-1, 1] -> [B, ...], or None when no path is given."""
+    """An image encoder [B, C, H, W] in [-1, 1] -> [B, ...] from a TorchScript file (or a torch.export .pt2
+    program), or None when no path is given."""
     if path is None:
         return None
-    from denoiserlab.errors import DenoiserLabError
-
     if not Path(path).is_file():
         raise DenoiserLabError(f"feature model {path!r} does not exist")
-    model = torch.jit.load(path, map_location=device).eval()
+    if Path(path).suffix == ".pt2":
+        model = torch.export.load(path).module().to(device)
+    else:
+        model = torch.jit.load(path, map_location=device).eval()
     return lambda images: model(images.to(device)).cpu()
