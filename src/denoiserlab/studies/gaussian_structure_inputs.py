@@ -1,5 +1,5 @@
 """Inputs of the Gaussian-structure study: networks (incl. `shipped:NAME`), each one's training set, and the
-analytical denoisers (Gaussian, optimal, ...) built on it."""
+analytical denoisers (Gaussian, optimal, ...) built on it; loading itself is the locality study's (shared)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,10 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from denoiserlab.data import load
 from denoiserlab.denoisers import create
-from denoiserlab.denoisers.training_set import dataset_fingerprint
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.networks.loaders import load as load_network_file
-from denoiserlab.studies.cache import file_fingerprint
-from denoiserlab.studies.locality_config import DataConfig
-from denoiserlab.studies.locality_inputs import network_path
+from denoiserlab.studies.locality_config import DataConfig, NetworkConfig
+from denoiserlab.studies.locality_inputs import check_image_shape, load_network, load_training_data
 
 
 @dataclass
@@ -43,19 +39,12 @@ class StudyNetwork:
 
 
 def load_dataset(options: dict, device: str, cache: dict[str, StudyData]) -> StudyData:
-    """Load (once per distinct options, via `cache`) the images data.load(**options) returns."""
+    """Load (once per distinct options, via `cache`) the training set of data.load options plus xflip."""
     label = repr(sorted(options.items()))
     if label not in cache:
-        imageset = load(**options)
-        images = imageset.as_float()
-        key = {"load_options": options, "fingerprint": dataset_fingerprint(images)}
-        cache[label] = StudyData(imageset.name, images.to(device), options, key)
+        training = load_training_data(options)
+        cache[label] = StudyData(training.imageset.name, training.images.to(device), options, training.key)
     return cache[label]
-
-
-def data_options(config: DataConfig) -> dict:
-    """data.load keyword arguments of a [data] table (flips appended by the loader)."""
-    return {**config.load_options(), "xflip": config.xflip}
 
 
 def network_data_options(module: nn.Module, name: str, override: DataConfig | None,
@@ -66,7 +55,7 @@ def network_data_options(module: nn.Module, name: str, override: DataConfig | No
     if prefer_recorded and recorded is not None:
         return dict(recorded)
     if override is not None:
-        return data_options(override)
+        return {**override.load_options(), "xflip": override.xflip}
     if recorded is None:
         raise DenoiserLabError(f"network {name!r} does not record its training data; give a [data] table (or the "
                                "loader option training_data)")
@@ -77,15 +66,8 @@ def load_study_network(name: str, path: str, trust_pickle: bool, options: dict, 
                        device: str, datasets: dict[str, StudyData], prefer_recorded: bool = False) -> StudyNetwork:
     """Load one network and its training set (see network_data_options); checks that the network takes that
     set's images."""
-    folder = network_path(path)
-    module = load_network_file(folder, trust_pickle=trust_pickle, device=device, **options)
-    module.eval().requires_grad_(False)
-    study_data = load_dataset(network_data_options(module, name, data, prefer_recorded), device, datasets)
-    image_shape = tuple(study_data.images.shape[1:])
-    shape = (getattr(module, "img_channels", None), getattr(module, "img_resolution", None))
-    if shape != (image_shape[0], image_shape[1]) or image_shape[1] != image_shape[2]:
-        raise DenoiserLabError(f"network {name!r} ({folder}) takes images [C, H, W] = [{shape[0]}, {shape[1]},"
-                               f" {shape[1]}] but its training set has {list(image_shape)}")
-    key = {"path": path, "options": options, "fingerprint": file_fingerprint(folder)}
-    n_parameters = sum(parameter.numel() for parameter in module.parameters())
-    return StudyNetwork(name, module, key, study_data, n_parameters)
+    network = load_network(NetworkConfig(name, path, trust_pickle=trust_pickle, options=options), device)
+    study_data = load_dataset(network_data_options(network.module, name, data, prefer_recorded), device, datasets)
+    check_image_shape(network, tuple(study_data.images.shape[1:]))
+    n_parameters = sum(parameter.numel() for parameter in network.module.parameters())
+    return StudyNetwork(name, network.module, network.key, study_data, n_parameters)
