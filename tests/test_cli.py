@@ -52,3 +52,26 @@ def test_bad_input_exits_2_with_one_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_sample_pspc_square_with_cifar10_schedule(tmp_path):
+    args = ["sample", "--denoiser", "pspc_square", "--schedule", "cifar10", "--subset", "100", "--n", "2",
+            "--steps", "4", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert np.load(tmp_path / "samples.npz")["images"].shape == (2, 1, 28, 28)
+
+
+def test_sample_pspc_flex_with_heatmap_file(tmp_path):
+    import torch
+
+    heatmap = torch.rand(28, 28, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.save(heatmap, tmp_path / "heatmap.pt")
+    args = ["sample", "--denoiser", "pspc_flex", "--masks", str(tmp_path / "heatmap.pt"), "--lam", "0.5",
+            "--subset", "50", "--n", "2", "--steps", "3", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert np.load(tmp_path / "out/samples.npz")["images"].shape == (2, 1, 28, 28)
+
+
+def test_sample_pspc_square_needs_a_patch_size(capsys):
+    assert main(["sample", "--denoiser", "pspc_square", "--subset", "10", "--out", "x"]) == 2
+    assert "--patch-size" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 from denoiserlab.atomic import write_atomic
 from denoiserlab.cli.common import add_data_arguments, data_from_args
 from denoiserlab.data import float_to_uint8
-from denoiserlab.denoisers import REGISTRY, create
+from denoiserlab.denoisers import REGISTRY, create, load_masks, load_schedule
 from denoiserlab.diffusion import edm_sigmas, sample_euler, sample_heun, standard_noise
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.report import save_image_grid
@@ -30,6 +30,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="denoiser option, value parsed as JSON when possible (repeatable), e.g. rank=50")
     parser.add_argument("--xflip", action="store_true", help="denoiser also uses flipped training images")
+    pspc = parser.add_argument_group("PSPC")
+    pspc.add_argument("--patch-size", type=int, default=None, help="pspc_square: one patch size for every sigma")
+    pspc.add_argument("--schedule", default=None, metavar="NAME|FILE",
+                      help="pspc_square: patch-size schedule; pspc_flex with a heatmap file: threshold schedule "
+                           "('cifar10' = the paper's CIFAR-10 lists, or a .toml/.json schedule file)")
+    pspc.add_argument("--masks", default=None, metavar="FILE",
+                      help="pspc_flex: bool masks [K, H, W] or a heatmap [H, W, H, W] (.npy/.npz/.pt)")
+    pspc.add_argument("--lam", type=float, default=None, help="pspc_flex with a heatmap file: one threshold lambda")
     parser.add_argument("--n", type=int, default=64, help="number of samples")
     parser.add_argument("--steps", type=int, default=18, help="EDM noise levels (sigma 80 -> 0.002)")
     parser.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
@@ -71,8 +79,27 @@ def denoiser_from_args(args: argparse.Namespace):
     options = parse_options(args.option)
     if args.xflip:
         options["xflip"] = True
-    metadata = dict(denoiser=args.denoiser, options=options, data=train.load_options)
+    options.update(pspc_options(args))
+    metadata = dict(denoiser=args.denoiser, options={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                     for k, v in options.items()},
+                    schedule=args.schedule, masks=args.masks, lam=args.lam, data=train.load_options)
     return create(args.denoiser, train, **options), train.image_shape, metadata
+
+
+def pspc_options(args: argparse.Namespace) -> dict:
+    """patch_size / masks options of the PSPC denoisers from --patch-size, --schedule, --masks, --lam."""
+    if args.denoiser == "pspc_square":
+        if (args.patch_size is None) == (args.schedule is None):
+            raise DenoiserLabError("pspc_square needs exactly one of --patch-size N and --schedule NAME|FILE")
+        return {"patch_size": args.patch_size or load_schedule(args.schedule, kind="patch_size")}
+    if args.denoiser == "pspc_flex":
+        if args.masks is None:
+            raise DenoiserLabError("pspc_flex needs --masks FILE (bool masks, or a heatmap with --lam or --schedule)")
+        lam = load_schedule(args.schedule, kind="threshold") if args.schedule else args.lam
+        return {"masks": load_masks(args.masks, lam=lam)}
+    if any(value is not None for value in (args.patch_size, args.schedule, args.masks, args.lam)):
+        raise DenoiserLabError(f"--patch-size, --schedule, --masks and --lam apply to PSPC denoisers, not {args.denoiser}")
+    return {}
 
 
 def network_from_args(args: argparse.Namespace):
