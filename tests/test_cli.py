@@ -36,6 +36,7 @@ def test_demo_runs_small(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["nearest_neighbour"]["optimal"] < 1e-3  # the optimal denoiser reproduces training images
     assert results["nearest_neighbour"]["gaussian"] > 1.0
+    assert results["nearest_neighbour"]["pspc_square"] > 1.0  # PSPC composes patches: no training-set copies
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "nearest_neighbour.png").is_file()
 
 

@@ -14,7 +14,7 @@ import torch
 from denoiserlab import __version__
 from denoiserlab.atomic import write_json
 from denoiserlab.data import load
-from denoiserlab.denoisers import create
+from denoiserlab.denoisers import create, load_schedule
 from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.distances import nearest_neighbours
 from denoiserlab.report.sampling_demo import write_sampling_demo_figures
@@ -26,7 +26,8 @@ class SamplingDemoConfig:
     n_samples: int = 16  # samples per method, all from the same initial noise
     steps: int = 18  # EDM noise levels, sigma 80 -> 0.002, Heun sampler
     seed: int = 0  # seed of the shared initial noise
-    denoisers: dict = field(default_factory=lambda: {"optimal": {}, "gaussian": {}})  # registry name -> options
+    denoisers: dict = field(default_factory=lambda: {  # registry name -> options (a schedule may be named)
+        "optimal": {}, "gaussian": {}, "pspc_square": {"patch_size": "cifar10"}})
 
 
 def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
@@ -37,7 +38,7 @@ def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
     samples, timings = {}, {}
     for name, options in config.denoisers.items():
         started = time.perf_counter()
-        denoiser = create(name, train_images, **options)
+        denoiser = create(name, train_images, **resolve_named_schedules(options))
         samples[name] = sample_heun(denoiser, noise, config.steps, progress=True).images
         timings[name] = time.perf_counter() - started
         print(f"  {name:12s} sampled {config.n_samples} images in {timings[name]:.1f} s")
@@ -58,3 +59,11 @@ def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
     torch.save({"samples": samples, "nearest": nearest_images}, out / "samples.pt")
     write_sampling_demo_figures(results, samples, nearest_images, out)
     return results
+
+
+def resolve_named_schedules(options: dict) -> dict:
+    """Options as written in a config -> constructor arguments: a patch_size given as a name or file is a schedule."""
+    resolved = dict(options)
+    if isinstance(resolved.get("patch_size"), str):
+        resolved["patch_size"] = load_schedule(resolved["patch_size"], kind="patch_size")
+    return resolved
