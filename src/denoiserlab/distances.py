@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 
-def default_chunk_size(dim: int, bytes_per_chunk: int = 1 << 22) -> int:
-    """Rows of a float64 [rows, dim] chunk of about `bytes_per_chunk` bytes (so it stays in cache)."""
+def default_chunk_size(dim: int, bytes_per_chunk: int = 1 << 25) -> int:
+    """Rows of a float64 [rows, dim] chunk of about `bytes_per_chunk` bytes (large GEMMs; few Python steps)."""
     return max(64, bytes_per_chunk // (8 * dim))
 
 
