@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+# Tests use tiny tensors, where a second intra-op thread only adds spin-waiting (up to 10x slower on a busy
+# 2-core machine). Results do not depend on the thread count.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tiny_train() -> torch.Tensor:
