@@ -1,0 +1,24 @@
+"""Shipped checkpoints (src/denoiserlab/assets/checkpoints/*): load without pickle and name their training set."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import denoiserlab
+from denoiserlab import data
+from denoiserlab.networks import load_checkpoint
+
+SHIPPED = sorted(p for p in (Path(denoiserlab.__file__).parent / "assets" / "checkpoints").glob("*") if p.is_dir())
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_checkpoint_loads_and_names_its_training_set(folder):
+    den = load_checkpoint(folder)
+    train = data.load(**den.training_data)
+    assert train.image_shape == (den.img_channels, den.img_resolution, den.img_resolution)
+    x0 = train.as_float(0, 4)
+    out = den(x0 + 0.1 * torch.randn_like(x0), 0.1)
+    # At sigma = 0.1 a trained denoiser removes most of the noise: its error is well below the noise's.
+    assert (out - x0).square().mean() < 0.5 * 0.1**2
+    assert (folder / "README.md").is_file()
