@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import EDMPrecond, load_checkpoint, save_checkpoint
-from denoiserlab.networks.atomic import atomic_folder, atomic_write, atomic_write_text
+from denoiserlab.atomic import atomic_folder, atomic_write, atomic_write_text
 from test_networks import TINY, AffineRawNet, tiny_denoiser
 
 TRAINING_DATA = dict(source="fashion-mnist", split="train", subset=500, classes=None, resolution=None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from denoiserlab.atomic import write_atomic
+from denoiserlab.atomic import atomic_write
 from denoiserlab.cli.common import add_data_arguments, data_from_args
 from denoiserlab.data import float_to_uint8
 from denoiserlab.denoisers import REGISTRY, create, load_masks, load_schedule
@@ -119,7 +119,7 @@ def write_samples(out: Path, images, metadata: dict) -> None:
     grid = save_image_grid(images, out / "samples.png")
     arrays = dict(images=images.float().numpy(), uint8=float_to_uint8(images).numpy(),
                   metadata=np.array(json.dumps(metadata)))
-    write_atomic(out / "samples.npz", lambda temp: _save_npz(temp, arrays))
+    atomic_write(out / "samples.npz", lambda temp: _save_npz(temp, arrays))
     print(f"wrote {grid} and {out / 'samples.npz'}")
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import denoiserlab
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.networks.atomic import atomic_folder
+from denoiserlab.atomic import atomic_folder
 from denoiserlab.networks.build import ARCHITECTURES, build_raw_network, network_config
 from denoiserlab.networks.precond import EDMPrecond
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from denoiserlab import data
 from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.networks.atomic import atomic_write, atomic_write_text
+from denoiserlab.atomic import atomic_write, atomic_write_text
 from denoiserlab.networks.build import build_denoiser
 from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.ema import ema_beta, update_ema

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from denoiserlab.data import float_to_uint8
-from denoiserlab.networks.atomic import atomic_write, atomic_write_text
+from denoiserlab.atomic import atomic_write, atomic_write_text
 
 LOSS_COLUMNS = ("step", "kimg", "loss", "images_per_second", "lr")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from denoiserlab.atomic import write_atomic
+from denoiserlab.atomic import atomic_write
 from denoiserlab.report import gaussian_structure_figures as figures
 from denoiserlab.report.html import figure_html, page_html, table_html, text_html
 
@@ -156,4 +156,4 @@ def write_gaussian_report(results: dict, arrays: dict, out: str | Path) -> Path:
     sections.append(("Reproduce", text_html(f"Command: {results['command']}. Resolved config: config.toml; "
                                             f"total time {results['timings_s']['total']:.1f} s.")))
     page = page_html("Hidden Gaussian structure (Li et al. 2024)", sections)
-    return write_atomic(out / "report.html", lambda temp: temp.write_text(page, encoding="utf-8"))
+    return atomic_write(out / "report.html", lambda temp: temp.write_text(page, encoding="utf-8"))

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from denoiserlab.atomic import write_atomic  # noqa: E402
+from denoiserlab.atomic import atomic_write  # noqa: E402
 from denoiserlab.data.imageset import float_to_uint8  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def save_image_grid(images: Tensor, path: str | Path, columns: int = 8, scale: i
     canvas = grid_array(images, columns)
     picture = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    return write_atomic(path, lambda temp: picture.save(temp, format="PNG"))
+    return atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
 
 
 def save_labelled_rows(rows: dict[str, Tensor], path: str | Path, title: str | None = None) -> Path:
@@ -56,6 +56,6 @@ def save_labelled_rows(rows: dict[str, Tensor], path: str | Path, title: str | N
 
 def save_figure(figure, path: str | Path) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
-    written = write_atomic(path, lambda temp: figure.savefig(temp, format="png", dpi=110, bbox_inches="tight"))
+    written = atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(figure)
     return written

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import tomli_w
 
-from denoiserlab.atomic import write_atomic
+from denoiserlab.atomic import atomic_write
 from denoiserlab.report.html import figure_html, page_html, pre_html, table_html, text_html
 from denoiserlab.report.locality_figures import (
     figure_comparison,
@@ -44,7 +44,7 @@ def write_locality_report(results: dict, arrays: dict, out: str | Path) -> Path:
                 ("Versions and command", versions_section(results)),
                 ("Timings per stage", timings_section(results))]
     page = page_html(f"Locality study: {results['dataset']['name']}", sections)
-    return write_atomic(out / "report.html", lambda temp: temp.write_text(page, encoding="utf-8"))
+    return atomic_write(out / "report.html", lambda temp: temp.write_text(page, encoding="utf-8"))
 
 
 def write_figures(results: dict, arrays: dict, folder: Path) -> list[tuple[str, Path, str]]:

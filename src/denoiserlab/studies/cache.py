@@ -2,7 +2,7 @@
 
 A stage is a name plus a key (a JSON-able table of the resolved config parts and input fingerprints it depends on).
 Its output lives in `DIR/stages/<name>-<hash of key>.pt` (torch.save of {"key", "value", "seconds"}), written
-with `denoiserlab.atomic.write_atomic`, so a killed run (kill -9 included) leaves either the finished file or none;
+with `denoiserlab.atomic.atomic_write`, so a killed run (kill -9 included) leaves either the finished file or none;
 stale temporary files of killed writes are removed when the cache opens. A rerun loads finished stages instead of
 computing them; a changed key gives a new file name, so a stage is never read under the wrong settings.
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from denoiserlab.atomic import write_atomic
+from denoiserlab.atomic import atomic_write
 from denoiserlab.errors import DenoiserLabError
 
 
@@ -67,7 +67,7 @@ class StageCache:
         value = compute()
         seconds = time.perf_counter() - started
         record = {"key": key, "value": value, "seconds": seconds}
-        write_atomic(path, lambda temp: torch.save(record, temp))
+        atomic_write(path, lambda temp: torch.save(record, temp))
         self.computed.append(name)
         self.timings[name] = {"seconds": seconds, "cached": False}
         return value

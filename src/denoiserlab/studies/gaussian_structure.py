@@ -52,7 +52,7 @@ import tomli_w
 import torch
 from tqdm.auto import tqdm
 
-from denoiserlab.atomic import write_atomic, write_json
+from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.config import to_dict
 from denoiserlab.studies.cache import StageCache
 from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
@@ -98,7 +98,7 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
     arrays = {"networks": {name: network_arrays(studies[name], network.data.images,
                                                 tuple(network.data.images.shape[1:]))
                            for name, network in networks.items()}, "sweeps": sweep_images}
-    write_atomic(ctx.out / "arrays.pt", lambda temp: torch.save(arrays, temp))
+    atomic_write(ctx.out / "arrays.pt", lambda temp: torch.save(arrays, temp))
     from denoiserlab.report.gaussian_structure import write_gaussian_report
 
     write_gaussian_report(results, arrays, ctx.out)
@@ -108,7 +108,7 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
 def open_study(config: GaussianStudyConfig, out: Path, progress: bool) -> GaussianStudyContext:
     """Create the output folder, write the resolved config and open the stage cache."""
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.toml", lambda temp: temp.write_text(tomli_w.dumps(to_dict(config))))
+    atomic_write(out / "config.toml", lambda temp: temp.write_text(tomli_w.dumps(to_dict(config))))
     return GaussianStudyContext(config, out, StageCache(out), config.sigmas.grid(), progress)
 
 

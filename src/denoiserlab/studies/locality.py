@@ -42,7 +42,7 @@ import tomli_w
 import torch
 from torch import Tensor
 
-from denoiserlab.atomic import write_atomic, write_json
+from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.config import to_dict
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.cache import StageCache
@@ -117,7 +117,7 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
 def open_study(config: LocalityStudyConfig, out: Path) -> StudyContext:
     """Load the data and networks, open the stage cache and write the resolved config."""
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.toml", lambda temp: temp.write_text(tomli_w.dumps(to_dict(config))))
+    atomic_write(out / "config.toml", lambda temp: temp.write_text(tomli_w.dumps(to_dict(config))))
     networks = {network.name: load_network(network, config.device) for network in config.networks}
     data = load_training_data(study_data_options(config.data, networks))
     for network in networks.values():

@@ -14,7 +14,7 @@ import tomli_w
 import torch
 from torch import Tensor
 
-from denoiserlab.atomic import write_atomic
+from denoiserlab.atomic import atomic_write
 from denoiserlab.denoisers import PatchSchedule, PSPCFlex, PSPCSquare, ThresholdSchedule
 from denoiserlab.studies.locality_config import SigmaConfig
 from denoiserlab.studies.locality_heatmaps import ConstantThreshold, GridHeatmapMasks
@@ -67,4 +67,4 @@ def schedule_from_values(kind: str, values: list, sigma_config: SigmaConfig) -> 
 
 def save_schedule(schedule: PatchSchedule | ThresholdSchedule, path: Path) -> Path:
     """Write a schedule file (TOML, atomically) that `denoiserlab.denoisers.load_schedule` reads."""
-    return write_atomic(path, lambda temp: temp.write_text(tomli_w.dumps(schedule.to_dict())))
+    return atomic_write(path, lambda temp: temp.write_text(tomli_w.dumps(schedule.to_dict())))

@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from denoiserlab.analysis import gradient_heatmaps
-from denoiserlab.atomic import write_atomic
+from denoiserlab.atomic import atomic_write
 from denoiserlab.denoisers.flex_masks import check_threshold, flex_masks
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.locality_config import HeatmapConfig
@@ -52,9 +52,9 @@ def save_heatmaps_file(path: str | Path, heatmaps: dict, command: str) -> Path:
         arrays["readings_equal"] = torch.tensor(True)
     if path.suffix == ".npz":
         numpy_arrays = {key: value.numpy() for key, value in arrays.items()}
-        return write_atomic(path, lambda temp: write_npz(temp, command=np.array(command), **numpy_arrays))
+        return atomic_write(path, lambda temp: write_npz(temp, command=np.array(command), **numpy_arrays))
     if path.suffix == ".pt":
-        return write_atomic(path, lambda temp: torch.save({**arrays, "command": command}, temp))
+        return atomic_write(path, lambda temp: torch.save({**arrays, "command": command}, temp))
     raise DenoiserLabError(f"heatmap files end in .npz or .pt, got {str(path)!r}")
 
 
