@@ -37,6 +37,7 @@ def test_demo_runs_small(tmp_path):
     assert results["nearest_neighbour"]["optimal"] < 1e-3  # the optimal denoiser reproduces training images
     assert results["nearest_neighbour"]["gaussian"] > 1.0
     assert results["nearest_neighbour"]["pspc_square"] > 1.0  # PSPC composes patches: no training-set copies
+    assert results["nearest_neighbour"]["unet-small"] > 1.0  # the shipped network generalizes
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "nearest_neighbour.png").is_file()
 
 

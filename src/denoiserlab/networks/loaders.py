@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from denoiserlab import assets
 from denoiserlab.errors import DenoiserLabError
 
 FORMATS = {  # format name -> how it is recognised
@@ -100,7 +101,9 @@ def load(path: str | Path, trust_pickle: bool = False, device: str | torch.devic
     trust_pickle: allow EDM pickles, which run code when read (refused otherwise, before reading them). options,
     by format: EDM pickles take `class_label` and `training_data`; diffusers folders take `scheduler` (required for a
     bare UNet folder), `class_label` and `training_data`; our checkpoints take none (they record their training data).
+    `path` may name a shipped checkpoint as `shipped:NAME` (src/denoiserlab/assets/checkpoints/NAME).
     """
+    path = assets.resolve(path)
     kind = detect_format(path)
     loader = loader_for(kind)
     check_options(loader, kind, options)

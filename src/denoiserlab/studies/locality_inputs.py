@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,11 @@ from torch import Tensor, nn
 from denoiserlab.data import ImageSet, load
 from denoiserlab.denoisers import REGISTRY, create
 from denoiserlab.denoisers.training_set import dataset_fingerprint, training_images
+from denoiserlab import assets
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loaders import load as load_network_file
 from denoiserlab.studies.cache import file_fingerprint
 from denoiserlab.studies.locality_config import DataConfig, NetworkConfig
-
-SHIPPED_PREFIX = "shipped:"
-
 
 @dataclass(frozen=True)
 class TrainingData:
@@ -57,26 +54,14 @@ def load_training_data(options: dict) -> TrainingData:
     return TrainingData(imageset, images, xflip, key)
 
 
-def shipped_path(name: str, folder: str = "checkpoints") -> Path:
-    """A file or folder shipped with the package: src/denoiserlab/assets/<folder>/NAME."""
-    path = Path(str(importlib.resources.files("denoiserlab") / "assets" / folder / name))
-    if not path.exists():
-        raise DenoiserLabError(f"nothing shipped as {SHIPPED_PREFIX}{name} (looked for {path})")
-    return path
-
-
 def network_path(spec: str) -> Path:
     """A network path from the config: `shipped:NAME` (assets/checkpoints/NAME) or a file system path."""
-    if spec.startswith(SHIPPED_PREFIX):
-        return shipped_path(spec[len(SHIPPED_PREFIX):])
-    return Path(spec)
+    return assets.resolve(spec)
 
 
 def heatmaps_path(spec: str) -> Path:
     """A heatmap file from the config: `shipped:FILE` (assets/heatmaps/FILE) or a file system path."""
-    if spec.startswith(SHIPPED_PREFIX):
-        return shipped_path(spec[len(SHIPPED_PREFIX):], "heatmaps")
-    return Path(spec)
+    return assets.resolve(spec, "heatmaps")
 
 
 @dataclass

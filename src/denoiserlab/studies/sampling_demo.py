@@ -1,4 +1,4 @@
-"""The sampling demo: every denoiser samples from the same initial noise; are the samples training-set copies?
+"""The sampling demo: every denoiser and network samples from the same initial noise; are the samples copies?
 
 dataset -> denoisers -> Heun PF-ODE sampler -> nearest-training-neighbour distances -> results.json -> figures.
 """
@@ -17,6 +17,7 @@ from denoiserlab.data import load
 from denoiserlab.denoisers import create, load_schedule
 from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.distances import nearest_neighbours
+from denoiserlab.networks import load as load_network
 from denoiserlab.report.sampling_demo import write_sampling_demo_figures
 
 
@@ -28,6 +29,8 @@ class SamplingDemoConfig:
     seed: int = 0  # seed of the shared initial noise
     denoisers: dict = field(default_factory=lambda: {  # registry name -> options (a schedule may be named)
         "optimal": {}, "gaussian": {}, "pspc_square": {"patch_size": "cifar10"}})
+    networks: dict = field(default_factory=lambda: {  # label -> network path (or shipped:NAME) trained on `data`
+        "unet-small": "shipped:unet-small-fashion-mnist"})
 
 
 def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
@@ -40,6 +43,13 @@ def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
         started = time.perf_counter()
         denoiser = create(name, train_images, **resolve_named_schedules(options))
         samples[name] = sample_heun(denoiser, noise, config.steps, progress=True).images
+        timings[name] = time.perf_counter() - started
+        print(f"  {name:12s} sampled {config.n_samples} images in {timings[name]:.1f} s")
+    for name, path in config.networks.items():
+        started = time.perf_counter()
+        network = load_network(path).eval()
+        with torch.no_grad():
+            samples[name] = sample_heun(network, noise, config.steps, progress=True).images
         timings[name] = time.perf_counter() - started
         print(f"  {name:12s} sampled {config.n_samples} images in {timings[name]:.1f} s")
     train_flat = train_images.reshape(len(train_images), -1)
