@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from denoiserlab.data import ImageSet, load
+from denoiserlab.errors import DenoiserLabError
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
@@ -28,3 +30,18 @@ def data_from_args(args: argparse.Namespace, split: str | None = None) -> ImageS
     return load(args.data, split=split or args.split, subset=args.subset, classes=args.classes,
                 resolution=args.resolution, resolution_policy=args.resolution_policy, channels=args.channels,
                 seed=args.data_seed, cache_dir=args.cache_dir)
+
+
+def parse_key_values(items: list[str], flag: str) -> dict:
+    """['rank=50', 'noise_embedding=fourier'] -> {'rank': 50, 'noise_embedding': 'fourier'}: values parsed as JSON
+    when they parse, else kept as strings; `flag` names the option in the error message."""
+    parsed = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        if not separator or not key:
+            raise DenoiserLabError(f"{flag} must look like KEY=VALUE, got {item!r}")
+        try:
+            parsed[key] = json.loads(text)
+        except json.JSONDecodeError:
+            parsed[key] = text
+    return parsed

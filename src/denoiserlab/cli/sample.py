@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from denoiserlab.atomic import atomic_write
-from denoiserlab.cli.common import add_data_arguments, data_from_args
+from denoiserlab.cli.common import add_data_arguments, data_from_args, parse_key_values
 from denoiserlab.data import float_to_uint8
 from denoiserlab.denoisers import REGISTRY, create, load_masks, load_schedule
 from denoiserlab.diffusion import edm_sigmas, sample_euler, sample_heun, standard_noise
@@ -47,20 +47,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_options(pairs: list[str]) -> dict:
-    """['rank=50', 'name=x'] -> {'rank': 50, 'name': 'x'} (JSON values when they parse)."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DenoiserLabError(f"--option must look like KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
 def run(args: argparse.Namespace) -> None:
     if args.n < 1 or args.steps < 1:
         raise DenoiserLabError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
@@ -76,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
 def denoiser_from_args(args: argparse.Namespace):
     """The analytical denoiser named by --denoiser, built on the --data training set."""
     train = data_from_args(args)
-    options = parse_options(args.option)
+    options = parse_key_values(args.option, "--option")
     if args.xflip:
         options["xflip"] = True
     options.update(pspc_options(args))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from denoiserlab.errors import DenoiserLabError
+from denoiserlab.cli.common import parse_key_values
 from denoiserlab.networks.training import run_training
 from denoiserlab.networks.training_config import TrainConfig, read_train_toml, train_config_from_dict
 
@@ -42,20 +41,6 @@ def _help(name: str) -> str:
     return f"(default: {getattr(TrainConfig, name, None)!r})"
 
 
-def parse_network_overrides(items: list[str]) -> dict:
-    """['key=json', ...] -> {key: value}."""
-    overrides = {}
-    for item in items:
-        key, separator, text = item.partition("=")
-        if not separator or not key:
-            raise DenoiserLabError(f"--network expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[key] = text  # a bare string such as fourier
-    return overrides
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults, the TOML file and the flags given into one TrainConfig."""
     options = read_train_toml(args.config) if args.config else {}
@@ -63,7 +48,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {name: getattr(args, name) for name in (*FLAGS, "classes", "xflip") if getattr(args, name) is not None}
     options.update(given)
     if args.network:
-        options["network"] = {**options.get("network", {}), **parse_network_overrides(args.network)}
+        options["network"] = {**options.get("network", {}), **parse_key_values(args.network, "--network")}
     return train_config_from_dict(options, origin)
 
 
