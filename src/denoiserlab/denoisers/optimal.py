@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.training_set import training_images
+from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.distances import chunked_squared_distances, squared_norms
 from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
 
@@ -35,14 +35,14 @@ class OptimalDenoiser:
         self.train_flat_ = images.reshape(images.shape[0], -1).double()
         self.train_norms_ = squared_norms(self.train_flat_)  # [N] float64
         self.chunk_size = chunk_size
-        self._on_device = {}
+        self._device_copies = DeviceCopies(self.train_flat_, self.train_norms_)
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns E[x0 | x] as [B, C, H, W] in x's dtype and device."""
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        train_flat, train_norms = self._training_set_on(x.device)
+        train_flat, train_norms = self._device_copies.on(x.device)
         mean = posterior_mean(x.reshape(x.shape[0], -1), sigma, train_flat, train_norms, self.chunk_size)
         return mean.reshape(x.shape).to(x.dtype)
 
@@ -51,18 +51,10 @@ class OptimalDenoiser:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        train_flat, train_norms = self._training_set_on(x.device)
+        train_flat, train_norms = self._device_copies.on(x.device)
         pieces = [-distances / (2 * sigma[:, None] ** 2)
                   for _, _, distances in chunked_squared_distances(x.reshape(x.shape[0], -1), train_flat, train_norms)]
         return torch.cat(pieces, 1).softmax(1)
-
-    def _training_set_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The flattened training set and its norms on `device` (copied once per device)."""
-        if device.type == "cpu":
-            return self.train_flat_, self.train_norms_
-        if device not in self._on_device:
-            self._on_device[device] = (self.train_flat_.to(device), self.train_norms_.to(device))
-        return self._on_device[device]
 
 
 def posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, train_norms: Tensor,

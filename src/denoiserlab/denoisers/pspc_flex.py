@@ -26,7 +26,7 @@ from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
 from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
-from denoiserlab.denoisers.training_set import training_images
+from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
 
@@ -106,7 +106,7 @@ class PSPCFlex:
             check_masks(masks, self.image_shape_[1:])
         self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
         self._crop_sets = []  # (mask tensor, CropSet, KernelCrops or None) for the mask tensors seen so far
-        self._on_device = {}
+        self._device_copies = DeviceCopies(self.images_)
 
     def masks_at(self, sigma: float) -> Tensor:
         """The checked bool [K, H, W] crops used at noise level sigma."""
@@ -129,7 +129,8 @@ class PSPCFlex:
         """The composite over crop set `index`. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
         crops = self._crop_sets[index][1]
         if not use_compiled_kernel(self, x.device, "PSPC-Flex"):
-            return flex_composite(x, sigma, self._images_on(x.device), crops.to(x.device), self.config.chunk_size)
+            (images,) = self._device_copies.on(x.device)
+            return flex_composite(x, sigma, images, crops.to(x.device), self.config.chunk_size)
         if self.lanes_ is None:
             self.lanes_ = pspc_kernel.training_lanes(self.images_)
         numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma,
@@ -145,14 +146,6 @@ class PSPCFlex:
         crops = unique_crops(masks.cpu())
         self._crop_sets.append((masks, crops, crops.for_kernel() if self.config.kernel != "eager" else None))
         return len(self._crop_sets) - 1
-
-    def _images_on(self, device: torch.device) -> Tensor:
-        """The training images on `device` (copied once per device)."""
-        if device.type == "cpu":
-            return self.images_
-        if device not in self._on_device:
-            self._on_device[device] = self.images_.to(device)
-        return self._on_device[device]
 
 
 def default_flex_chunk(batch: int, n_pixels: int, n_crops: int, bytes_per_chunk: int = 1 << 25) -> int:

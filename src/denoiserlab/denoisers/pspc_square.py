@@ -29,7 +29,7 @@ from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
 from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
-from denoiserlab.denoisers.training_set import training_images
+from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
 
@@ -72,7 +72,7 @@ class PSPCSquare:
         self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
         self.image_shape_ = tuple(self.images_.shape[1:])
         self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
-        self._on_device = {}
+        self._device_copies = DeviceCopies(self.images_)
 
     def patch_size_at(self, sigma: float) -> int:
         """The crop side used at noise level sigma, clamped to the image size."""
@@ -95,7 +95,7 @@ class PSPCSquare:
         """The composite for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
         if use_compiled_kernel(self, x.device, "PSPC-Square"):
             return self._composite_compiled(x, sigma, size)
-        return square_composite(x, sigma, self._images_on(x.device), size, self.config.chunk_size)
+        return square_composite(x, sigma, self._device_copies.on(x.device)[0], size, self.config.chunk_size)
 
     def _composite_compiled(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
         if self.lanes_ is None:
@@ -104,14 +104,6 @@ class PSPCSquare:
         numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma, crops,
                                                       torch.get_num_threads())
         return numerators / windows_per_pixel(*x.shape[2:], size)
-
-    def _images_on(self, device: torch.device) -> Tensor:
-        """The training images on `device` (copied once per device)."""
-        if device.type == "cpu":
-            return self.images_
-        if device not in self._on_device:
-            self._on_device[device] = self.images_.to(device)
-        return self._on_device[device]
 
 
 def use_compiled_kernel(denoiser, device: torch.device, name: str) -> bool:

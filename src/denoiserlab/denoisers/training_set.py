@@ -38,3 +38,17 @@ def dataset_fingerprint(images: Tensor) -> str:
     digest.update(str(tuple(images.shape)).encode())
     digest.update(images.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:20]
+
+
+class DeviceCopies:
+    """Tensors kept on the CPU, copied to another device once, on first use there (denoisers follow the input)."""
+
+    def __init__(self, *tensors: Tensor):
+        self._copies = {torch.device("cpu"): tensors}
+
+    def on(self, device: torch.device) -> tuple[Tensor, ...]:
+        """The tensors on `device`."""
+        device = torch.device(device)
+        if device not in self._copies:
+            self._copies[device] = tuple(t.to(device) for t in self._copies[torch.device("cpu")])
+        return self._copies[device]
