@@ -12,7 +12,7 @@ import sys
 from denoiserlab import __version__
 from denoiserlab.errors import DenoiserLabError
 
-COMMAND_MODULES = ("data_info", "sample", "train", "study", "gaussian_study", "demo")
+COMMAND_MODULES = ("data_info", "sample", "train", "study", "gaussian_study", "heatmaps", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

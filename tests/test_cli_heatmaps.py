@@ -1,0 +1,59 @@
+"""`denoiserlab heatmaps`: a network's heatmap file equals gradient_heatmaps per sigma, resumes per sigma."""
+
+import pytest
+import torch
+
+from denoiserlab.analysis import gradient_heatmaps
+from denoiserlab.cli import main
+from denoiserlab.data import load
+from denoiserlab.diffusion import edm_sigmas
+from denoiserlab.networks import save_checkpoint
+from denoiserlab.networks.build import build_denoiser
+from denoiserlab.studies.locality_heatmaps import heatmaps_on_grid, read_heatmaps_file
+
+TRAINING_DATA = {"source": "fashion-mnist", "subset": 12, "seed": 0}
+
+
+def tiny_checkpoint(tmp_path, training_data=TRAINING_DATA):
+    torch.manual_seed(0)
+    den = build_denoiser("mixer", 1, 28, dict(hidden_size=16, depth=1, patch_size=7), training_data=training_data)
+    return save_checkpoint(tmp_path / "net", den.eval())
+
+
+def test_file_matches_gradient_heatmaps_and_resumes(tmp_path, monkeypatch):
+    path = tiny_checkpoint(tmp_path)
+    out = tmp_path / "maps.npz"
+    args = ["heatmaps", "--network", str(path), "--out", str(out), "--steps", "3", "--n-samples", "2",
+            "--batch-size", "2", "--seed", "5"]
+    assert main(args) == 0
+    table = read_heatmaps_file(out)
+    sigmas = edm_sigmas(3)
+    torch.testing.assert_close(table["sigmas"], sigmas.double())
+    assert table["n_samples"] == 2 and table["command"].startswith("denoiserlab heatmaps")
+    from denoiserlab.networks import load as load_network
+    network = load_network(path).eval().requires_grad_(False)
+    train = load(**TRAINING_DATA).as_float()
+    for level, sigma in enumerate(sigmas.tolist()):
+        expected = gradient_heatmaps(network, train, sigma, 2, 5 + level, 2).same_channel.float()
+        torch.testing.assert_close(table["same_channel"][level].float(), expected.half().float())
+    on_grid = heatmaps_on_grid(table, sigmas, (1, 28, 28), str(out))  # what a study reads
+    assert on_grid["same_channel"].shape == (3, 28, 28, 28, 28)
+
+    out.unlink()  # every sigma is stored: a rerun rebuilds the file without computing any
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("recomputed a finished sigma")
+    monkeypatch.setattr("denoiserlab.cli.heatmaps.gradient_heatmaps", refuse)
+    assert main(args) == 0
+    torch.testing.assert_close(read_heatmaps_file(out)["same_channel"], table["same_channel"])
+
+
+def test_network_without_training_data_is_refused(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path, training_data=None)
+    assert main(["heatmaps", "--network", str(path), "--out", str(tmp_path / "m.npz"), "--steps", "2"]) == 2
+    assert "does not record its training set" in capsys.readouterr().err
+
+
+def test_out_must_be_npz_or_pt(tmp_path, capsys):
+    assert main(["heatmaps", "--network", "shipped:unet-small-fashion-mnist", "--out", str(tmp_path / "m.txt")]) == 2
+    assert "--out must end in .npz or .pt" in capsys.readouterr().err
