@@ -307,3 +307,18 @@ def test_corrupt_cache_entry_says_delete_it(labelled_npz, tmp_path):
             file.write_bytes(b"broken")
     with pytest.raises(DenoiserLabError, match="unreadable.*delete it"):
         load(path, cache_dir=cache_dir)
+
+
+def test_subset_offset_gives_disjoint_blocks_of_one_permutation(labelled_npz):
+    path, images, labels = labelled_npz
+    first, second, both = load(path, subset=10), load(path, subset=10, subset_offset=10), load(path, subset=20)
+    rows = lambda imageset: set(imageset.uint8[:, 0, 0, 0].tolist())  # each image's index in the file
+    assert not rows(first) & rows(second) and rows(first) | rows(second) == rows(both)
+    assert second.load_options["subset_offset"] == 10 and "subset_offset" not in first.load_options
+    assert torch.equal(load(**second.load_options).uint8, second.uint8)
+    with pytest.raises(DenoiserLabError, match="subset_offset 35 \\+ subset 10 exceeds the 40 images"):
+        load(path, subset=10, subset_offset=35)
+    with pytest.raises(DenoiserLabError, match="subset_offset = 5 needs a subset size"):
+        load(path, subset_offset=5)
+    with pytest.raises(DenoiserLabError, match="subset_offset must be a non-negative"):
+        load(path, subset=5, subset_offset=-1)

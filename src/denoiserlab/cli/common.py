@@ -21,6 +21,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "f
     group.add_argument("--resolution-policy", default="pad", choices=["pad", "crop", "resize"])
     group.add_argument("--channels", type=int, default=None, choices=[1, 3])
     group.add_argument("--data-seed", type=int, default=0, help="seed of the subset choice")
+    group.add_argument("--subset-offset", type=int, default=0,
+                       help="skip this many images of the subset permutation (offsets 0, N, 2N give disjoint sets)")
     group.add_argument("--cache-dir", default=None,
                        help="keep decoded images in a memory-mapped .npy cache here (large folders decode once)")
 
@@ -29,7 +31,7 @@ def data_from_args(args: argparse.Namespace, split: str | None = None) -> ImageS
     """Load the dataset the --data options describe."""
     return load(args.data, split=split or args.split, subset=args.subset, classes=args.classes,
                 resolution=args.resolution, resolution_policy=args.resolution_policy, channels=args.channels,
-                seed=args.data_seed, cache_dir=args.cache_dir)
+                seed=args.data_seed, cache_dir=args.cache_dir, subset_offset=args.subset_offset)
 
 
 def parse_key_values(items: list[str], flag: str) -> dict:

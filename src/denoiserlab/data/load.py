@@ -32,20 +32,22 @@ def load(
     channels: int | None = None,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    subset_offset: int = 0,
 ) -> ImageSet:
     """Load a dataset as uint8 images [N, C, H, W].
 
     source: a built-in name ('fashion-mnist': the vendored 10k/1k subset; 'fashion-mnist-full': Debian's
     60k/10k IDX files) or a path (formats in `denoiserlab.data.sources`). split: 'train' or 'test'.
     Options are applied in this order: `classes` (keep these labels), `subset` (N images chosen by a
-    permutation seeded with `seed`, kept in file order), `channels` (1: BT.601 luminance, 3: grey repeated),
+    permutation seeded with `seed`, kept in file order; `subset_offset` skips that many images of the permutation
+    first, so subsets with offsets 0, N, 2N, ... and one seed are disjoint, and those with offset 0 are nested), `channels` (1: BT.601 luminance, 3: grey repeated),
     `resolution` (square side in pixels, with `resolution_policy` 'pad' (centred, zeros) | 'crop' (centred) |
     'resize' (Lanczos)), `xflip` (append horizontal flips: image N + i is the flip of image i).
     Image folders and zips apply `resolution` to each file as it is read, so files of mixed sizes can load.
     cache_dir: when given, the decoded source is kept there as a .npy and memory-mapped (see `data.cache`);
     it is not part of `load_options`, as it does not change the images.
     """
-    check_load_options(split, subset, classes, resolution, resolution_policy, channels, seed)
+    check_load_options(split, subset, classes, resolution, resolution_policy, channels, seed, subset_offset)
     if cache_dir is None:
         images, labels, name = read_source(source, split, resolution, resolution_policy)
     else:
@@ -55,7 +57,7 @@ def load(
     if classes is not None:
         images, labels = keep_classes(images, labels, list(classes), name)
     if subset is not None:
-        images, labels = choose_subset(images, labels, subset, seed, name)
+        images, labels = choose_subset(images, labels, subset, seed, name, subset_offset)
     if channels is not None:
         images = match_channels(images, channels)
     if resolution is not None:
@@ -65,6 +67,8 @@ def load(
     options = dict(source=str(source), split=split, subset=subset, classes=None if classes is None else list(classes),
                    resolution=resolution, resolution_policy=resolution_policy, xflip=xflip, channels=channels,
                    seed=seed)
+    if subset_offset:  # recorded only when used, so load options of earlier runs stay as they were
+        options["subset_offset"] = subset_offset
     return ImageSet(
         uint8=torch.from_numpy(np.ascontiguousarray(images)),
         labels=None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)),

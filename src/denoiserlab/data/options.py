@@ -12,12 +12,16 @@ from denoiserlab.errors import DenoiserLabError
 
 
 def check_load_options(split: str, subset: int | None, classes, resolution: int | None,
-                       resolution_policy: str, channels: int | None, seed: int) -> None:
+                       resolution_policy: str, channels: int | None, seed: int, subset_offset: int = 0) -> None:
     """Raise DenoiserLabError naming the first bad option and its value. Ranges that depend on the data
     (subset <= N, classes present) are checked where the data is known."""
     check_split(split)
     if subset is not None and not (_is_int(subset) and subset >= 1):
         raise DenoiserLabError(f"subset must be a positive number of images or None, got {subset!r}")
+    if not (_is_int(subset_offset) and subset_offset >= 0):
+        raise DenoiserLabError(f"subset_offset must be a non-negative number of images, got {subset_offset!r}")
+    if subset_offset and subset is None:
+        raise DenoiserLabError(f"subset_offset = {subset_offset} needs a subset size (subset is None)")
     if classes is not None and not _is_int_list(classes):
         raise DenoiserLabError(f"classes must be a non-empty list of integer labels or None, got {classes!r}")
     if resolution is not None and not (_is_int(resolution) and resolution >= 1):

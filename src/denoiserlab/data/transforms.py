@@ -21,11 +21,15 @@ def keep_classes(images: np.ndarray, labels: np.ndarray | None, classes: list[in
     return images[keep], labels[keep]
 
 
-def choose_subset(images: np.ndarray, labels: np.ndarray | None, n_images: int, seed: int, name: str):
-    """n_images images chosen by a permutation seeded with `seed`, kept in their original order."""
+def choose_subset(images: np.ndarray, labels: np.ndarray | None, n_images: int, seed: int, name: str,
+                  offset: int = 0):
+    """Images offset .. offset + n_images - 1 of a permutation seeded with `seed`, kept in their original order."""
     if not 1 <= n_images <= len(images):
         raise DenoiserLabError(f"subset must be between 1 and {len(images)} for dataset {name}, got {n_images}")
-    index = np.sort(np.random.default_rng(seed).permutation(len(images))[:n_images])
+    if offset + n_images > len(images):
+        raise DenoiserLabError(f"subset_offset {offset} + subset {n_images} exceeds the {len(images)} images of"
+                               f" dataset {name}")
+    index = np.sort(np.random.default_rng(seed).permutation(len(images))[offset : offset + n_images])
     return images[index], None if labels is None else labels[index]
 
 

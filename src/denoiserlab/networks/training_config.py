@@ -29,6 +29,7 @@ class TrainConfig:
     resolution_policy: str = "pad"  # 'pad' | 'crop' | 'resize' when resolution changes the side
     channels: int | None = None  # 1 or 3 (None: as stored)
     data_seed: int = 0  # seed of data.load's subset choice
+    subset_offset: int = 0  # skip this many images of the subset permutation (disjoint subsets: 0, N, 2N, ...)
     xflip: bool = False  # x-flip augmentation: train on the images and their mirror images
     # Network.
     arch: str = "unet-small"  # preset name (see networks.presets) or bare architecture name
@@ -71,9 +72,12 @@ class TrainConfig:
 
     def data_options(self) -> dict:
         """Keyword arguments of denoiserlab.data.load for the training set."""
-        return dict(source=self.data, split="train", subset=self.subset, classes=self.classes,
-                    resolution=self.resolution, resolution_policy=self.resolution_policy, xflip=self.xflip,
-                    channels=self.channels, seed=self.data_seed)
+        options = dict(source=self.data, split="train", subset=self.subset, classes=self.classes,
+                       resolution=self.resolution, resolution_policy=self.resolution_policy, xflip=self.xflip,
+                       channels=self.channels, seed=self.data_seed)
+        if self.subset_offset:  # as data.load records it: only when used
+            options["subset_offset"] = self.subset_offset
+        return options
 
 
 def _require(condition: bool, name: str, value, allowed: str) -> None:

@@ -33,12 +33,16 @@ class DataConfig:
     channels: int | None = None  # 1 or 3
     xflip: bool = False  # horizontal flips count as training images (denoisers and the forward set)
     seed: int = 0  # seed of the subset choice
+    subset_offset: int = 0  # skip this many images of the subset permutation (disjoint subsets)
 
     def load_options(self) -> dict:
         """Keyword arguments of denoiserlab.data.load (flips are applied by the study, not the loader)."""
-        return dict(source=self.source, split=self.split, subset=self.subset,
-                    classes=None if self.classes is None else list(self.classes), resolution=self.resolution,
-                    resolution_policy=self.resolution_policy, channels=self.channels, seed=self.seed)
+        options = dict(source=self.source, split=self.split, subset=self.subset,
+                       classes=None if self.classes is None else list(self.classes), resolution=self.resolution,
+                       resolution_policy=self.resolution_policy, channels=self.channels, seed=self.seed)
+        if self.subset_offset:
+            options["subset_offset"] = self.subset_offset
+        return options
 
 
 @dataclass(frozen=True)
