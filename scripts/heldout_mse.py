@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     network = load(args.network).eval()
     train = data.load(**network.training_data)
-    test = data.load(**{**network.training_data, "split": "test", "subset": None})
+    test = data.load(**data.held_out_options(network.training_data))
     methods = {"network": network, "optimal": OptimalDenoiser(train), "gaussian": GaussianDenoiser(train)}
     x0 = test.as_float(0, args.n)
     print("sigma    " + "  ".join(f"{name:>9s}" for name in methods) + "   (MSE per element, [-1, 1] scale)")

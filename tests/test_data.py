@@ -322,3 +322,11 @@ def test_subset_offset_gives_disjoint_blocks_of_one_permutation(labelled_npz):
         load(path, subset_offset=5)
     with pytest.raises(DenoiserLabError, match="subset_offset must be a non-negative"):
         load(path, subset=5, subset_offset=-1)
+
+
+def test_held_out_options_drop_the_subset_and_its_offset():
+    from denoiserlab.data import held_out_options
+
+    training = load("fashion-mnist", subset=20, subset_offset=20, resolution=32).load_options
+    test = load(**held_out_options(training))
+    assert test.load_options["split"] == "test" and len(test) == 1000 and test.image_shape == (1, 32, 32)

@@ -7,5 +7,6 @@ decoded set as a memory-mapped .npy (see `cache`).
 
 from denoiserlab.data.imageset import ImageSet, float_to_uint8, uint8_to_float
 from denoiserlab.data.load import load
+from denoiserlab.data.options import held_out_options
 
-__all__ = ["ImageSet", "load", "uint8_to_float", "float_to_uint8"]
+__all__ = ["ImageSet", "load", "held_out_options", "uint8_to_float", "float_to_uint8"]

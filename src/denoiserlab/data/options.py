@@ -48,3 +48,11 @@ def _is_int_list(values) -> bool:
     except TypeError:
         return False
     return len(values) > 0 and all(_is_int(value) for value in values)
+
+
+def held_out_options(training_options: dict) -> dict:
+    """data.load keyword arguments of the held-out images matching a training set's (e.g. a network's
+    training_data): the test split, every image (no subset, no subset offset), other options unchanged."""
+    options = {**training_options, "split": "test", "subset": None}
+    options.pop("subset_offset", None)
+    return options
