@@ -292,14 +292,19 @@ def test_gradient_descent_distillation_matches_distill_linear_and_keeps_its_loss
 def test_a_sweeps_only_study_reports_the_sweep(study, tmp_path):
     table = {"sigmas": {"steps": 3}, "generalization": {"k": 4, "steps": 2, "sampler": "euler"},
              "score_error": {"n_samples": 8},
-             "sweeps": {"entries": [{"path": str(study.root / "b"), "kind": "width", "value": 8}],
-                        "sigma_indices": [0, -1]}}
+             "sweeps": {"entries": [{"path": str(study.root / "b"), "kind": "width", "value": 8},
+                                    {"path": str(study.root / "a"), "kind": "width", "value": 4, "label": "A"}],
+                        "sigma_indices": [0, -1]},
+             "strong_generalization": {"pairs": [["width=8", "A"]]}}  # pairs may name sweep entries
     results = run_gaussian_study(from_dict(GaussianStudyConfig, table), tmp_path, progress=False)
     assert results["checks"] == {} and results["linearity"]["scores"] == {}
     row = results["sweeps"]["entries"][0]
-    assert row["n_train"] == 20 and len(row["score_error_gaussian"]) == 2
+    assert row["label"] == "width=8" and row["n_train"] == 20 and len(row["score_error_gaussian"]) == 2
     assert results["sweeps"]["sigmas"] == [80.0, pytest.approx(0.002)]
     assert (tmp_path / "figures" / "sweep-width.png").is_file() and (tmp_path / "report.html").is_file()
+    pair = results["strong_generalization"][0]
+    assert (pair["a"], pair["b"], pair["n_samples"]) == ("width=8", "A", 4)
+    assert (tmp_path / "figures" / "strong-width=8-A.png").is_file()
 
 
 def test_feature_cosine_of_samples_uses_the_feature_model():
@@ -324,6 +329,8 @@ def test_a_network_without_recorded_training_data_needs_a_data_table(tmp_path):
 def test_config_errors_name_the_key():
     with pytest.raises(DenoiserLabError, match="unknown key"):
         from_dict(GaussianStudyConfig, {"networks": [{"name": "a", "path": "x"}], "linearty": {}})
+    with pytest.raises(DenoiserLabError, match="sweeps.entries labels"):
+        from_dict(GaussianStudyConfig, {"sweeps": {"entries": [{"path": "x", "kind": "kimg", "value": 1}] * 2}})
     with pytest.raises(DenoiserLabError, match="strong_generalization.pairs"):
         from_dict(GaussianStudyConfig, {"networks": [{"name": "a", "path": "x"}],
                                         "strong_generalization": {"pairs": [["a", "c"]]}})

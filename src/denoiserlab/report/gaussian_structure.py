@@ -94,9 +94,11 @@ def strong_section(results: dict, arrays: dict, folder: Path) -> str:
             for row in results["strong_generalization"]]
     parts = [table_html(["a", "b", "samples", "pixel cosine", "NMSE |a-b|^2/|b|^2", "feature cosine",
                          "a vs its Gaussian", "b vs its Gaussian", "Gaussian a vs Gaussian b"], rows)]
+    samples = {**arrays["networks"], **{entry["label"]: images for entry, images
+                                        in zip(results.get("sweeps", {}).get("entries", []), arrays["sweeps"])}}
     for row in results["strong_generalization"]:
         path = folder / f"strong-{row['a']}-{row['b']}.png"
-        parts.append(figure_html(figures.strong_grid(arrays["networks"], (row["a"], row["b"]), path),
+        parts.append(figure_html(figures.strong_grid(samples, (row["a"], row["b"]), path),
                                  f"Samples of {row['a']} and {row['b']} from the same noise"))
     return "".join(parts)
 

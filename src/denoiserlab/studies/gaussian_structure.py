@@ -86,8 +86,9 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
     studies = {name: study_network(ctx, network) for name, network in networks.items()}
     first_data = next(iter(networks.values())).data if networks else None
     denoiser_linearity = {} if first_data is None else analytical_linearity(ctx, first_data)
-    strong = strong_generalization(ctx, networks, studies)
-    sweeps, sweep_images = study_sweeps(ctx, datasets)
+    sweeps, sweep_images, sweep_studies = study_sweeps(ctx, datasets)
+    strong = strong_generalization(ctx, {**networks, **sweep_studies["networks"]},
+                                   {**studies, **sweep_studies["studies"]})
     timings = {stage: record["seconds"] for stage, record in ctx.cache.timings.items()}
     timings["total"] = time.perf_counter() - started
     results = assemble_results(config, ctx.sigmas, networks, studies, denoiser_linearity, strong, sweeps, timings,
@@ -163,10 +164,12 @@ def strong_generalization(ctx: GaussianStudyContext, networks: dict[str, StudyNe
     return rows
 
 
-def study_sweeps(ctx: GaussianStudyContext, datasets: dict[str, StudyData]) -> tuple[dict, list[dict]]:
-    """Step 7: each sweep checkpoint on its own recorded training set (the [data] table when it records none)."""
+def study_sweeps(ctx: GaussianStudyContext, datasets: dict[str, StudyData]) -> tuple[dict, list[dict], dict]:
+    """Step 7: each sweep checkpoint on its own recorded training set (the [data] table when it records none).
+    Returns the results table, the images for figures, and {"networks": {label: StudyNetwork}, "studies":
+    {label: {"generalization": ...}}} for strong-generalization pairs that name sweep entries."""
     levels = list(ctx.config.sweep_sigma_indices())
-    rows, images = [], []
+    rows, images, by_label = [], [], {"networks": {}, "studies": {}}
     for index, entry in enumerate(tqdm(ctx.config.sweeps.entries, desc="sweeps", disable=not ctx.progress)):
         name = f"sweep{index}"
         network = load_study_network(name, entry.path, entry.trust_pickle, entry.options, ctx.config.data,
@@ -175,4 +178,6 @@ def study_sweeps(ctx: GaussianStudyContext, datasets: dict[str, StudyData]) -> t
         errors = stage_score_errors(ctx, name, network.key, network.module, network.data, levels)
         rows.append(sweep_row(entry, network, generalization, errors))
         images.append(shown_samples(generalization, network.data.images, ctx.config.sweeps.n_samples_shown))
-    return {"sigmas": ctx.sigmas[levels], "entries": rows}, images
+        by_label["networks"][entry.name()] = network
+        by_label["studies"][entry.name()] = {"generalization": generalization}
+    return {"sigmas": ctx.sigmas[levels], "entries": rows}, images, by_label

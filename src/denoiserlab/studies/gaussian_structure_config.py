@@ -120,7 +120,8 @@ class GeneralizationConfig:
 
 @dataclass(frozen=True)
 class StrongGeneralizationConfig:
-    pairs: tuple[tuple[str, str], ...] = ()  # pairs of [[networks]] names (e.g. disjoint halves; small-N pairs)
+    pairs: tuple[tuple[str, str], ...] = ()  # pairs of [[networks]] names or sweep entry labels (e.g. disjoint
+    # halves; small-N pairs); sweep entries only need their generalization samples, so pairs of them are cheap
     feature_model: str | None = None  # TorchScript encoder [B, C, H, W] in [-1, 1] -> [B, ...]; None: skipped
 
 
@@ -132,6 +133,10 @@ class SweepEntry:
     label: str | None = None  # legend label (default: kind=value)
     trust_pickle: bool = False
     options: dict = field(default_factory=dict)  # extra loader options
+
+    def name(self) -> str:
+        """The label in results, figures and strong-generalization pairs."""
+        return self.label or f"{self.kind}={self.value:g}"
 
 
 @dataclass(frozen=True)
@@ -165,9 +170,12 @@ class GaussianStudyConfig:
                 "at least one [[networks]] or [[sweeps.entries]] table")
         names = [network.name for network in self.networks]
         require(len(set(names)) == len(names), "networks.name", names, "unique labels")
+        labels = [entry.name() for entry in self.sweeps.entries]
+        require(len(set(labels)) == len(labels), "sweeps.entries labels", labels, "unique labels")
         for pair in self.strong_generalization.pairs:
-            require(all(name in names for name in pair) and pair[0] != pair[1], "strong_generalization.pairs",
-                    list(pair), f"two different [[networks]] names among {names}")
+            require(all(name in names + labels for name in pair) and pair[0] != pair[1],
+                    "strong_generalization.pairs", list(pair),
+                    f"two different names among the [[networks]] {names} and sweep entries {labels}")
         for index in self.sweeps.sigma_indices or ():
             require(-self.sigmas.steps <= index < self.sigmas.steps, "sweeps.sigma_indices", index,
                     f"an index into the {self.sigmas.steps}-point sigma grid")

@@ -132,7 +132,7 @@ def strong_generalization_row(a: str, b: str, similarity: dict, gaussian_similar
 
 def sweep_row(entry, network, generalization: dict, errors: dict) -> dict:
     """One results["sweeps"]["entries"] row."""
-    return {"label": entry.label or f"{entry.kind}={entry.value:g}", "kind": entry.kind, "value": entry.value,
+    return {"label": entry.name(), "kind": entry.kind, "value": entry.value,
             "path": entry.path, "n_train": len(network.data.images), "n_parameters": network.n_parameters,
             "generalization_score": generalization["score"],
             "nearest_distance_mean": float(generalization["nearest_distance"].mean()),
