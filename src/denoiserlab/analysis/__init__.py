@@ -1,7 +1,10 @@
 """Measurements on any denoiser callable den(x, sigma): linearity, linear distillation, score-approximation error,
-memorization (nearest neighbours, generalization score), per-sample similarity metrics, gradient heatmaps."""
+memorization (nearest neighbours, generalization score), per-sample similarity metrics, gradient heatmaps,
+feature models and the Fréchet distance of their features."""
 
 from denoiserlab.analysis.distillation import distill_linear
+from denoiserlab.analysis.feature_model import image_features, load_feature_model
+from denoiserlab.analysis.frechet import feature_frechet_distance, frechet_distance
 from denoiserlab.analysis.heatmaps import GradientHeatmaps, gradient_heatmaps, heatmap_extent
 from denoiserlab.analysis.linear_denoiser import LinearDenoiser
 from denoiserlab.analysis.linearity import linearity_score
@@ -22,5 +25,6 @@ __all__ = [
     "linearity_score", "distill_linear", "LinearDenoiser", "weight_nmse", "singular_vector_alignment",
     "gaussian_linear_map", "score_approximation_error", "generalization_score", "nearest_neighbour_distances",
     "per_sample_mse", "r_squared", "pearson_r", "pixel_cosine", "ssim", "feature_cosine", "mean_and_median",
-    "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent",
+    "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent", "load_feature_model", "image_features",
+    "frechet_distance", "feature_frechet_distance",
 ]

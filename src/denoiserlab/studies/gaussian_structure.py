@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import tomli_w
 import torch
 from tqdm.auto import tqdm
 
+from denoiserlab.analysis.feature_model import image_features, load_feature_model
 from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.config import to_dict
 from denoiserlab.studies.cache import StageCache
@@ -148,9 +150,8 @@ def strong_generalization(ctx: GaussianStudyContext, networks: dict[str, StudyNe
     pairs = ctx.config.strong_generalization.pairs
     if not pairs:
         return []
-    from denoiserlab.studies.locality import load_feature_model
-
-    features = load_feature_model(ctx.config.strong_generalization.feature_model, ctx.config.device)
+    spec = ctx.config.strong_generalization.feature_model  # a path or shipped:NAME (assets/feature_models)
+    features = None if spec is None else partial(image_features, load_feature_model(spec, ctx.config.device))
     rows = []
     for a, b in pairs:
         samples_a, samples_b = (studies[name]["generalization"]["samples"] for name in (a, b))

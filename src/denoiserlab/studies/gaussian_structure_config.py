@@ -122,7 +122,9 @@ class GeneralizationConfig:
 class StrongGeneralizationConfig:
     pairs: tuple[tuple[str, str], ...] = ()  # pairs of [[networks]] names or sweep entry labels (e.g. disjoint
     # halves; small-N pairs); sweep entries only need their generalization samples, so pairs of them are cheap
-    feature_model: str | None = None  # TorchScript encoder [B, C, H, W] in [-1, 1] -> [B, ...]; None: skipped
+    # TorchScript encoder [B, C, H, W] in [-1, 1] -> [B, ...], a path or shipped:NAME (1x28x28 images:
+    # shipped:fashion-mnist-classifier.pt); None: skipped
+    feature_model: str | None = None
 
 
 @dataclass(frozen=True)
