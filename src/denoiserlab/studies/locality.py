@@ -35,6 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +43,7 @@ import tomli_w
 import torch
 from torch import Tensor
 
+from denoiserlab.analysis.feature_model import image_features, load_feature_model
 from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.config import to_dict
 from denoiserlab.errors import DenoiserLabError
@@ -100,7 +102,7 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
     shared = shared_methods(ctx)
     per_network = {name: study_network(ctx, network, forward, fit, shared) for name, network in ctx.networks.items()}
     samples = {name: network_samples(ctx, name, per_network[name]) for name in ctx.networks}
-    features = load_feature_model(feature_model or config.similarity.feature_model, config.device)
+    features = feature_encoder(feature_model or config.similarity.feature_model, config.device)
     numbers = sample_numbers(samples, ctx.data.images, config.similarity.ssim_window, features)
     results = assemble_results(ctx, per_network, numbers, feature_model or config.similarity.feature_model,
                                command or " ".join(sys.argv), time.perf_counter() - started)
@@ -237,15 +239,9 @@ def network_samples(ctx: StudyContext, name: str, study: dict) -> dict[str, Tens
     return samples
 
 
-def load_feature_model(path: str | None, device: str) -> Callable | None:
-    """An image encoder [B, C, H, W] in [-1, 1] -> [B, ...] from a TorchScript file (or a torch.export .pt2
-    program), or None when no path is given."""
-    if path is None:
+def feature_encoder(spec: str | None, device: str) -> Callable | None:
+    """images [B, C, H, W] in [-1, 1] -> features [B, F] with the feature model `spec` (a TorchScript or .pt2
+    file, or shipped:NAME; see analysis.load_feature_model), or None when no model is given."""
+    if spec is None:
         return None
-    if not Path(path).is_file():
-        raise DenoiserLabError(f"feature model {path!r} does not exist")
-    if Path(path).suffix == ".pt2":
-        model = torch.export.load(path).module().to(device)
-    else:
-        model = torch.jit.load(path, map_location=device).eval()
-    return lambda images: model(images.to(device)).cpu()
+    return partial(image_features, load_feature_model(spec, device))
