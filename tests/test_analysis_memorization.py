@@ -45,3 +45,20 @@ def test_training_copies_score_zero(tiny_rgb_train):
 def test_shape_mismatch(tiny_rgb_train, tiny_train):
     with pytest.raises(DenoiserLabError, match="mismatch"):
         generalization_score(tiny_train, tiny_rgb_train)
+
+
+def test_nearest_neighbour_ratio_matches_sorted_loop(tiny_rgb_train):
+    from denoiserlab.analysis import memorized_fraction, nearest_neighbour_ratio
+
+    samples = torch.randn(7, *tiny_rgb_train.shape[1:], generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    samples[0] = tiny_rgb_train[4] + 0.001  # a near copy
+    expected = []
+    for sample in samples.double():
+        distances = sorted(math.sqrt(((sample - image) ** 2).sum().item()) for image in tiny_rgb_train.double())
+        expected.append(distances[0] / distances[1])
+    ratios = nearest_neighbour_ratio(samples, tiny_rgb_train, chunk_size=3)  # chunks force the running merge
+    torch.testing.assert_close(ratios, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    assert ratios[0] < 0.01
+    assert memorized_fraction(samples, tiny_rgb_train) == pytest.approx(sum(r < 1 / 3 for r in expected) / 7)
+    with pytest.raises(DenoiserLabError, match="at least 2 training images"):
+        nearest_neighbour_ratio(samples, tiny_rgb_train[:1])

@@ -230,11 +230,13 @@ def test_generalization_score_matches_a_loop_over_the_training_set(study):
     samples = arrays["networks"]["a"]["samples"]
     assert len(samples) == study.config.generalization.k
     train = train_images(study).reshape(40, -1).double()
-    ratios = []
+    ratios, copies = [], []
     for sample in samples.reshape(len(samples), -1).double():
-        nearest = min(float((sample - image).norm()) for image in train)
-        ratios.append(nearest / float(sample.norm()))
+        distances = sorted(float((sample - image).norm()) for image in train)
+        ratios.append(distances[0] / float(sample.norm()))
+        copies.append(distances[0] / distances[1] < 1 / 3)
     assert study.results["generalization"]["a"]["score"] == pytest.approx(np.mean(ratios), rel=1e-9)
+    assert study.results["generalization"]["a"]["memorized_fraction"] == pytest.approx(np.mean(copies))
     # the same checkpoint as the first sweep entry: the same samples, training set and score
     assert study.results["sweeps"]["entries"][0]["generalization_score"] == pytest.approx(np.mean(ratios), rel=1e-9)
 

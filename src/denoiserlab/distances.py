@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from denoiserlab.errors import DenoiserLabError
+
 
 def default_chunk_size(dim: int, bytes_per_chunk: int = 1 << 25) -> int:
     """Rows of a float64 [rows, dim] chunk of about `bytes_per_chunk` bytes (large GEMMs; few Python steps)."""
@@ -52,4 +54,22 @@ def nearest_neighbours(queries: Tensor, train_flat: Tensor, chunk_size: int | No
         better = values < best
         best = torch.where(better, values, best)
         best_index = torch.where(better, index + start, best_index)
+    return best.sqrt(), best_index
+
+
+def two_nearest_neighbours(queries: Tensor, train_flat: Tensor, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Exact distances to the nearest and second-nearest training images: (distances [B, 2] float64 ascending,
+    indices [B, 2] int64). queries: [B, D]; train_flat: [N, D] with N >= 2. Euclidean distance."""
+    if train_flat.shape[0] < 2:
+        raise DenoiserLabError(f"two nearest neighbours need at least 2 training images, got {train_flat.shape[0]}")
+    train_flat = train_flat.to(queries.device)
+    norms = squared_norms(train_flat)
+    best = torch.full((queries.shape[0], 2), float("inf"), dtype=torch.float64, device=queries.device)
+    best_index = torch.zeros(queries.shape[0], 2, dtype=torch.int64, device=queries.device)
+    for start, _, distances in chunked_squared_distances(queries, train_flat, norms, chunk_size):
+        values, index = distances.topk(min(2, distances.shape[1]), dim=1, largest=False)
+        merged_values = torch.cat([best, values], 1)
+        merged_index = torch.cat([best_index, index + start], 1)
+        order = merged_values.argsort(dim=1)[:, :2]
+        best, best_index = merged_values.gather(1, order), merged_index.gather(1, order)
     return best.sqrt(), best_index

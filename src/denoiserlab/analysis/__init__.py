@@ -8,7 +8,12 @@ from denoiserlab.analysis.frechet import feature_frechet_distance, frechet_dista
 from denoiserlab.analysis.heatmaps import GradientHeatmaps, gradient_heatmaps, heatmap_extent
 from denoiserlab.analysis.linear_denoiser import LinearDenoiser
 from denoiserlab.analysis.linearity import linearity_score
-from denoiserlab.analysis.memorization import generalization_score, nearest_neighbour_distances
+from denoiserlab.analysis.memorization import (
+    generalization_score,
+    memorized_fraction,
+    nearest_neighbour_distances,
+    nearest_neighbour_ratio,
+)
 from denoiserlab.analysis.metrics import (
     feature_cosine,
     mean_and_median,
@@ -24,6 +29,7 @@ from denoiserlab.analysis.weight_comparison import gaussian_linear_map, singular
 __all__ = [
     "linearity_score", "distill_linear", "LinearDenoiser", "weight_nmse", "singular_vector_alignment",
     "gaussian_linear_map", "score_approximation_error", "generalization_score", "nearest_neighbour_distances",
+    "nearest_neighbour_ratio", "memorized_fraction",
     "per_sample_mse", "r_squared", "pearson_r", "pixel_cosine", "ssim", "feature_cosine", "mean_and_median",
     "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent", "load_feature_model", "image_features",
     "frechet_distance", "feature_frechet_distance",

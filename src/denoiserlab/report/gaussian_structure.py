@@ -43,6 +43,8 @@ def comparison_rows(results: dict) -> list[list]:
              checks["rmse_network_vs_linear_high_noise_max"], "high-noise regime"],
             [name, "generalization score", f"> ~{paper['generalization_score_threshold']} when generalizing",
              checks["generalization_score"], "generalizes" if checks["generalizes"] else "memorizes"],
+            [name, "fraction of samples copying a training image", "(not in the paper)",
+             checks["memorized_fraction"], "nearest / second-nearest distance < 1/3"],
         ]
     return rows
 
@@ -108,10 +110,11 @@ def sweep_section(results: dict, arrays: dict, folder: Path) -> str:
     entries = results["sweeps"]["entries"]
     sigmas = ", ".join(f"{sigma:.3g}" for sigma in results["sweeps"]["sigmas"])
     rows = [[row["label"], row["kind"], row["value"], row["n_train"], row["n_parameters"],
-             row["generalization_score"], *row["score_error_gaussian"], *row["score_error_optimal"]]
-            for row in entries]
+             row["generalization_score"], row["memorized_fraction"], row["nearest_distance_mean"],
+             *row["score_error_gaussian"], *row["score_error_optimal"]] for row in entries]
     count = len(results["sweeps"]["sigmas"])
     header = ["label", "kind", "value", "N train", "parameters", "generalization score",
+              "copies (nearest/2nd-nearest < 1/3)", "mean distance to nearest training image",
               *[f"RMSE vs Gaussian #{i}" for i in range(count)], *[f"RMSE vs optimal #{i}" for i in range(count)]]
     parts = [text_html(f"Score errors at sigma = {sigmas} (#0, #1, ...)."), table_html(header, rows)]
     for kind in sorted({row["kind"] for row in entries}):

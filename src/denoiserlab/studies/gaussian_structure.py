@@ -31,12 +31,13 @@ results.json keys ([L]: one value per grid sigma, high -> low; [A]: per swept al
     score_error: {<net>: {linear [L], gaussian [L], optimal [L]}}  (RMSE of the network vs each)
     sampling: {<net>: {sigmas [L + 1] (ending in 0), nmse [L + 1] (network Euler vs Gaussian closed form, per
                state), nmse_gaussian_euler [L + 1] (Gaussian Euler vs its closed form), final_nmse}}
-    generalization: {<net>: {score, k, nearest_distance_mean, generalizes (score > 0.6)}}
+    generalization: {<net>: {score, k, nearest_distance_mean, memorized_fraction (nearest / second-nearest
+                    training-image distance < 1/3), generalizes (score > 0.6)}}
     strong_generalization: [{a, b, n_samples, pixel_cosine, nmse (|a - b|^2 / |b|^2), feature_cosine or null,
                              a_vs_gaussian_pixel_cosine, b_vs_gaussian_pixel_cosine, gaussians_pixel_cosine}]
     sweeps: {sigmas [S] (the sweep's grid points), entries: [{label, kind (n_train | width | kimg), value, path,
-             n_train, n_parameters, generalization_score, nearest_distance_mean, score_error_gaussian [S],
-             score_error_optimal [S]}]}
+             n_train, n_parameters, generalization_score, nearest_distance_mean, memorized_fraction,
+             score_error_gaussian [S], score_error_optimal [S]}]}
     paper: the paper's reference numbers;  checks: {<net>: the paper's claims on our numbers}
     timings_s: {<stage>: seconds (computed now or when first computed), total};
     stages: {computed: [stage names computed by this run], loaded: [stage names loaded from DIR/stages]}

@@ -16,6 +16,7 @@ from denoiserlab.analysis import (
     gaussian_linear_map,
     generalization_score,
     nearest_neighbour_distances,
+    nearest_neighbour_ratio,
     pixel_cosine,
     score_approximation_error,
     singular_vector_alignment,
@@ -145,10 +146,13 @@ def generate_samples(den: Denoiser, image_shape: tuple[int, int, int], config: G
 
 
 def generalization_table(samples: Tensor, train: Tensor) -> dict:
-    """{"score": Li et al. eq. 14, "nearest_distance": float64 [K], "nearest_index": int64 [K]}."""
+    """{"score": Li et al. eq. 14, "nearest_distance": float64 [K], "nearest_index": int64 [K], "nearest_ratio":
+    float64 [K] (nearest / second-nearest training-image distance; nan with a single training image)}."""
     distances, indices = nearest_neighbour_distances(samples, train.cpu())
+    ratio = (nearest_neighbour_ratio(samples, train.cpu()) if len(train) >= 2
+             else torch.full((len(samples),), float("nan"), dtype=torch.float64))
     return {"score": generalization_score(samples, train.cpu()), "nearest_distance": distances,
-            "nearest_index": indices}
+            "nearest_index": indices, "nearest_ratio": ratio}
 
 
 def samples_similarity(samples_a: Tensor, samples_b: Tensor, features: Callable | None) -> dict:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab import __version__
+from denoiserlab.analysis.memorization import MEMORIZED_RATIO
 from denoiserlab.config import to_dict
 
 # Li et al. 2024 ("Understanding generalizability of diffusion models requires rethinking the hidden Gaussian
@@ -67,6 +68,7 @@ def network_results(study: dict, method: str) -> dict:
                      "final_nmse": float(trajectory["nmse"][-1])},
         "generalization": {"score": generalization["score"], "k": len(generalization["samples"]),
                            "nearest_distance_mean": float(generalization["nearest_distance"].mean()),
+                           "memorized_fraction": memorized_share(generalization),
                            "generalizes": generalization["score"] > PAPER["generalization_score_threshold"]},
     }
 
@@ -88,6 +90,7 @@ def paper_checks(block: dict, sigmas: Tensor) -> dict:
                                                    if high.any() else None),
         "generalization_score": block["generalization"]["score"],
         "generalizes": block["generalization"]["generalizes"],
+        "memorized_fraction": block["generalization"]["memorized_fraction"],
     }
 
 
@@ -136,7 +139,15 @@ def sweep_row(entry, network, generalization: dict, errors: dict) -> dict:
             "path": entry.path, "n_train": len(network.data.images), "n_parameters": network.n_parameters,
             "generalization_score": generalization["score"],
             "nearest_distance_mean": float(generalization["nearest_distance"].mean()),
+            "memorized_fraction": memorized_share(generalization),
             "score_error_gaussian": errors["gaussian"], "score_error_optimal": errors["optimal"]}
+
+
+def memorized_share(generalization: dict) -> float:
+    """Fraction of samples copying a training image (nearest / second-nearest distance < 1/3); nan with a
+    single training image."""
+    ratio = generalization["nearest_ratio"]
+    return float("nan") if torch.isnan(ratio).any() else float((ratio < MEMORIZED_RATIO).double().mean())
 
 
 def shown_samples(generalization: dict, train: Tensor, count: int) -> dict[str, Tensor]:

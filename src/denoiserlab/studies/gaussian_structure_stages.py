@@ -86,8 +86,9 @@ def stage_samples(ctx: GaussianStudyContext, name: str, network_key: dict, modul
 
 def stage_generalization(ctx: GaussianStudyContext, name: str, network_key: dict, module,
                          data: StudyData) -> dict:
-    """{"samples" [K, ...], "score" (eq. 14), "nearest_distance" [K], "nearest_index" [K]} of one network."""
+    """{"samples" [K, ...], "score" (eq. 14), "nearest_distance" [K], "nearest_index" [K], "nearest_ratio" [K]}
+    of one network."""
     samples = stage_samples(ctx, name, network_key, module, tuple(data.images.shape[1:]))
-    key = ctx.key("generalization", network_key, data.key)
+    key = {**ctx.key("generalization", network_key, data.key), "measures": "with-nearest-ratio"}
     table = ctx.cache.run(f"generalization-{name}", key, lambda: generalization_table(samples, data.images))
     return {"samples": samples, **table}

@@ -1,0 +1,83 @@
+"""Sample quality of trained networks (issue 5's evidence): K Heun samples per network from shared seeded noise,
+their distances to the nearest training image and the share of copies (nearest / second-nearest distance < 1/3), the generalization score (Li et al. eq. 14)
+and Fréchet distances computed on the features of our own Fashion-MNIST classifier (no downloaded weights).
+
+    .venv/bin/python scripts/network_quality.py shipped:unet-small-fashion-mnist [more networks] \
+        [--n 1000] [--out results/network-quality]
+
+Writes OUT/quality.json (and OUT/samples-<i>.pt, reused on a rerun). Fréchet distances are reported against the
+held-out test split and against as many training images, beside the same distance between training and test
+images (the floor a perfect sampler reaches with this many samples).
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from denoiserlab import data
+from denoiserlab.analysis import (
+    feature_frechet_distance,
+    generalization_score,
+    load_feature_model,
+    memorized_fraction,
+)
+from denoiserlab.analysis.memorization import nearest_neighbour_distances
+from denoiserlab.atomic import atomic_write, write_json
+from denoiserlab.diffusion import sample_heun, standard_noise
+from denoiserlab.networks import load
+
+
+def samples_of(network, n: int, steps: int, batch_size: int, seed: int, path: Path) -> torch.Tensor:
+    """n Heun samples [n, C, H, W] from standard_noise(seed), cached in `path`."""
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    shape = (network.img_channels, network.img_resolution, network.img_resolution)
+    noise = standard_noise((n, *shape), seed)
+    with torch.no_grad():
+        samples = torch.cat([sample_heun(network, chunk, steps, progress=True).images
+                             for chunk in noise.split(batch_size)]).clamp(-1, 1)
+    atomic_write(path, lambda temp: torch.save(samples, temp))
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("networks", nargs="+", help="checkpoint paths or shipped:NAME (must record training_data)")
+    parser.add_argument("--n", type=int, default=1000, help="samples per network")
+    parser.add_argument("--steps", type=int, default=18, help="Heun steps (EDM grid)")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shared initial noise")
+    parser.add_argument("--feature-model", default="shipped:fashion-mnist-classifier.pt")
+    parser.add_argument("--out", type=Path, default=Path("results/network-quality"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    features = load_feature_model(args.feature_model)
+    table = {"n_samples": args.n, "steps": args.steps, "seed": args.seed, "feature_model": args.feature_model,
+             "networks": {}}
+    for index, spec in enumerate(args.networks):
+        network = load(spec).eval()
+        train = data.load(**network.training_data).as_float()
+        test = data.load(**data.held_out_options(network.training_data)).as_float()
+        reference = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:len(test)]]
+        samples = samples_of(network, args.n, args.steps, args.batch_size, args.seed, args.out / f"samples-{index}.pt")
+        distances, _ = nearest_neighbour_distances(samples, train)
+        row = {
+            "n_train": len(train),
+            "nearest_distance_mean": distances.mean().item(),
+            "nearest_distance_median": distances.median().item(),
+            "nearest_distance_min": distances.min().item(),
+            "generalization_score": generalization_score(samples, train),
+            "memorized_fraction": memorized_fraction(samples, train),
+            "frechet_vs_test": feature_frechet_distance(features, samples, test),
+            "frechet_vs_train": feature_frechet_distance(features, samples, reference),
+            "frechet_train_vs_test": feature_frechet_distance(features, reference, test),
+        }
+        table["networks"][spec] = row
+        print(spec, {key: round(value, 4) for key, value in row.items()}, flush=True)
+    write_json(args.out / "quality.json", table)
+    print(f"quality.json in {args.out}/")
+
+
+if __name__ == "__main__":
+    main()
