@@ -32,7 +32,7 @@ def test_same_seed_gives_same_samples(tmp_path):
 
 
 def test_demo_runs_small(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--n", "2"]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--n", "2"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["nearest_neighbour"]["optimal"] < 1e-3  # the optimal denoiser reproduces training images
     assert results["nearest_neighbour"]["gaussian"] > 1.0

@@ -300,7 +300,7 @@ def test_training_set_defaults_to_the_one_the_networks_record():
 
 @pytest.mark.parametrize("name", ["locality-fashion-mnist.toml", "paper-cifar10.toml", "fashion-mnist-full.toml"])
 def test_shipped_study_configs_load(name):
-    path = Path(__file__).resolve().parents[1] / "configs" / name
+    path = Path(__file__).resolve().parents[1] / "configs" / name  # locality-fashion-mnist.toml: the demo config
     config = load_toml(LocalityStudyConfig, path)
     assert config.networks and "optimal" in config.denoisers
 

@@ -1,0 +1,58 @@
+"""OUT/index.html of `make demo`: the headline numbers of both studies and links to their full reports."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from denoiserlab.atomic import atomic_write_text
+from denoiserlab.report.html import page_html, table_html, text_html
+
+
+def locality_rows(results: dict) -> list[list]:
+    """One row per network: where it departs most from the optimal denoiser, and who imitates it best there."""
+    return [[name, checks["peak_sigma_forward"], checks["rise_and_fall_forward"],
+             " < ".join(checks["ranking_at_peak_forward"])] for name, checks in results["checks"].items()]
+
+
+def nearest_neighbour_table(results: dict) -> str:
+    """Mean distance of each method's samples (from each network's shared noise) to the nearest training image."""
+    table = results["nearest_neighbour"]
+    methods = list(dict.fromkeys(label for per_method in table.values() for label in per_method))
+    return table_html(["samples from the noise of", *methods],
+                      [[name, *(per_method.get(label) for label in methods)] for name, per_method in table.items()])
+
+
+def gaussian_rows(results: dict) -> list[list]:
+    """One row per network: lowest linearity, generalization score."""
+    return [[name, checks["linearity_cosine_min"], checks["linearity_cosine_min_sigma"],
+             checks["generalization_score"], checks["generalizes"]] for name, checks in results["checks"].items()]
+
+
+def sweep_rows(results: dict) -> list[list]:
+    """One row per sweep checkpoint: what it varies and its generalization score."""
+    entries = results.get("sweeps", {}).get("entries", [])
+    return [[entry["label"], entry["kind"], entry["value"], entry["generalization_score"]] for entry in entries]
+
+
+def demo_index_html(results: dict) -> str:
+    link = lambda folder, text: f'<p><a href="{folder}/report.html">{html.escape(text)}</a></p>'
+    timings = results["timings_s"]
+    sections = [
+        ("Locality study (Niedoba et al. 2025)", link("locality", "full report: locality/report.html") + table_html(
+            ["network", "sigma of largest MSE to the optimal denoiser", "rise and fall",
+             "closest to the network there (forward process)"], locality_rows(results["locality"]))
+            + text_html("Distance of samples to the nearest training image (0: a copy):")
+            + nearest_neighbour_table(results["locality"]) + text_html(f"computed in {timings['locality']:.0f} s")),
+        ("Hidden Gaussian structure (Li et al. 2024)", link("gaussian", "full report: gaussian/report.html")
+         + table_html(["network", "lowest linearity (cosine; paper > 0.96)", "at sigma",
+                       "generalization score (paper threshold ~0.6)", "generalizes"], gaussian_rows(results["gaussian"]))
+         + (table_html(["sweep checkpoint", "varies", "value", "generalization score"], sweep_rows(results["gaussian"]))
+            if sweep_rows(results["gaussian"]) else "")
+         + text_html(f"computed in {timings['gaussian']:.0f} s")),
+    ]
+    return page_html("denoiserlab demo: Fashion-MNIST, shipped networks", sections)
+
+
+def write_demo_index(results: dict, out: Path) -> Path:
+    return atomic_write_text(Path(out) / "index.html", demo_index_html(results))
