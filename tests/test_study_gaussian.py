@@ -346,3 +346,15 @@ def test_demo_config_loads_with_the_papers_sigma_grid():
     config = load_toml(GaussianStudyConfig, Path(__file__).parents[1] / "configs" / "gaussian-demo.toml")
     paper = [80.0, 42.415, 21.108, 9.723, 4.06, 1.501, 0.469, 0.116, 0.020, 0.002]
     assert np.allclose(config.sigmas.grid().numpy(), paper, rtol=2e-3, atol=1e-3)
+
+
+def test_sweep_entries_sharing_a_checkpoint_share_its_stages(study, tmp_path):
+    entry = {"path": str(study.root / "b"), "kind": "kimg"}
+    table = {"sigmas": {"steps": 3}, "generalization": {"k": 4, "steps": 2, "sampler": "euler"},
+             "score_error": {"n_samples": 8},
+             "sweeps": {"entries": [{**entry, "value": 1}, {**entry, "value": 2, "kind": "width"}]}}
+    results = run_gaussian_study(from_dict(GaussianStudyConfig, table), tmp_path, progress=False)
+    first, second = results["sweeps"]["entries"]
+    assert first["generalization_score"] == second["generalization_score"]
+    computed = results["stages"]["computed"]
+    assert sum(stage.startswith("samples-sweep") for stage in computed) == 1

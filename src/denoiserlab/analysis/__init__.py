@@ -3,7 +3,7 @@ memorization (nearest neighbours, generalization score), per-sample similarity m
 feature models and the Fréchet distance of their features."""
 
 from denoiserlab.analysis.distillation import distill_linear
-from denoiserlab.analysis.feature_model import image_features, load_feature_model
+from denoiserlab.analysis.feature_model import feature_encoder, image_features, load_feature_model
 from denoiserlab.analysis.frechet import feature_frechet_distance, frechet_distance
 from denoiserlab.analysis.heatmaps import GradientHeatmaps, gradient_heatmaps, heatmap_extent
 from denoiserlab.analysis.linear_denoiser import LinearDenoiser
@@ -32,5 +32,6 @@ __all__ = [
     "nearest_neighbour_ratio", "memorized_fraction",
     "per_sample_mse", "r_squared", "pearson_r", "pixel_cosine", "ssim", "feature_cosine", "mean_and_median",
     "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent", "load_feature_model", "image_features",
+    "feature_encoder",
     "frechet_distance", "feature_frechet_distance",
 ]

@@ -3,6 +3,7 @@ path, and run it over an image set in batches."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -52,3 +53,11 @@ def image_features(model: Callable[[Tensor], Tensor], images: Tensor, batch_size
         batches = [model(images[start:start + batch_size].to(device)).float().cpu()
                    for start in range(0, len(images), batch_size)]
     return torch.cat([batch.reshape(len(batch), -1) for batch in batches])  # [N, F]
+
+
+def feature_encoder(spec: str | Path | None, device: str | torch.device = "cpu") -> Callable[[Tensor], Tensor] | None:
+    """images [N, C, H, W] in [-1, 1] -> features float32 [N, F] (batched, see image_features) with the feature
+    model `spec` (load_feature_model), or None when no model is given."""
+    if spec is None:
+        return None
+    return partial(image_features, load_feature_model(spec, device))

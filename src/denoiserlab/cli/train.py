@@ -11,9 +11,9 @@ from denoiserlab.networks.training_config import TrainConfig, read_train_toml, t
 # Flag name -> TrainConfig field and type; every flag defaults to None, meaning "not given".
 FLAGS = {
     "out": str, "data": str, "subset": int, "subset_offset": int, "resolution": int, "resolution_policy": str,
-    "channels": int, "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "lr": float, "lr_rampup_kimg": float,
-    "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float, "seed": int,
-    "checkpoint_kimg": float, "log_kimg": float, "sample_count": int, "sample_steps": int, "device": str,
+    "channels": int, "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "lr": float,
+    "lr_rampup_kimg": float, "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float,
+    "seed": int, "checkpoint_kimg": float, "log_kimg": float, "sample_count": int, "sample_steps": int, "device": str,
 }
 
 

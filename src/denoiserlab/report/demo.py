@@ -46,7 +46,8 @@ def demo_index_html(results: dict) -> str:
             + nearest_neighbour_table(results["locality"]) + text_html(f"computed in {timings['locality']:.0f} s")),
         ("Hidden Gaussian structure (Li et al. 2024)", link("gaussian", "full report: gaussian/report.html")
          + table_html(["network", "lowest linearity (cosine; paper > 0.96)", "at sigma",
-                       "generalization score (paper threshold ~0.6)", "generalizes"], gaussian_rows(results["gaussian"]))
+                       "generalization score (paper threshold ~0.6)", "generalizes"],
+                      gaussian_rows(results["gaussian"]))
          + (table_html(["sweep checkpoint", "varies", "value", "generalization score"], sweep_rows(results["gaussian"]))
             if sweep_rows(results["gaussian"]) else "")
          + text_html(f"computed in {timings['gaussian']:.0f} s")),

@@ -47,17 +47,16 @@ from __future__ import annotations
 
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import tomli_w
 import torch
 from tqdm.auto import tqdm
 
-from denoiserlab.analysis.feature_model import image_features, load_feature_model
+from denoiserlab.analysis.feature_model import feature_encoder
 from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.config import to_dict
-from denoiserlab.studies.cache import StageCache
+from denoiserlab.studies.cache import StageCache, key_hash
 from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
 from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork, load_study_network
 from denoiserlab.studies.gaussian_structure_measures import samples_similarity
@@ -151,8 +150,7 @@ def strong_generalization(ctx: GaussianStudyContext, networks: dict[str, StudyNe
     pairs = ctx.config.strong_generalization.pairs
     if not pairs:
         return []
-    spec = ctx.config.strong_generalization.feature_model  # a path or shipped:NAME (assets/feature_models)
-    features = None if spec is None else partial(image_features, load_feature_model(spec, ctx.config.device))
+    features = feature_encoder(ctx.config.strong_generalization.feature_model, ctx.config.device)
     rows = []
     for a, b in pairs:
         samples_a, samples_b = (studies[name]["generalization"]["samples"] for name in (a, b))
@@ -173,9 +171,9 @@ def study_sweeps(ctx: GaussianStudyContext, datasets: dict[str, StudyData]) -> t
     levels = list(ctx.config.sweep_sigma_indices())
     rows, images, by_label = [], [], {"networks": {}, "studies": {}}
     for index, entry in enumerate(tqdm(ctx.config.sweeps.entries, desc="sweeps", disable=not ctx.progress)):
-        name = f"sweep{index}"
-        network = load_study_network(name, entry.path, entry.trust_pickle, entry.options, ctx.config.data,
-                                     ctx.config.device, datasets, prefer_recorded=True)
+        network = load_study_network(f"sweep{index}", entry.path, entry.trust_pickle, entry.options,
+                                     ctx.config.data, ctx.config.device, datasets, prefer_recorded=True)
+        name = f"sweep-{key_hash(network.key)}"  # entries sharing a checkpoint share its cached stages
         generalization = stage_generalization(ctx, name, network.key, network.module, network.data)
         errors = stage_score_errors(ctx, name, network.key, network.module, network.data, levels)
         rows.append(sweep_row(entry, network, generalization, errors))

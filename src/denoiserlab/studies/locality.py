@@ -35,7 +35,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +42,7 @@ import tomli_w
 import torch
 from torch import Tensor
 
-from denoiserlab.analysis.feature_model import image_features, load_feature_model
+from denoiserlab.analysis.feature_model import feature_encoder
 from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.config import to_dict
 from denoiserlab.errors import DenoiserLabError
@@ -238,10 +237,3 @@ def network_samples(ctx: StudyContext, name: str, study: dict) -> dict[str, Tens
             samples[label] = stage_samples(ctx, method.cache_label, method.key, method.make)
     return samples
 
-
-def feature_encoder(spec: str | None, device: str) -> Callable | None:
-    """images [B, C, H, W] in [-1, 1] -> features [B, F] with the feature model `spec` (a TorchScript or .pt2
-    file, or shipped:NAME; see analysis.load_feature_model), or None when no model is given."""
-    if spec is None:
-        return None
-    return partial(image_features, load_feature_model(spec, device))
