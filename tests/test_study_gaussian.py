@@ -52,7 +52,7 @@ def study_table(root: Path) -> dict:
         "networks": [{"name": "a", "path": str(root / "a")}, {"name": "b", "path": str(root / "b")}],
         "sigmas": {"steps": 3},
         "linearity": {"n_pairs": 8, "alphas": [0.3]},
-        "distillation": {"n_samples": 80, "top_k": 4, "batch_size": 40},
+        "distillation": {"n_samples": 160, "top_k": 4, "batch_size": 40},  # >= 2 (D + 1): split-half too
         "score_error": {"n_samples": 16, "batch_size": 8},
         "sampling": {"n_samples": 4},
         "generalization": {"k": 8, "steps": 3, "sampler": "euler", "batch_size": 5},
@@ -176,10 +176,15 @@ def test_distillation_matches_numpy_least_squares_and_explicit_gaussian(study):
         targets = network(inputs, sigma).reshape(len(inputs), -1).double().numpy()
     design = np.concatenate([inputs.reshape(len(inputs), -1).double().numpy(), np.ones((len(inputs), 1))], 1)
     weight = np.linalg.lstsq(design, targets, rcond=None)[0][:-1].T
+    half = len(inputs) // 2
+    first, second = (np.linalg.lstsq(design[rows], targets[rows], rcond=None)[0][:-1].T
+                     for rows in (slice(0, half), slice(half, 2 * half)))
     gaussian, _ = explicit_gaussian_matrix(images, sigma)
     stored = study.results["distillation"]["a"]
     expected_nmse = ((weight - gaussian) ** 2).sum() / (gaussian**2).sum()
     assert stored["weight_nmse"][level] == pytest.approx(expected_nmse, rel=1e-6)
+    split_half = ((first - gaussian) * (second - gaussian)).sum() / (gaussian**2).sum()
+    assert stored["weight_nmse_split_half"][level] == pytest.approx(split_half, rel=1e-6)
     assert np.allclose(stored["spectrum_linear"][level], np.linalg.svd(weight, compute_uv=False), atol=1e-8)
     left, _, _ = np.linalg.svd(weight)
     left_gaussian, _, _ = np.linalg.svd(gaussian)
@@ -284,6 +289,7 @@ def test_gradient_descent_distillation_matches_distill_linear_and_keeps_its_loss
         expected = ((weight.numpy() - gaussian) ** 2).sum() / (gaussian**2).sum()
         assert table["weight_nmse"] == pytest.approx(expected, rel=1e-6)
         assert torch.equal(table["losses"], losses) and losses[-1] < losses[0]
+        assert math.isnan(table["weight_nmse_split_half"])  # split-half is a least-squares estimate only
         tables.append(table)
     summary = distillation_summary(tables, "gd")
     assert summary["loss_curves"].shape == (2, 30)

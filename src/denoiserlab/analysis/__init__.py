@@ -3,6 +3,7 @@ memorization (nearest neighbours, generalization score), per-sample similarity m
 feature models and the Fréchet distance of their features."""
 
 from denoiserlab.analysis.distillation import distill_linear
+from denoiserlab.analysis.distillation_noise import weight_nmse_versus_samples
 from denoiserlab.analysis.feature_model import feature_encoder, image_features, load_feature_model
 from denoiserlab.analysis.frechet import feature_frechet_distance, frechet_distance
 from denoiserlab.analysis.heatmaps import GradientHeatmaps, gradient_heatmaps, heatmap_extent
@@ -28,7 +29,7 @@ from denoiserlab.analysis.weight_comparison import gaussian_linear_map, singular
 
 __all__ = [
     "linearity_score", "distill_linear", "LinearDenoiser", "weight_nmse", "singular_vector_alignment",
-    "gaussian_linear_map", "score_approximation_error", "generalization_score", "nearest_neighbour_distances",
+    "gaussian_linear_map", "weight_nmse_versus_samples", "score_approximation_error", "generalization_score", "nearest_neighbour_distances",
     "nearest_neighbour_ratio", "memorized_fraction",
     "per_sample_mse", "r_squared", "pearson_r", "pixel_cosine", "ssim", "feature_cosine", "mean_and_median",
     "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent", "load_feature_model", "image_features",

@@ -64,7 +64,11 @@ def weight_figure(results: dict, path: Path) -> Path:
     sigmas = results["sigmas"]
     figure, (nmse_axis, align_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for name, table in results["distillation"].items():
-        nmse_axis.plot(sigmas, table["weight_nmse"], marker="o", markersize=3, label=name)
+        line, = nmse_axis.plot(sigmas, table["weight_nmse"], marker="o", markersize=3, label=name)
+        split_half = np.array(table.get("weight_nmse_split_half", []), dtype=float)
+        if np.isfinite(split_half).any():
+            nmse_axis.plot(sigmas, np.where(split_half > 0, split_half, np.nan), linestyle="--", color=line.get_color(),
+                           label=f"{name} (split-half: no fitting noise)")
         align_axis.plot(sigmas, np.mean(table["alignment"], axis=1), marker="o", markersize=3, label=name)
     nmse_axis.axhline(results["paper"]["weight_nmse_max"], color="grey", linestyle=":", label="paper: < 0.2")
     sigma_axis(nmse_axis, "weight NMSE |W - W_gauss|^2 / |W_gauss|^2")

@@ -25,7 +25,9 @@ results.json keys ([L]: one value per grid sigma, high -> low; [A]: per swept al
     linearity: {alpha, beta, alphas [A], betas [A],
                 scores: {<net> | "denoiser:<registry name>": {cosine [L], nmse [L], sweep_cosine [A][L],
                                                               sweep_nmse [A][L]}}}
-    distillation: {<net>: {method, weight_nmse [L], alignment [L][k] (|cos| of the i-th singular vectors),
+    distillation: {<net>: {method, weight_nmse [L], weight_nmse_split_half [L] (the NMSE without least-squares
+                           noise, from fits on two halves of the draw; NaN for "gd" or too few samples),
+                           alignment [L][k] (|cos| of the i-th singular vectors),
                            rmse_linear_vs_gaussian [L], fit_mse [L], spectrum_linear [L][D],
                            spectrum_gaussian [L][D], loss_curves [L][steps] (method "gd" only)}}
     score_error: {<net>: {linear [L], gaussian [L], optimal [L]}}  (RMSE of the network vs each)

@@ -22,6 +22,8 @@ from denoiserlab.analysis import (
     singular_vector_alignment,
     weight_nmse,
 )
+from denoiserlab.analysis.distillation_noise import fit_rows, split_half_fits, split_half_nmse
+from denoiserlab.analysis.distillation_noise import noisy_pairs as noisy_fit_pairs
 from denoiserlab.analysis.linearity import mixing_weights, noisy_pairs, pair_nmse
 from denoiserlab.analysis.metrics import feature_cosine, rows_cosine
 from denoiserlab.analysis.noisy_inputs import denoise_in_batches
@@ -75,13 +77,12 @@ def distill_at_sigma(den: Denoiser, gaussian: GaussianDenoiser, images: Tensor, 
     "spectrum_linear", "spectrum_gaussian": float64 [D] (singular values, descending),
     "vectors_linear", "vectors_gaussian": float32 [k, D] (top left singular vectors, each linear one signed to
     agree with its Gaussian partner), "rmse_linear_vs_gaussian", "rmse_network_vs_linear": floats (eq. 10),
-    "fit_mse": float (lstsq residual or last Adam loss), "losses": float64 [steps] ("gd") or [1]}.
+    "fit_mse": float (lstsq residual or last Adam loss), "losses": float64 [steps] ("gd") or [1],
+    "weight_nmse_split_half": the weight NMSE without least-squares noise (analysis.distillation_noise; "lstsq"
+    with n_samples >= 2 (D + 1) only, NaN otherwise)}.
     """
-    learning_rate = config.learning_rate / math.sqrt(1 + sigma**2)  # inputs grow as sigma: keep W x's steps even
-    weight, bias, losses = distill_linear(den, images, sigma, config.method, config.n_samples, config.seed,
-                                          config.batch_size, config.steps, learning_rate, progress,
-                                          return_losses=True)
     gaussian_weight, _ = gaussian_linear_map(gaussian, sigma)
+    weight, bias, losses, halves = distilled_map(den, images, sigma, config, progress)
     weight, gaussian_weight = weight.cpu(), gaussian_weight.cpu()
     left, spectrum, _ = torch.linalg.svd(weight)
     left_gaussian, spectrum_gaussian, _ = torch.linalg.svd(gaussian_weight)
@@ -97,7 +98,22 @@ def distill_at_sigma(den: Denoiser, gaussian: GaussianDenoiser, images: Tensor, 
             "spectrum_linear": spectrum, "spectrum_gaussian": spectrum_gaussian,
             "vectors_linear": (left[:, :k] * torch.where(signs == 0, 1.0, signs)).T.float(),
             "vectors_gaussian": left_gaussian[:, :k].T.float(),
-            **errors, "fit_mse": float(losses[-1]), "losses": losses.cpu()}
+            **errors, "fit_mse": float(losses[-1]), "losses": losses.cpu(),
+            "weight_nmse_split_half": split_half_nmse(*halves, gaussian_weight) if halves else math.nan}
+
+
+def distilled_map(den: Denoiser, images: Tensor, sigma: float, config: DistillationConfig,
+                  progress: bool) -> tuple[Tensor, Tensor, Tensor, tuple | None]:
+    """W [D, D], b [D], losses and, for "lstsq" with n_samples >= 2 (D + 1), the W of fits on each half of the same
+    draw (else None). "lstsq" keeps the n_samples pairs in memory (n_samples * D * 8 bytes) to refit the halves."""
+    dim = images[0].numel()
+    if config.method != "lstsq" or config.n_samples < 2 * (dim + 1):
+        learning_rate = config.learning_rate / math.sqrt(1 + sigma**2)  # inputs grow as sigma: keep steps even
+        return *distill_linear(den, images, sigma, config.method, config.n_samples, config.seed, config.batch_size,
+                               config.steps, learning_rate, progress, return_losses=True), None
+    inputs, targets = noisy_fit_pairs(den, images, sigma, config.n_samples, config.seed, config.batch_size)
+    weight, bias, losses = fit_rows(inputs, targets, 0, config.n_samples, config.batch_size)
+    return weight, bias, losses, split_half_fits(inputs, targets, config.batch_size)
 
 
 def score_errors_per_sigma(den: Denoiser, references: dict[str, Denoiser], images: Tensor, sigmas: Tensor,

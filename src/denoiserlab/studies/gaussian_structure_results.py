@@ -45,6 +45,7 @@ def stacked(per_sigma: list[dict], key: str) -> Tensor:
 def distillation_summary(per_sigma: list[dict], method: str) -> dict:
     """results["distillation"][network] from the per-sigma stage outputs."""
     summary = {"method": method, "weight_nmse": stacked(per_sigma, "weight_nmse"),
+               "weight_nmse_split_half": stacked(per_sigma, "weight_nmse_split_half"),
                "alignment": stacked(per_sigma, "alignment"),
                "rmse_linear_vs_gaussian": stacked(per_sigma, "rmse_linear_vs_gaussian"),
                "fit_mse": stacked(per_sigma, "fit_mse"),
@@ -85,6 +86,8 @@ def paper_checks(block: dict, sigmas: Tensor) -> dict:
         "linearity_cosine_min_over_sweep": float(torch.cat([cosine, sweep.flatten()]).min()),
         "linearity_above_paper_min": bool(cosine.min() > PAPER["linearity_cosine_min"]),
         "weight_nmse_fraction_below_paper_max": float((nmse < PAPER["weight_nmse_max"]).double().mean()),
+        "weight_nmse_split_half_fraction_below_paper_max": fraction_below(
+            torch.as_tensor(block["distillation"]["weight_nmse_split_half"]), PAPER["weight_nmse_max"]),
         "rmse_linear_vs_gaussian_max": float(torch.as_tensor(block["distillation"]["rmse_linear_vs_gaussian"]).max()),
         "rmse_network_vs_linear_high_noise_max": (float(torch.as_tensor(block["score_error"]["linear"])[high].max())
                                                    if high.any() else None),
@@ -92,6 +95,11 @@ def paper_checks(block: dict, sigmas: Tensor) -> dict:
         "generalizes": block["generalization"]["generalizes"],
         "memorized_fraction": block["generalization"]["memorized_fraction"],
     }
+
+
+def fraction_below(values: Tensor, limit: float) -> float | None:
+    """Share of values below limit; None when all are NaN (not measured)."""
+    return None if torch.isnan(values).all() else float((values < limit).double().mean())
 
 
 def assemble_results(config, sigmas: Tensor, networks: dict, studies: dict, denoiser_linearity: dict,
