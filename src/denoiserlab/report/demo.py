@@ -24,15 +24,18 @@ def nearest_neighbour_table(results: dict) -> str:
 
 
 def gaussian_rows(results: dict) -> list[list]:
-    """One row per network: lowest linearity, generalization score."""
+    """One row per network: lowest linearity, share of sigmas where distillation meets the Gaussian map,
+    generalization score."""
     return [[name, checks["linearity_cosine_min"], checks["linearity_cosine_min_sigma"],
-             checks["generalization_score"], checks["generalizes"]] for name, checks in results["checks"].items()]
+             checks.get("weight_nmse_split_half_fraction_below_paper_max"), checks["generalization_score"],
+             checks["generalizes"]] for name, checks in results["checks"].items()]
 
 
 def sweep_rows(results: dict) -> list[list]:
-    """One row per sweep checkpoint: what it varies and its generalization score."""
+    """One row per sweep checkpoint: what it varies, its generalization score and share of copied samples."""
     entries = results.get("sweeps", {}).get("entries", [])
-    return [[entry["label"], entry["kind"], entry["value"], entry["generalization_score"]] for entry in entries]
+    return [[entry["label"], entry["kind"], entry["value"], entry["generalization_score"],
+             entry.get("memorized_fraction")] for entry in entries]
 
 
 def demo_index_html(results: dict) -> str:
@@ -46,9 +49,10 @@ def demo_index_html(results: dict) -> str:
             + nearest_neighbour_table(results["locality"]) + text_html(f"computed in {timings['locality']:.0f} s")),
         ("Hidden Gaussian structure (Li et al. 2024)", link("gaussian", "full report: gaussian/report.html")
          + table_html(["network", "lowest linearity (cosine; paper > 0.96)", "at sigma",
+                       "share of sigmas with distilled-vs-Gaussian weight NMSE < 0.2 (split-half; paper: most)",
                        "generalization score (paper threshold ~0.6)", "generalizes"],
                       gaussian_rows(results["gaussian"]))
-         + (table_html(["sweep checkpoint", "varies", "value", "generalization score"], sweep_rows(results["gaussian"]))
+         + (table_html(["sweep checkpoint", "varies", "value", "generalization score", "share of copies"], sweep_rows(results["gaussian"]))
             if sweep_rows(results["gaussian"]) else "")
          + text_html(f"computed in {timings['gaussian']:.0f} s")),
     ]
