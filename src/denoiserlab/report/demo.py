@@ -52,8 +52,8 @@ def demo_index_html(results: dict) -> str:
                        "share of sigmas with distilled-vs-Gaussian weight NMSE < 0.2 (split-half; paper: most)",
                        "generalization score (paper threshold ~0.6)", "generalizes"],
                       gaussian_rows(results["gaussian"]))
-         + (table_html(["sweep checkpoint", "varies", "value", "generalization score", "share of copies"], sweep_rows(results["gaussian"]))
-            if sweep_rows(results["gaussian"]) else "")
+         + (table_html(["sweep checkpoint", "varies", "value", "generalization score", "share of copies"],
+                       sweep_rows(results["gaussian"])) if sweep_rows(results["gaussian"]) else "")
          + text_html(f"computed in {timings['gaussian']:.0f} s")),
     ]
     return page_html("denoiserlab demo: Fashion-MNIST, shipped networks", sections)
