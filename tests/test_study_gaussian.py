@@ -24,7 +24,7 @@ from denoiserlab.networks.build import build_denoiser
 from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.loaders import load as load_network
 from denoiserlab.studies.gaussian_structure import run_gaussian_study
-from denoiserlab.report.gaussian_structure_figures import loss_curves_figure
+from denoiserlab.report.gaussian_structure_figures import loss_curves_figure, sweep_groups
 from denoiserlab.studies.gaussian_structure_config import DistillationConfig, GaussianStudyConfig, ScoreErrorConfig
 from denoiserlab.studies.gaussian_structure_inputs import load_study_network
 from denoiserlab.studies.gaussian_structure_measures import distill_at_sigma, samples_similarity
@@ -364,3 +364,14 @@ def test_sweep_entries_sharing_a_checkpoint_share_its_stages(study, tmp_path):
     assert first["generalization_score"] == second["generalization_score"]
     computed = results["stages"]["computed"]
     assert sum(stage.startswith("samples-sweep") for stage in computed) == 1
+
+
+def test_sweep_groups_hold_the_other_quantity_fixed():
+    rows = [{"kind": "width", "value": 32, "n_train": 16, "n_parameters": 1.7e6},
+            {"kind": "width", "value": 8, "n_train": 16, "n_parameters": 1.1e5},
+            {"kind": "width", "value": 16, "n_train": 64, "n_parameters": 4.4e5},
+            {"kind": "n_train", "value": 64, "n_train": 64, "n_parameters": 4.4e5}]
+    groups = sweep_groups(rows, "width")
+    assert {name: [row["value"] for row in group] for name, group in groups.items()} == {"N=16": [8, 32],
+                                                                                         "N=64": [16]}
+    assert list(sweep_groups(rows, "n_train")) == ["0.44 M parameters"]

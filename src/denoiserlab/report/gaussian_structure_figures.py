@@ -169,25 +169,37 @@ def loss_curves_figure(results: dict, name: str, path: Path) -> Path:
 
 
 def sweep_figure(results: dict, kind: str, path: Path) -> Path:
-    """Generalization score and score errors at the sweep's sigmas vs the swept quantity (paper figs. 6-8)."""
-    entries = sorted((row for row in results["sweeps"]["entries"] if row["kind"] == kind), key=lambda r: r["value"])
-    values = [row["value"] for row in entries]
+    """Generalization score and score errors at the sweep's sigmas vs the swept quantity (paper figs. 6-8), one
+    line per group of entries that share what is held fixed (the training-set size, or the network size)."""
     figure, (score_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    score_axis.plot(values, [row["generalization_score"] for row in entries], marker="o")
+    for group, entries in sweep_groups(results["sweeps"]["entries"], kind).items():
+        values = [row["value"] for row in entries]
+        line, = score_axis.plot(values, [row["generalization_score"] for row in entries], marker="o", label=group)
+        for position, sigma in enumerate(results["sweeps"]["sigmas"]):
+            for reference, style in (("gaussian", "-"), ("optimal", "--")):
+                error_axis.plot(values, [row[f"score_error_{reference}"][position] for row in entries], marker="o",
+                                markersize=3, linestyle=style, alpha=1 - 0.4 * position, color=line.get_color(),
+                                label=f"{group}: vs {reference}, sigma={sigma:.3g}")
     score_axis.axhline(results["paper"]["generalization_score_threshold"], color="grey", linestyle=":",
                        label="paper's threshold")
     score_axis.set_ylabel("generalization score (eq. 14)")
-    for position, sigma in enumerate(results["sweeps"]["sigmas"]):
-        for reference in ("gaussian", "optimal"):
-            error_axis.plot(values, [row[f"score_error_{reference}"][position] for row in entries], marker="o",
-                            label=f"vs {reference}, sigma={sigma:.3g}")
     error_axis.set_ylabel("score-approximation error (RMSE)")
     for axis in (score_axis, error_axis):
         axis.set_xlabel(SWEEP_AXES[kind])
-        axis.set_xscale("log" if kind == "n_train" else "linear")
+        axis.set_xscale("linear" if kind == "kimg" else "log")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
     return save_figure(figure, path)
+
+
+def sweep_groups(entries: list[dict], kind: str) -> dict[str, list[dict]]:
+    """Entries of one kind grouped by what the sweep holds fixed, each group sorted by the swept value:
+    {"N=16": [...]} for width and kimg sweeps, {"0.44 M parameters": [...]} for training-set-size sweeps."""
+    groups: dict[str, list[dict]] = {}
+    for row in sorted((row for row in entries if row["kind"] == kind), key=lambda row: row["value"]):
+        fixed = f"{row['n_parameters'] / 1e6:.2g} M parameters" if kind == "n_train" else f"N={row['n_train']}"
+        groups.setdefault(fixed, []).append(row)
+    return groups
 
 
 def sweep_samples_grid(results: dict, arrays: list[dict], path: Path) -> Path:
