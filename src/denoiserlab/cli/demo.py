@@ -12,7 +12,7 @@ from denoiserlab.studies.sampling_demo import SamplingDemoConfig, run_sampling_d
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the locality and Gaussian-structure studies on the embedded Fashion-MNIST subset",
-        description="Both studies with the shipped networks (about 8 minutes on 2 CPU cores; a rerun resumes). "
+        description="Both studies with the shipped networks (about 9.5 minutes on 2 CPU cores; a rerun resumes). "
                     "--quick instead samples every denoiser from shared noise (under a minute).")
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="only the sampling demo (samples from shared noise)")
