@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from denoiserlab.analysis import LinearDenoiser, weight_nmse, weight_nmse_versus_samples
-from denoiserlab.analysis.distillation_noise import split_half_nmse
+from denoiserlab.analysis import LinearDenoiser, distill_linear, weight_nmse, weight_nmse_versus_samples
+from denoiserlab.analysis.distillation_noise import least_squares_with_halves, split_half_nmse
 from denoiserlab.analysis.noisy_inputs import noisy_batches
 from denoiserlab.errors import DenoiserLabError
 
@@ -63,3 +63,15 @@ def test_sizes_are_checked(tiny_train):
     for sizes in [(), (200, 100), (36, 100), (40, 60)]:
         with pytest.raises(DenoiserLabError, match="sizes must be"):
             weight_nmse_versus_samples(nonlinear_denoiser, tiny_train, 0.5, reference, sizes)
+
+
+def test_least_squares_with_halves_is_distill_linears_fit(tiny_train):
+    weight, bias, _, halves = least_squares_with_halves(nonlinear_denoiser, tiny_train, 0.7, 100, seed=4,
+                                                        batch_size=32)
+    expected_weight, expected_bias = distill_linear(nonlinear_denoiser, tiny_train, 0.7, n_samples=100, seed=4,
+                                                    batch_size=32)
+    assert torch.allclose(weight, expected_weight, atol=1e-8) and torch.allclose(bias, expected_bias, atol=1e-8)
+    assert halves is not None and all(half.shape == (36, 36) for half in halves)
+    assert least_squares_with_halves(nonlinear_denoiser, tiny_train, 0.7, 60)[3] is None  # < 2 (D + 1)
+    with pytest.raises(DenoiserLabError, match="D \\+ 1 = 37"):
+        least_squares_with_halves(nonlinear_denoiser, tiny_train, 0.7, 30)

@@ -29,7 +29,8 @@ from denoiserlab.analysis.weight_comparison import gaussian_linear_map, singular
 
 __all__ = [
     "linearity_score", "distill_linear", "LinearDenoiser", "weight_nmse", "singular_vector_alignment",
-    "gaussian_linear_map", "weight_nmse_versus_samples", "score_approximation_error", "generalization_score", "nearest_neighbour_distances",
+    "gaussian_linear_map", "weight_nmse_versus_samples", "score_approximation_error", "generalization_score",
+    "nearest_neighbour_distances",
     "nearest_neighbour_ratio", "memorized_fraction",
     "per_sample_mse", "r_squared", "pearson_r", "pixel_cosine", "ssim", "feature_cosine", "mean_and_median",
     "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent", "load_feature_model", "image_features",

@@ -37,8 +37,8 @@ def distill_linear(den: Denoiser, images: Tensor, sigma: float, method: str = "l
     sigma = check_sigma(sigma)
     check_images(images, "images")
     dim = images[0].numel()
-    if method == "lstsq" and check_positive_int(n_samples, "n_samples") < dim + 1:
-        raise DenoiserLabError(f"least squares needs n_samples >= D + 1 = {dim + 1}, got n_samples={n_samples}")
+    if method == "lstsq":
+        check_least_squares_samples(n_samples, dim)
     pairs = ((x.reshape(x.shape[0], -1), checked_call(den, x, sigma).reshape(x.shape[0], -1))
              for x in noisy_batches(images, sigma, n_samples, batch_size, seed))
     if method == "lstsq":
@@ -46,6 +46,12 @@ def distill_linear(den: Denoiser, images: Tensor, sigma: float, method: str = "l
     else:
         weight, bias, losses = gradient_descent_fit(pairs, batch_size, steps, learning_rate, seed, progress)
     return (weight, bias, losses) if return_losses else (weight, bias)
+
+
+def check_least_squares_samples(n_samples: int, dim: int) -> None:
+    """An affine fit of D outputs on D inputs has D + 1 unknowns per output: refuse fewer samples."""
+    if check_positive_int(n_samples, "n_samples") < dim + 1:
+        raise DenoiserLabError(f"least squares needs n_samples >= D + 1 = {dim + 1}, got n_samples={n_samples}")
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from denoiserlab.analysis.distillation import least_squares_fit
+from denoiserlab.analysis.distillation import check_least_squares_samples, least_squares_fit
 from denoiserlab.analysis.noisy_inputs import Denoiser, check_sigma, checked_call, noisy_batches
 from denoiserlab.analysis.weight_comparison import weight_nmse
 from denoiserlab.errors import DenoiserLabError
@@ -35,6 +35,20 @@ def weight_nmse_versus_samples(den: Denoiser, images: Tensor, sigma: float, refe
     nmse = [weight_nmse(fit_rows(inputs, targets, 0, n, batch_size)[0], reference) for n in sizes]
     first, second = split_half_fits(inputs, targets, batch_size)
     return {"n": sizes, "weight_nmse": nmse, "noise_free_nmse": split_half_nmse(first, second, reference)}
+
+
+def least_squares_with_halves(den: Denoiser, images: Tensor, sigma: float, n_samples: int, seed: int = 0,
+                              batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """distill_linear's least-squares fit (W [D, D], b [D], residual [1]; float64) on the same draw, plus the W of
+    the fits on its two halves for split_half_nmse (None when n_samples < 2 (D + 1), too few for two fits).
+    Memory: n_samples * D * 8 bytes of pairs, where distill_linear streams them."""
+    sigma = check_sigma(sigma)
+    check_images(images, "images")
+    dim = images[0].numel()
+    check_least_squares_samples(n_samples, dim)
+    inputs, targets = noisy_pairs(den, images, sigma, n_samples, seed, batch_size)
+    halves = split_half_fits(inputs, targets, batch_size) if n_samples >= 2 * (dim + 1) else None
+    return *fit_rows(inputs, targets, 0, n_samples, batch_size), halves
 
 
 @torch.no_grad()

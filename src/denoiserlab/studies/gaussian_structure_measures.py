@@ -22,8 +22,7 @@ from denoiserlab.analysis import (
     singular_vector_alignment,
     weight_nmse,
 )
-from denoiserlab.analysis.distillation_noise import fit_rows, split_half_fits, split_half_nmse
-from denoiserlab.analysis.distillation_noise import noisy_pairs as noisy_fit_pairs
+from denoiserlab.analysis.distillation_noise import least_squares_with_halves, split_half_nmse
 from denoiserlab.analysis.linearity import mixing_weights, noisy_pairs, pair_nmse
 from denoiserlab.analysis.metrics import feature_cosine, rows_cosine
 from denoiserlab.analysis.noisy_inputs import denoise_in_batches
@@ -104,16 +103,13 @@ def distill_at_sigma(den: Denoiser, gaussian: GaussianDenoiser, images: Tensor, 
 
 def distilled_map(den: Denoiser, images: Tensor, sigma: float, config: DistillationConfig,
                   progress: bool) -> tuple[Tensor, Tensor, Tensor, tuple | None]:
-    """W [D, D], b [D], losses and, for "lstsq" with n_samples >= 2 (D + 1), the W of fits on each half of the same
-    draw (else None). "lstsq" keeps the n_samples pairs in memory (n_samples * D * 8 bytes) to refit the halves."""
-    dim = images[0].numel()
-    if config.method != "lstsq" or config.n_samples < 2 * (dim + 1):
-        learning_rate = config.learning_rate / math.sqrt(1 + sigma**2)  # inputs grow as sigma: keep steps even
-        return *distill_linear(den, images, sigma, config.method, config.n_samples, config.seed, config.batch_size,
-                               config.steps, learning_rate, progress, return_losses=True), None
-    inputs, targets = noisy_fit_pairs(den, images, sigma, config.n_samples, config.seed, config.batch_size)
-    weight, bias, losses = fit_rows(inputs, targets, 0, config.n_samples, config.batch_size)
-    return weight, bias, losses, split_half_fits(inputs, targets, config.batch_size)
+    """W [D, D], b [D], losses and, for "lstsq", the W of the fits on each half of the draw (None for "gd" or
+    too few samples for two fits)."""
+    if config.method == "lstsq":
+        return least_squares_with_halves(den, images, sigma, config.n_samples, config.seed, config.batch_size)
+    learning_rate = config.learning_rate / math.sqrt(1 + sigma**2)  # inputs grow as sigma: keep W x's steps even
+    return *distill_linear(den, images, sigma, config.method, config.n_samples, config.seed, config.batch_size,
+                           config.steps, learning_rate, progress, return_losses=True), None
 
 
 def score_errors_per_sigma(den: Denoiser, references: dict[str, Denoiser], images: Tensor, sigmas: Tensor,

@@ -50,7 +50,8 @@ def stage_linearity(ctx: GaussianStudyContext, label: str, den_key: dict, data: 
 def stage_distillation(ctx: GaussianStudyContext, network: StudyNetwork, level: int) -> dict:
     """Linear distillation of a network at grid point `level`, compared with the Gaussian denoiser."""
     key = {**ctx.key("distillation", network.key, network.data.key), "level": level,
-           "score_error": to_dict(ctx.config.score_error), "split_half": 1}
+           "score_error": to_dict(ctx.config.score_error),
+           "split_half": 1}  # the stage's output gained weight_nmse_split_half: older cached outputs lack it
     return ctx.cache.run(f"distillation-{network.name}-{level}", key, lambda: distill_at_sigma(
         network.module, network.data.denoiser("gaussian"), network.data.images, float(ctx.sigmas[level]),
         ctx.config.distillation, ctx.config.score_error, ctx.progress and ctx.config.distillation.method == "gd"))
