@@ -1,35 +1,82 @@
-"""Denoising MSE on held-out test images vs sigma: a network against the optimal and Gaussian denoisers of its
-own training set (issue 5's quality evidence; the network should win at middle sigma).
+"""Networks' fidelity on the EDM grid (issue 14's targets), printed as a table and optionally saved as JSON:
 
-    .venv/bin/python scripts/heldout_mse.py shipped:unet-small-fashion-mnist [--n 200]
+- held-out MSE: denoising MSE on test images the network never saw, beside the optimal and Gaussian denoisers of
+  its own training set, and the ratio network / min(optimal, Gaussian) (target: <= 1.02 at every sigma);
+- forward MSE(network, optimal) on training images (the locality paper's Fig. 2), and its value at the largest
+  sigma over its peak (target: <= 0.1).
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/heldout_mse.py shipped:unet-small-fashion-mnist [NET ...] \
+        [--n 128] [--json FILE]
+
+Networks sharing a training set share its closed forms' outputs, so a learning curve (every checkpoint of a run)
+costs one network evaluation per checkpoint.
 """
 
 import argparse
+import json
 
 import torch
 
 from denoiserlab import data
+from denoiserlab.analysis.heldout import heldout_inputs, mse_per_level, ratio_to_best
 from denoiserlab.denoisers import GaussianDenoiser, OptimalDenoiser
-from denoiserlab.diffusion import add_noise, edm_sigmas
+from denoiserlab.diffusion import edm_sigmas
 from denoiserlab.networks import load
+from denoiserlab.studies.locality_sets import forward_set, outputs_on
+
+BATCH = 64
+
+
+def closed_form_outputs(training_data: dict, sigmas, n: int) -> dict:
+    """Held-out and forward inputs of one training set with the optimal and Gaussian denoisers' outputs on them."""
+    train = data.load(**training_data)
+    test = data.load(**data.held_out_options(training_data)).as_float(0, n)
+    heldout_z = heldout_inputs(test, sigmas)
+    forward = forward_set(train.as_float(), sigmas, n, seed=0)
+    optimal, gaussian = OptimalDenoiser(train), GaussianDenoiser(train)
+    return {"test": test, "heldout_z": heldout_z, "forward_z": forward["z"],
+            "errors": {name: mse_per_level(outputs_on(den, heldout_z, sigmas, BATCH, label=name), test)
+                       for name, den in (("optimal", optimal), ("gaussian", gaussian))},
+            "forward_optimal": outputs_on(optimal, forward["z"], sigmas, BATCH, label="optimal (forward)")}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("network", help="checkpoint path or shipped:NAME (must record its training_data)")
-    parser.add_argument("--n", type=int, default=200, help="held-out test images")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("networks", nargs="+", help="checkpoint paths or shipped:NAME (must record training_data)")
+    parser.add_argument("--n", type=int, default=128, help="held-out test images (and forward pairs per sigma)")
+    parser.add_argument("--steps", type=int, default=18, help="EDM grid size")
+    parser.add_argument("--json", help="write every number to this JSON file")
     args = parser.parse_args()
-    network = load(args.network).eval()
-    train = data.load(**network.training_data)
-    test = data.load(**data.held_out_options(network.training_data))
-    methods = {"network": network, "optimal": OptimalDenoiser(train), "gaussian": GaussianDenoiser(train)}
-    x0 = test.as_float(0, args.n)
-    print("sigma    " + "  ".join(f"{name:>9s}" for name in methods) + "   (MSE per element, [-1, 1] scale)")
-    with torch.no_grad():
-        for sigma in edm_sigmas(10).tolist():
-            x_t, _ = add_noise(x0, sigma, seed=1)
-            errors = [(den(x_t, sigma) - x0).pow(2).mean().item() for den in methods.values()]
-            print(f"{sigma:7.3f}  " + "  ".join(f"{e:9.5f}" for e in errors))
+    sigmas = edm_sigmas(args.steps)
+    report, shared = {}, {}
+    for spec in args.networks:
+        network = load(spec).eval()
+        key = json.dumps(network.training_data, sort_keys=True)
+        if key not in shared:
+            shared[key] = closed_form_outputs(network.training_data, sigmas, args.n)
+        inputs = shared[key]
+        errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"], sigmas, BATCH), inputs["test"]),
+                  **inputs["errors"]}
+        ratio = ratio_to_best(errors, "network", ["optimal", "gaussian"])
+        forward = mse_per_level(outputs_on(network, inputs["forward_z"], sigmas, BATCH), inputs["forward_optimal"])
+        report[spec] = {"sigmas": sigmas.tolist(), **{k: v.tolist() for k, v in errors.items()},
+                        "ratio": ratio.tolist(), "forward_mse_to_optimal": forward.tolist(),
+                        "worst_ratio": ratio.max().item(), "worst_ratio_sigma": sigmas[ratio.argmax()].item(),
+                        "forward_end_over_peak": (forward[0] / forward.max()).item()}
+        print_table(spec, sigmas, errors, ratio, forward)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump(report, file, indent=1)
+
+
+def print_table(spec, sigmas, errors, ratio, forward) -> None:
+    print(f"\n{spec}: held-out MSE ([-1, 1] scale), ratio = network / min(optimal, gaussian); forward MSE to optimal")
+    print(f"{'sigma':>8s} {'network':>9s} {'optimal':>9s} {'gaussian':>9s} {'ratio':>7s} {'fwd-opt':>9s}")
+    for level, sigma in enumerate(sigmas.tolist()):
+        print(f"{sigma:8.3f} {errors['network'][level]:9.5f} {errors['optimal'][level]:9.5f} "
+              f"{errors['gaussian'][level]:9.5f} {ratio[level]:7.3f} {forward[level]:9.5f}")
+    print(f"worst ratio {ratio.max():.3f} at sigma {sigmas[ratio.argmax()]:.3f} (target <= 1.02); forward MSE at "
+          f"sigma {sigmas[0]:.0f} / peak = {forward[0] / forward.max():.3f} (target <= 0.1)", flush=True)
 
 
 if __name__ == "__main__":

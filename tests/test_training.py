@@ -13,8 +13,8 @@ from denoiserlab.cli import train as train_cli
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load_checkpoint
 from denoiserlab.networks.ema import ema_beta, update_ema
-from denoiserlab.networks.loss import edm_loss, edm_loss_weight, sample_training_sigmas
-from denoiserlab.networks.training import learning_rate, run_training
+from denoiserlab.networks.loss import SigmaDistribution, edm_loss, edm_loss_weight, sample_training_sigmas
+from denoiserlab.networks.training import learning_rate, new_run, run_training
 from denoiserlab.networks.training_config import TrainConfig, train_config_from_dict
 
 TINY_RUN = dict(subset=64, resolution=8, resolution_policy="resize", arch="unet", batch_size=16,
@@ -36,6 +36,55 @@ def test_edm_loss_weight_by_hand():
 def test_training_sigmas_are_log_normal():
     log_sigma = sample_training_sigmas(20000, torch.Generator().manual_seed(0)).log().double()
     assert abs(float(log_sigma.mean()) + 1.2) < 0.05 and abs(float(log_sigma.std()) - 1.2) < 0.05
+
+
+def test_sigma_mixture_draws_its_log_uniform_share_over_the_range():
+    """A share f of the draws is log-uniform on [sigma_min, sigma_max]: the share of ln(sigma) above ln(20) is
+    f * ln(80/20) / ln(80/0.002) plus the log-normal tail, and no draw leaves the log-normal's reach or the range."""
+    distribution = SigmaDistribution(loguniform_fraction=0.5, sigma_min=0.002, sigma_max=80.0)
+    sigma = distribution.sample(200_000, torch.Generator().manual_seed(0)).double()
+    lognormal_tail = 0.5 * 0.5 * math.erfc((math.log(20) + 1.2) / (1.2 * math.sqrt(2)))
+    expected = 0.5 * math.log(80 / 20) / math.log(80 / 0.002) + lognormal_tail
+    assert abs(float((sigma > 20).double().mean()) - expected) < 0.003
+    in_band = (sigma > 1e-3) & (sigma < 1e-2)  # mostly log-uniform mass: 0.5 * ln(5) / ln(40000) = 7.6 %
+    assert abs(float(in_band.double().mean()) - 0.5 * math.log(0.01 / 0.002) / math.log(40000)
+               - 0.5 * 0.5 * (math.erfc((math.log(1e-3) + 1.2) / (1.2 * math.sqrt(2)))
+                              - math.erfc((math.log(1e-2) + 1.2) / (1.2 * math.sqrt(2))))) < 0.003
+
+
+def test_sigma_distribution_without_mixture_is_edms_stream():
+    """fraction 0 draws exactly the log-normal stream (runs started before the option reproduce bitwise)."""
+    a = SigmaDistribution().sample(50, torch.Generator().manual_seed(4))
+    b = (torch.randn(50, generator=torch.Generator().manual_seed(4)) * 1.2 - 1.2).exp()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", [dict(sigma_loguniform_fraction=1.5), dict(sigma_loguniform_fraction=-0.1),
+                                     dict(sigma_min=0.0), dict(sigma_min=5.0, sigma_max=1.0),
+                                     dict(sigma_max=math.inf), dict(kimg=math.inf), dict(lr_decay_kimg=-1.0)])
+def test_bad_sigma_and_schedule_options_are_refused(options):
+    with pytest.raises(DenoiserLabError):
+        TrainConfig(out="x", **options)
+
+
+def test_learning_rate_inverse_square_root_decay():
+    """EDM2 eq. 16: lr / sqrt(max(kimg / decay, 1)) after the warm-up."""
+    config = TrainConfig(out="x", lr=1e-3, lr_rampup_kimg=0.0, lr_decay_kimg=10.0)
+    assert learning_rate(config, 5000) == pytest.approx(1e-3)
+    assert learning_rate(config, 40000) == pytest.approx(1e-3 / 2)
+
+
+def test_init_starts_from_a_checkpoints_weights(tmp_path):
+    """init copies a checkpoint's weights exactly; a checkpoint of another network config is refused."""
+    first = run_training(TrainConfig(out=str(tmp_path / "a"), kimg=0.032, **TINY_RUN), progress=False)
+    config = TrainConfig(out=str(tmp_path / "b"), kimg=0.016, init=str(first), **TINY_RUN)
+    run = new_run(config, (1, 8, 8), {}, torch.device("cpu"))
+    for name, value in load_checkpoint(first).state_dict().items():
+        torch.testing.assert_close(run.denoiser.state_dict()[name], value, rtol=0, atol=0)
+        torch.testing.assert_close(run.ema.state_dict()[name], value, rtol=0, atol=0)
+    other = dict(TINY_RUN, network=dict(TINY_RUN["network"], model_channels=16))
+    with pytest.raises(DenoiserLabError, match="init checkpoint"):
+        new_run(TrainConfig(out=str(tmp_path / "c"), init=str(first), **other), (1, 8, 8), {}, torch.device("cpu"))
 
 
 def test_edm_loss_matches_a_per_sample_loop():

@@ -12,7 +12,8 @@ from denoiserlab.networks.training_config import TrainConfig, read_train_toml, t
 FLAGS = {
     "out": str, "data": str, "subset": int, "subset_offset": int, "resolution": int, "resolution_policy": str,
     "channels": int, "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "lr": float,
-    "lr_rampup_kimg": float, "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float,
+    "lr_rampup_kimg": float, "lr_decay_kimg": float, "init": str, "sigma_loguniform_fraction": float,
+    "sigma_min": float, "sigma_max": float, "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float,
     "seed": int, "checkpoint_kimg": float, "log_kimg": float, "sample_count": int, "sample_steps": int, "device": str,
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from denoiserlab.atomic import atomic_write, atomic_write_text
 from denoiserlab.networks.build import build_denoiser
 from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.ema import ema_beta, update_ema
+from denoiserlab.networks.loaders import load as load_network
 from denoiserlab.networks.loss import edm_loss
+from denoiserlab.networks.precond import EDMPrecond
 from denoiserlab.networks.training_config import TrainConfig
 from denoiserlab.networks.training_outputs import plot_loss, save_image_grid, write_loss_csv
 
@@ -64,12 +67,26 @@ def new_run(config: TrainConfig, image_shape: tuple[int, int, int], training_dat
     """Freshly initialised network (seeded), EMA copy, Adam and batch generator."""
     torch.manual_seed(config.seed)
     denoiser = build_denoiser(config.arch, image_shape[0], image_shape[1], config.network, training_data)
+    if config.init is not None:
+        copy_weights(config.init, denoiser)
     denoiser = denoiser.to(device).train()
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                  eps=config.adam_eps)
     generator = torch.Generator().manual_seed(config.seed)
     return TrainingRun(denoiser, ema, optimizer, generator)
+
+
+def copy_weights(source: str, denoiser: torch.nn.Module) -> None:
+    """Load the weights of checkpoint `source` (folder or shipped:NAME) into `denoiser`; they must match exactly."""
+    start = load_network(source)
+    if not isinstance(start, EDMPrecond) or type(start.net) is not type(denoiser.net):
+        raise DenoiserLabError(f"init checkpoint {source} is a {type(getattr(start, 'net', start)).__name__}, "
+                               f"not this run's {type(denoiser.net).__name__}")
+    if start.net.config != denoiser.net.config:
+        raise DenoiserLabError(f"init checkpoint {source} has network {start.net.config}, but this run builds "
+                               f"{denoiser.net.config}; set arch/network to match it")
+    denoiser.load_state_dict(start.state_dict())
 
 
 def crossed_interval(nimg: int, batch_size: int, interval_kimg: float) -> bool:
@@ -79,10 +96,14 @@ def crossed_interval(nimg: int, batch_size: int, interval_kimg: float) -> bool:
 
 
 def learning_rate(config: TrainConfig, nimg: int) -> float:
-    """Linear warm-up over lr_rampup_kimg, then constant (nimg counts images including the current batch)."""
-    if config.lr_rampup_kimg == 0:
-        return config.lr
-    return config.lr * min(nimg / (config.lr_rampup_kimg * 1000), 1.0)
+    """Linear warm-up over lr_rampup_kimg, then constant or, with lr_decay_kimg, inverse square-root decay
+    (Karras et al. 2024, eq. 16); nimg counts images including the current batch."""
+    lr = config.lr
+    if config.lr_decay_kimg > 0:
+        lr /= math.sqrt(max(nimg / (config.lr_decay_kimg * 1000), 1.0))
+    if config.lr_rampup_kimg > 0:
+        lr *= min(nimg / (config.lr_rampup_kimg * 1000), 1.0)
+    return lr
 
 
 def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor) -> float:
@@ -90,8 +111,8 @@ def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor) -
     device = train_images.device
     indices = torch.randint(len(train_images), (config.batch_size,), generator=run.generator)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss = edm_loss(run.denoiser, train_images[indices.to(device)], run.generator, config.p_mean,
-                        config.p_std).mean()
+        loss = edm_loss(run.denoiser, train_images[indices.to(device)], run.generator,
+                        sigmas=config.sigma_distribution()).mean()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip_norm > 0:
@@ -139,8 +160,10 @@ def check_same_run(out: Path, config: TrainConfig) -> None:
     """Refuse to resume a run folder whose saved options differ (other than RESUMABLE_CHANGES)."""
     saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
     current = json.loads(json.dumps(dataclasses.asdict(config)))
+    defaults = {option.name: option.default for option in dataclasses.fields(TrainConfig)}
     for key in sorted(set(saved) | set(current)):
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
+        # an option added after the run started counts as its default
+        if key not in RESUMABLE_CHANGES and saved.get(key, defaults.get(key)) != current.get(key):
             raise DenoiserLabError(f"{out} holds a run with {key} = {saved.get(key)!r}, but now {key} = "
                                    f"{current.get(key)!r}; use another --out or the same options to resume")
 

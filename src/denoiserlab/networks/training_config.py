@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.build import resolve_preset
-from denoiserlab.networks.loss import P_MEAN, P_STD
+from denoiserlab.networks.loss import P_MEAN, P_STD, SigmaDistribution
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -34,11 +35,13 @@ class TrainConfig:
     # Network.
     arch: str = "unet-small"  # preset name (see networks.presets) or bare architecture name
     network: dict = field(default_factory=dict)  # overrides of the preset's network config fields
+    init: str | None = None  # start from this checkpoint's weights (folder or shipped:NAME; same arch/network)
     # Optimisation.
     kimg: float = 200.0  # training length, thousands of images shown
     batch_size: int = 128  # images per step
     lr: float = 1e-3  # Adam learning rate after warm-up
     lr_rampup_kimg: float = 10.0  # linear learning-rate warm-up length, kimg
+    lr_decay_kimg: float = 0.0  # after this many kimg, lr / sqrt(kimg / lr_decay_kimg) (EDM2); 0: constant
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -47,6 +50,9 @@ class TrainConfig:
     ema_rampup_ratio: float = 0.05  # EMA half-life is at most this fraction of the images seen (0 disables)
     p_mean: float = P_MEAN  # mean of ln(sigma) of training noise levels
     p_std: float = P_STD  # standard deviation of ln(sigma)
+    sigma_loguniform_fraction: float = 0.0  # share of training sigmas drawn log-uniform over [sigma_min, sigma_max]
+    sigma_min: float = 0.002  # log-uniform range of training sigmas (see networks.loss.SigmaDistribution)
+    sigma_max: float = 80.0
     seed: int = 0  # seed of weights, batches, noise and dropout
     # Outputs.
     checkpoint_kimg: float = 20.0  # checkpoint (state, EMA network, sample grid, loss plot) every this many kimg
@@ -62,13 +68,23 @@ class TrainConfig:
             raise DenoiserLabError("TrainConfig.out is required: the run folder, e.g. runs/NAME")
         for name in ("kimg", "batch_size", "lr", "checkpoint_kimg", "log_kimg", "sample_count", "sample_steps"):
             _require(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
-        for name in ("lr_rampup_kimg", "grad_clip_norm", "ema_halflife_kimg", "ema_rampup_ratio", "adam_eps"):
+        for name in ("lr_rampup_kimg", "lr_decay_kimg", "grad_clip_norm", "ema_halflife_kimg", "ema_rampup_ratio", "adam_eps"):
             _require(getattr(self, name) >= 0, name, getattr(self, name), "a number >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             _require(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+        _require(math.isfinite(self.kimg), "kimg", self.kimg, "a finite number > 0")
         _require(self.p_std > 0, "p_std", self.p_std, "a number > 0")
+        _require(0 <= self.sigma_loguniform_fraction <= 1, "sigma_loguniform_fraction",
+                 self.sigma_loguniform_fraction, "a number in [0, 1]")
+        _require(0 < self.sigma_min < self.sigma_max < math.inf, "sigma_min, sigma_max",
+                 (self.sigma_min, self.sigma_max), "finite numbers with 0 < sigma_min < sigma_max")
         _require(self.device in DEVICES, "device", self.device, f"one of {list(DEVICES)}")
         resolve_preset(self.arch, self.network)  # fails early on an unknown preset or network option
+
+    def sigma_distribution(self) -> SigmaDistribution:
+        """The training noise-level distribution of this run."""
+        return SigmaDistribution(self.p_mean, self.p_std, self.sigma_loguniform_fraction, self.sigma_min,
+                                 self.sigma_max)
 
     def data_options(self) -> dict:
         """Keyword arguments of denoiserlab.data.load for the training set."""
