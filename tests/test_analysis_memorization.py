@@ -62,3 +62,21 @@ def test_nearest_neighbour_ratio_matches_sorted_loop(tiny_rgb_train):
     assert memorized_fraction(samples, tiny_rgb_train) == pytest.approx(sum(r < 1 / 3 for r in expected) / 7)
     with pytest.raises(DenoiserLabError, match="at least 2 training images"):
         nearest_neighbour_ratio(samples, tiny_rgb_train[:1])
+
+
+@pytest.mark.parametrize("copies, calibrated, verdict", [
+    (0.0, 1.3, "generalizes"), (0.01, 0.9, "generalizes"), (0.0, 0.6, "partly memorizes"),
+    (0.05, 1.2, "partly memorizes"), (0.22, 0.58, "partly memorizes"), (0.5, 1.0, "memorizes"),
+    (0.9, 0.1, "memorizes"), (0.0, math.nan, "generalizes"), (0.3, math.nan, "partly memorizes"),
+    (math.nan, 0.9, "generalizes"), (math.nan, 0.2, "partly memorizes"), (math.nan, math.nan, "unknown")])
+def test_memorization_verdict_never_contradicts_the_copies(copies, calibrated, verdict):
+    from denoiserlab.analysis import memorization_verdict
+
+    assert memorization_verdict(copies, calibrated) == verdict
+
+
+def test_calibrated_score_divides_by_the_held_out_score():
+    from denoiserlab.analysis import calibrated_score
+
+    assert calibrated_score(0.47, 0.36) == pytest.approx(0.47 / 0.36)
+    assert math.isnan(calibrated_score(0.47, 0.0)) and math.isnan(calibrated_score(0.47, None))

@@ -24,11 +24,14 @@ def test_index_page_shows_headline_numbers_and_links():
                                     "ranking_at_peak_forward": ["pspc_flex", "gaussian", "optimal"]}},
                 "nearest_neighbour": {"unet": {"network": 9.5, "optimal": 0.0}}}
     gaussian = {"checks": {"unet-small": {"linearity_cosine_min": 0.962, "linearity_cosine_min_sigma": 1.5,
-                                          "generalization_score": 0.47, "generalizes": False}},
+                                          "generalization_score": 0.47, "heldout_score": 0.36,
+                                          "calibrated_score": 1.31, "memorized_fraction": 0.0,
+                                          "verdict": "generalizes", "generalizes": True}},
                 "sweeps": {"entries": [{"label": "N=64", "kind": "n_train", "value": 64,
-                                        "generalization_score": 0.05}]}}
+                                        "generalization_score": 0.05, "calibrated_score": 0.1,
+                                        "memorized_fraction": 0.7, "verdict": "memorizes"}]}}
     page = demo_index_html({"locality": locality, "gaussian": gaussian,
                             "timings_s": {"locality": 300.0, "gaussian": 100.0}})
     for text in ('href="locality/report.html"', 'href="gaussian/report.html"', "pspc_flex &lt; gaussian &lt; optimal",
-                 "0.962", "N=64", "9.5", "computed in 300 s"):
+                 "0.962", "N=64", "9.5", "computed in 300 s", "generalizes", "memorizes", "score 0.36"):
         assert text in page

@@ -16,6 +16,7 @@ from denoiserlab.analysis import distill_linear, linearity_score
 from denoiserlab.analysis.noisy_inputs import noisy_batches
 from denoiserlab.cli import gaussian_study as cli
 from denoiserlab.config import from_dict, load_toml, to_dict
+from denoiserlab.analysis import memorization_verdict
 from denoiserlab.data import load
 from denoiserlab.denoisers import GaussianDenoiser
 from denoiserlab.diffusion import edm_sigmas, standard_noise
@@ -69,8 +70,8 @@ def study(tmp_path_factory):
     torch.set_num_threads(1)  # tiny 8x8 convolutions: thread start-up costs far more than the work on a busy CPU
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DENOISERLAB_CACHE", str(root / "cache"))
-        pixels = (torch.rand(40, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-        np.savez(root / "tiny.npz", images=pixels.numpy())
+        pixels = (torch.rand(52, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+        np.savez(root / "tiny.npz", train_images=pixels[:40].numpy(), test_images=pixels[40:].numpy())
         source = str(root / "tiny.npz")
         tiny_network(root / "a", {"source": source}, seed=0)
         tiny_network(root / "b", {"source": source, "subset": 20, "seed": 1}, seed=1)
@@ -244,6 +245,23 @@ def test_generalization_score_matches_a_loop_over_the_training_set(study):
     assert study.results["generalization"]["a"]["memorized_fraction"] == pytest.approx(np.mean(copies))
     # the same checkpoint as the first sweep entry: the same samples, training set and score
     assert study.results["sweeps"]["entries"][0]["generalization_score"] == pytest.approx(np.mean(ratios), rel=1e-9)
+
+
+def test_generalization_is_calibrated_by_held_out_images(study):
+    """heldout_score is eq. 14 of the test split (8 = k images) against the training set, by a loop; the
+    calibrated score divides by it; the verdict agrees with the copy fraction (analysis.memorization_verdict)."""
+    train = train_images(study).reshape(40, -1).double()
+    held_out = load(study.source, split="test").as_float()[:8].reshape(8, -1).double()
+    ratios = [min(float((image - row).norm()) for row in train) / float(image.norm()) for image in held_out]
+    for block in (study.results["generalization"]["a"], study.results["checks"]["a"]):
+        assert block["heldout_score"] == pytest.approx(np.mean(ratios), rel=1e-9)
+        score = block.get("score", block.get("generalization_score"))
+        assert block["calibrated_score"] == pytest.approx(score / np.mean(ratios), rel=1e-12)
+        assert block["verdict"] == memorization_verdict(block["memorized_fraction"], block["calibrated_score"])
+        assert block["generalizes"] == (block["verdict"] == "generalizes")
+        assert block["paper_threshold_generalizes"] == (score > 0.6)
+    for entry in study.results["sweeps"]["entries"]:
+        assert entry["verdict"] in ("memorizes", "partly memorizes", "generalizes")
 
 
 def test_strong_generalization_compares_samples_from_the_same_noise(study):

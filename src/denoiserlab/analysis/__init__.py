@@ -10,7 +10,9 @@ from denoiserlab.analysis.heatmaps import GradientHeatmaps, gradient_heatmaps, h
 from denoiserlab.analysis.linear_denoiser import LinearDenoiser
 from denoiserlab.analysis.linearity import linearity_score
 from denoiserlab.analysis.memorization import (
+    calibrated_score,
     generalization_score,
+    memorization_verdict,
     memorized_fraction,
     nearest_neighbour_distances,
     nearest_neighbour_ratio,
@@ -31,7 +33,7 @@ __all__ = [
     "linearity_score", "distill_linear", "LinearDenoiser", "weight_nmse", "singular_vector_alignment",
     "gaussian_linear_map", "weight_nmse_versus_samples", "score_approximation_error", "generalization_score",
     "nearest_neighbour_distances",
-    "nearest_neighbour_ratio", "memorized_fraction",
+    "nearest_neighbour_ratio", "memorized_fraction", "calibrated_score", "memorization_verdict",
     "per_sample_mse", "r_squared", "pearson_r", "pixel_cosine", "ssim", "feature_cosine", "mean_and_median",
     "gradient_heatmaps", "GradientHeatmaps", "heatmap_extent", "load_feature_model", "image_features",
     "feature_encoder",

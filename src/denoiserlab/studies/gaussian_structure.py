@@ -34,11 +34,16 @@ results.json keys ([L]: one value per grid sigma, high -> low; [A]: per swept al
     sampling: {<net>: {sigmas [L + 1] (ending in 0), nmse [L + 1] (network Euler vs Gaussian closed form, per
                state), nmse_gaussian_euler [L + 1] (Gaussian Euler vs its closed form), final_nmse}}
     generalization: {<net>: {score, k, nearest_distance_mean, memorized_fraction (nearest / second-nearest
-                    training-image distance < 1/3), generalizes (score > 0.6)}}
+                    training-image distance < 1/3), heldout_score (held-out images' score against the same
+                    training set), calibrated_score (score / heldout_score: 1 like new real images, 0 copies),
+                    verdict ("memorizes" | "partly memorizes" | "generalizes", from the copies and the calibrated
+                    score: analysis.memorization_verdict), generalizes (verdict == "generalizes"),
+                    paper_threshold_generalizes (the paper's CIFAR-10 rule, score > 0.6)}}
     strong_generalization: [{a, b, n_samples, pixel_cosine, nmse (|a - b|^2 / |b|^2), feature_cosine or null,
                              a_vs_gaussian_pixel_cosine, b_vs_gaussian_pixel_cosine, gaussians_pixel_cosine}]
     sweeps: {sigmas [S] (the sweep's grid points), entries: [{label, kind (n_train | width | kimg), value, path,
              n_train, n_parameters, generalization_score, nearest_distance_mean, memorized_fraction,
+             heldout_score, calibrated_score, verdict, generalizes, paper_threshold_generalizes,
              score_error_gaussian [S], score_error_optimal [S]}]}
     paper: the paper's reference numbers;  checks: {<net>: the paper's claims on our numbers}
     timings_s: {<stage>: seconds (computed now or when first computed), total};

@@ -26,7 +26,9 @@ from denoiserlab.analysis.distillation_noise import least_squares_with_halves, s
 from denoiserlab.analysis.linearity import mixing_weights, noisy_pairs, pair_nmse
 from denoiserlab.analysis.metrics import feature_cosine, rows_cosine
 from denoiserlab.analysis.noisy_inputs import denoise_in_batches
+from denoiserlab import data
 from denoiserlab.denoisers import GaussianDenoiser
+from denoiserlab.errors import DenoiserLabError
 from denoiserlab.diffusion import append_zero, sample_euler, sample_heun, standard_noise
 from denoiserlab.studies.gaussian_structure_config import (
     DistillationConfig,
@@ -165,6 +167,19 @@ def generalization_table(samples: Tensor, train: Tensor) -> dict:
              else torch.full((len(samples),), float("nan"), dtype=torch.float64))
     return {"score": generalization_score(samples, train.cpu()), "nearest_distance": distances,
             "nearest_index": indices, "nearest_ratio": ratio}
+
+
+def heldout_generalization_score(load_options: dict, train: Tensor, k: int) -> dict:
+    """The generalization score (eq. 14) of up to k held-out images of the same dataset against `train`: what a
+    perfect generalizer scores, the 1 of the calibrated scale (training images score 0). {"score", "n"}; score is
+    NaN when the dataset has no held-out split."""
+    options = {**data.held_out_options(load_options), "xflip": False}
+    try:
+        heldout = data.load(**options)
+    except DenoiserLabError:  # e.g. an image folder without a test/ subfolder
+        return {"score": float("nan"), "n": 0}
+    images = heldout.as_float(0, min(k, len(heldout)))
+    return {"score": generalization_score(images, train.cpu()), "n": len(images)}
 
 
 def samples_similarity(samples_a: Tensor, samples_b: Tensor, features: Callable | None) -> dict:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab import __version__
-from denoiserlab.analysis.memorization import MEMORIZED_RATIO
+from denoiserlab.analysis.memorization import MEMORIZED_RATIO, calibrated_score, memorization_verdict
 from denoiserlab.config import to_dict
 
 # Li et al. 2024 ("Understanding generalizability of diffusion models requires rethinking the hidden Gaussian
@@ -69,9 +69,19 @@ def network_results(study: dict, method: str) -> dict:
                      "final_nmse": float(trajectory["nmse"][-1])},
         "generalization": {"score": generalization["score"], "k": len(generalization["samples"]),
                            "nearest_distance_mean": float(generalization["nearest_distance"].mean()),
-                           "memorized_fraction": memorized_share(generalization),
-                           "generalizes": generalization["score"] > PAPER["generalization_score_threshold"]},
+                           **verdict_fields(generalization)},
     }
+
+
+def verdict_fields(generalization: dict) -> dict:
+    """memorized_fraction, heldout_score, calibrated_score (score / heldout_score), verdict and generalizes
+    (verdict == 'generalizes'), and paper_threshold_generalizes (the paper's CIFAR-10 rule, score > 0.6)."""
+    copies = memorized_share(generalization)
+    calibrated = calibrated_score(generalization["score"], generalization["heldout_score"])
+    verdict = memorization_verdict(copies, calibrated)
+    return {"memorized_fraction": copies, "heldout_score": generalization["heldout_score"],
+            "calibrated_score": calibrated, "verdict": verdict, "generalizes": verdict == "generalizes",
+            "paper_threshold_generalizes": generalization["score"] > PAPER["generalization_score_threshold"]}
 
 
 def paper_checks(block: dict, sigmas: Tensor) -> dict:
@@ -92,8 +102,8 @@ def paper_checks(block: dict, sigmas: Tensor) -> dict:
         "rmse_network_vs_linear_high_noise_max": (float(torch.as_tensor(block["score_error"]["linear"])[high].max())
                                                    if high.any() else None),
         "generalization_score": block["generalization"]["score"],
-        "generalizes": block["generalization"]["generalizes"],
-        "memorized_fraction": block["generalization"]["memorized_fraction"],
+        **{key: block["generalization"][key] for key in ("calibrated_score", "heldout_score", "verdict", "generalizes",
+                                                         "paper_threshold_generalizes", "memorized_fraction")},
     }
 
 
@@ -147,7 +157,7 @@ def sweep_row(entry, network, generalization: dict, errors: dict) -> dict:
             "path": entry.path, "n_train": len(network.data.images), "n_parameters": network.n_parameters,
             "generalization_score": generalization["score"],
             "nearest_distance_mean": float(generalization["nearest_distance"].mean()),
-            "memorized_fraction": memorized_share(generalization),
+            **verdict_fields(generalization),
             "score_error_gaussian": errors["gaussian"], "score_error_optimal": errors["optimal"]}
 
 

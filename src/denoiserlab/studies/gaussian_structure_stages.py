@@ -12,13 +12,14 @@ from torch import Tensor
 
 from denoiserlab.config import to_dict
 from denoiserlab.diffusion import standard_noise
-from denoiserlab.studies.cache import StageCache
+from denoiserlab.studies.cache import StageCache, key_hash
 from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
 from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork
 from denoiserlab.studies.gaussian_structure_measures import (
     distill_at_sigma,
     generalization_table,
     generate_samples,
+    heldout_generalization_score,
     linearity_per_sigma,
     score_errors_per_sigma,
     trajectory_comparison,
@@ -87,9 +88,17 @@ def stage_samples(ctx: GaussianStudyContext, name: str, network_key: dict, modul
 
 def stage_generalization(ctx: GaussianStudyContext, name: str, network_key: dict, module,
                          data: StudyData) -> dict:
-    """{"samples" [K, ...], "score" (eq. 14), "nearest_distance" [K], "nearest_index" [K], "nearest_ratio" [K]}
-    of one network."""
+    """{"samples" [K, ...], "score" (eq. 14), "nearest_distance" [K], "nearest_index" [K], "nearest_ratio" [K],
+    "heldout_score" (the score of held-out images against the same training set)} of one network."""
     samples = stage_samples(ctx, name, network_key, module, tuple(data.images.shape[1:]))
     key = {**ctx.key("generalization", network_key, data.key), "measures": "with-nearest-ratio"}
     table = ctx.cache.run(f"generalization-{name}", key, lambda: generalization_table(samples, data.images))
-    return {"samples": samples, **table}
+    return {"samples": samples, **table, "heldout_score": stage_heldout_score(ctx, data)}
+
+
+def stage_heldout_score(ctx: GaussianStudyContext, data: StudyData) -> float:
+    """The generalization score of held-out images of a training set's dataset (the calibrated scale's 1)."""
+    k = ctx.config.generalization.k
+    key = {"data": data.key, "k": k, "load_options": data.load_options}
+    return ctx.cache.run(f"heldout_score-{key_hash(key)}", key, lambda: heldout_generalization_score(
+        data.load_options, data.images, k))["score"]
