@@ -31,6 +31,7 @@ class GaussianDenoiser:
     biased (divide by N) empirical covariance. Computed once in float64 and cached on disk keyed by the data."""
 
     config_class = GaussianConfig
+    tunable = None  # no option to fit per sigma
 
     def __init__(self, train: Tensor | ImageSet, rank: int | None = None, xflip: bool = False,
                  cache: bool = True):
@@ -56,6 +57,11 @@ class GaussianDenoiser:
         gains = eigvals / (eigvals + sigma[:, None] ** 2)  # [B, r]
         out = mean + ((offset @ eigvecs) * gains) @ eigvecs.T
         return out.reshape(x.shape).to(x.dtype)
+
+    def linear_map(self, sigma: float) -> Tensor:
+        """The matrix A of D(x, sigma) = mu + A (x - mu): U diag(S / (S + sigma^2)) U^T, float64 [D, D] on CPU."""
+        gains = self.eigvals_ / (self.eigvals_ + float(sigma) ** 2)  # [r]
+        return (self.eigvecs_ * gains) @ self.eigvecs_.T
 
     def ode_trajectory(self, noise: Tensor, sigmas: Tensor) -> Tensor:
         """Closed-form PF-ODE states at `sigmas` from x = noise * sigmas[0] (see diffusion.gaussian_ode_trajectory)."""

@@ -26,6 +26,7 @@ class OptimalDenoiser:
     """
 
     config_class = OptimalConfig
+    tunable = None  # no option to fit per sigma
 
     def __init__(self, train: Tensor | ImageSet, xflip: bool = False, chunk_size: int | None = None):
         self.config = OptimalConfig(xflip=xflip)

@@ -37,7 +37,8 @@ class KernelUnavailable(RuntimeError):
     """The C kernel could not be built or loaded on this machine (no C compiler, ...)."""
 
 
-C_SOURCE = r"""
+# Shared by the C kernels (this one and `els_kernel.py`): the lane width, a vectorisable exp and window sums.
+C_COMMON = r"""
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -90,6 +91,9 @@ static void box_line(const float *in, float *out, int len, int s, long width, fl
     }
 }
 
+"""
+
+C_SOURCE = C_COMMON + r"""
 /* Per-pixel squared differences summed over channels: d[hw][l] = sum_c (z[c][hw] - x[c][hw][l])^2. */
 static void pixel_squared_differences(const float *z, const float *x, int C, int HW, float *d) {
     for (int p = 0; p < HW; p++) {
@@ -303,7 +307,7 @@ void pspc_pass2(const float *z, const float *xt, int B, int C, int H, int W, int
 }
 """
 
-_library: ctypes.CDLL | None = None
+_libraries: dict[str, ctypes.CDLL] = {}
 
 
 def kernel_cache_dir() -> Path:
@@ -312,36 +316,41 @@ def kernel_cache_dir() -> Path:
     return Path(base) / "denoiserlab" / "kernels"
 
 
-def _build(target: Path) -> None:
-    """Compile C_SOURCE into the shared library `target` (atomically, so parallel processes may race)."""
+def _build(target: Path, source: str, stem: str) -> None:
+    """Compile the C `source` into the shared library `target` (atomically, so parallel processes may race)."""
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise KernelUnavailable("no C compiler (gcc or cc) on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        source = Path(tmp) / "pspc.c"
-        source.write_text(C_SOURCE)
+        source_file = Path(tmp) / f"{stem}.c"
+        source_file.write_text(source)
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *COMPILE_FLAGS, str(source), "-o", str(built), "-lm"], capture_output=True,
-                                text=True)
+        result = subprocess.run([compiler, *COMPILE_FLAGS, str(source_file), "-o", str(built), "-lm"],
+                                capture_output=True, text=True)
         if result.returncode != 0:
-            raise KernelUnavailable(f"building the PSPC kernel failed: {result.stderr.strip()[:500]}")
+            raise KernelUnavailable(f"building the {stem} kernel failed: {result.stderr.strip()[:500]}")
         os.replace(built, target)
 
 
-def load_library() -> ctypes.CDLL:
-    """The compiled kernel, built on first use (keyed by source, flags and machine, since it uses -march=native)."""
-    global _library
-    if _library is None:
-        key = hashlib.sha256("\n".join([C_SOURCE, *COMPILE_FLAGS, platform.node(), platform.machine()]).encode())
-        target = kernel_cache_dir() / f"pspc_{key.hexdigest()[:16]}.so"
+def compiled_library(source: str, stem: str) -> ctypes.CDLL:
+    """The shared library built from the C `source`, built on first use into kernel_cache_dir() as <stem>_<key>.so
+    (keyed by source, flags and machine, since it uses -march=native) and loaded once per process."""
+    if stem not in _libraries:
+        key = hashlib.sha256("\n".join([source, *COMPILE_FLAGS, platform.node(), platform.machine()]).encode())
+        target = kernel_cache_dir() / f"{stem}_{key.hexdigest()[:16]}.so"
         if not target.exists():
-            _build(target)
+            _build(target, source, stem)
         try:
-            _library = ctypes.CDLL(str(target))
+            _libraries[stem] = ctypes.CDLL(str(target))
         except OSError as error:
-            raise KernelUnavailable(f"loading the PSPC kernel {target} failed: {error}") from None
-    return _library
+            raise KernelUnavailable(f"loading the {stem} kernel {target} failed: {error}") from None
+    return _libraries[stem]
+
+
+def load_library() -> ctypes.CDLL:
+    """The compiled PSPC kernel, built on first use."""
+    return compiled_library(C_SOURCE, "pspc")
 
 
 def training_lanes(images: Tensor, blocks_per_copy: int = 1024) -> Tensor:

@@ -28,6 +28,7 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
+from denoiserlab.denoisers.schedules import Tunable
 from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.errors import DenoiserLabError
@@ -65,6 +66,7 @@ class PSPCSquare:
     """PSPC-Square denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their patch size)."""
 
     config_class = PSPCSquareConfig
+    tunable = Tunable("patch_size", "patch_size", (1, 3, 5, 7, 9, 11, 15, 19, 23, 28, 32))  # clamped to the image
 
     def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], xflip: bool = False,
                  kernel: str = "auto", chunk_size: int | None = None):
@@ -106,15 +108,17 @@ class PSPCSquare:
         return numerators / windows_per_pixel(*x.shape[2:], size)
 
 
-def use_compiled_kernel(denoiser, device: torch.device, name: str) -> bool:
-    """Whether a call of `denoiser` (with config.kernel) goes to the C kernel: CPU only; "auto" falls back to eager,
-    with a warning, when the kernel cannot be built, and records kernel="eager" in the denoiser's config."""
+def use_compiled_kernel(denoiser, device: torch.device, name: str,
+                        load: Callable[[], object] = pspc_kernel.load_library) -> bool:
+    """Whether a call of `denoiser` (with config.kernel) goes to the C kernel that `load` builds: CPU only; "auto"
+    falls back to eager, with a warning, when the kernel cannot be built, and records kernel="eager" in the
+    denoiser's config."""
     if denoiser.config.kernel == "eager" or device.type != "cpu":
         if denoiser.config.kernel == "compiled":
             raise DenoiserLabError(f"kernel='compiled' runs on CPU only, got a tensor on {device}")
         return False
     try:
-        pspc_kernel.load_library()
+        load()
     except pspc_kernel.KernelUnavailable as error:
         if denoiser.config.kernel == "compiled":
             raise

@@ -1,10 +1,11 @@
-"""Schedules sigma -> patch size (PSPC-Square) or sigma -> threshold lambda (PSPC-Flex) over an EDM grid.
+"""Schedules sigma -> patch size (PSPC-Square, ELS, LS), sigma -> threshold (PSPC-Flex lambda, DataLocality) or
+sigma -> smoothing (CFDM) over an EDM grid, and the `Tunable` declaration of the option a study fits per sigma.
 
 A schedule is a list of values, one per point of the EDM grid `edm_sigmas(len(values), sigma_min, sigma_max, rho)`
 (high sigma -> low sigma); at any sigma it returns the value of the grid point nearest in sigma itself (not in
 log sigma), as the reference implementation does (plai-group/pspc: argmin |t_grid - t|); on an exact tie the
 higher-sigma point wins. The paper's CIFAR-10 lists (18-step grid) are built in. Files: TOML or JSON by suffix,
-with the keys kind ("patch_size" or "threshold"), values, sigma_min, sigma_max, rho.
+with the keys kind ("patch_size", "threshold" or "smoothing"), values, sigma_min, sigma_max, rho.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import tomllib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
+import torch
 import tomli_w
+from torch import Tensor
 
 from denoiserlab.diffusion.sigmas import edm_sigmas
 from denoiserlab.errors import DenoiserLabError
@@ -114,7 +117,50 @@ class ThresholdSchedule(GridSchedule):
         return cls(CIFAR10_THRESHOLDS)
 
 
-SCHEDULE_KINDS = {cls.kind: cls for cls in (PatchSchedule, ThresholdSchedule)}
+@dataclass(frozen=True)
+class SmoothingSchedule(GridSchedule):
+    """sigma -> CFDM smoothing scale (a number >= 0, in the units of x)."""
+
+    kind: ClassVar[str] = "smoothing"
+
+    @staticmethod
+    def check_value(value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise DenoiserLabError(f"smoothing values must be finite numbers >= 0, got {value!r}")
+        return float(value)
+
+
+SCHEDULE_KINDS = {cls.kind: cls for cls in (PatchSchedule, ThresholdSchedule, SmoothingSchedule)}
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """The option of a denoiser that a study fits per sigma (a class attribute `tunable` of the denoiser).
+
+    The option takes one value or a schedule sigma -> value; fitted values are stored as a schedule of `kind`.
+    """
+
+    name: str  # the tuned quantity; the constructor option of that name, except PSPC-Flex (masks made from it)
+    kind: str  # key of SCHEDULE_KINDS: the schedule class that holds fitted values
+    candidates: tuple  # default sweep, in sweep order
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULE_KINDS:
+            raise DenoiserLabError(f"kind must be one of {list(SCHEDULE_KINDS)}, got {self.kind!r}")
+        object.__setattr__(self, "candidates", tuple(SCHEDULE_KINDS[self.kind].check_value(v) for v in self.candidates))
+
+
+def value_at(option: object | Callable[[float], object], sigma: float) -> object:
+    """An option's value at noise level sigma: option(sigma) for a schedule, else the option itself."""
+    return option(sigma) if callable(option) else option
+
+
+def samples_by_value(values: list, device: torch.device | str = "cpu") -> list[tuple[object, Tensor]]:
+    """Group per-sample values: [(value, int64 indices of the samples with it)] in order of first appearance."""
+    groups: dict = {}
+    for index, value in enumerate(values):
+        groups.setdefault(value, []).append(index)
+    return [(value, torch.tensor(indices, device=device)) for value, indices in groups.items()]
 
 
 def read_schedule_file(path: str | Path) -> dict:
@@ -152,6 +198,8 @@ def load_schedule(name_or_path: str | Path, kind: str = "patch_size") -> GridSch
     if kind not in SCHEDULE_KINDS:
         raise DenoiserLabError(f"kind must be one of {list(SCHEDULE_KINDS)}, got {kind!r}")
     if str(name_or_path) == "cifar10":
+        if not hasattr(SCHEDULE_KINDS[kind], "cifar10"):
+            raise DenoiserLabError(f"there is no built-in cifar10 schedule of kind {kind!r}")
         return SCHEDULE_KINDS[kind].cifar10()
     table = read_schedule_file(name_or_path)
     if table["kind"] != kind:
