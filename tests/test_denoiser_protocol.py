@@ -13,7 +13,9 @@ def example_options(name: str) -> dict:
     """Options that make each registered denoiser buildable on IMAGE_SHAPE; a new entry must be added here."""
     all_pixels = torch.ones(1, *IMAGE_SHAPE[1:], dtype=torch.bool)
     options = {"optimal": {}, "gaussian": {"rank": 10}, "pspc_square": {"patch_size": 3},
-               "pspc_flex": {"masks": all_pixels}}
+               "pspc_flex": {"masks": all_pixels}, "cfdm": {"n_noise": 3}, "els": {"patch_size": 3},
+               "ls": {"patch_size": 3}, "data_locality": {}, "knn": {"k": 4, "n_random": 4},
+               "gaussian_mixture": {"components": 2}}
     assert name in options, f"add example options for the new registry entry {name!r}"
     return options[name]
 

@@ -1,0 +1,133 @@
+"""Locality from data statistics (Lukoianov, Yuan, Solomon & Sitzmann, "Locality in Image Diffusion Models Emerges
+from Data Statistics", NeurIPS 2025).
+
+The linear map of the Gaussian (Wiener) denoiser, A_sigma = U diag(lambda / (lambda + sigma^2)) U^T from the biased
+covariance of the training set, says which input coordinates each output coordinate listens to. Thresholding each
+row gives the mask M[m, n] = |A[m, n]| >= threshold * max_n' |A[m, n']| (M[m, m] always true), and output
+coordinate m (over C*H*W) is the posterior mean of coordinate m under the masked logits
+-sum_n M[m, n] (x_n - x_{i,n})^2 / (2 sigma^2): an exact softmax over the whole training set (the authors' code
+averages per-chunk softmaxes instead, so its answer depends on the chunk size). threshold = 0 is the optimal denoiser.
+
+Fast path: with d_i = (x - x_i)^2 the per-coordinate squared differences, all masked distances of a chunk of
+training images are one GEMM d @ M^T (sums of non-negative terms: no cancellation), streamed over the training set
+with a running log-sum-exp per (query, output coordinate). The work is in float64 for float64 queries, else float32
+(like PSPC-Flex); normalisers and sums are float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.gaussian import GaussianDenoiser
+from denoiserlab.denoisers.schedules import Tunable, samples_by_value, value_at
+from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+
+MASK_CACHE_SIZE = 64  # masks kept per denoiser, keyed by (sigma, threshold); a sampler reuses one sigma grid
+
+
+@dataclass(frozen=True)
+class DataLocalityConfig:
+    threshold: float | Callable[[float], float] = 0.05  # relative threshold on |A| per row in [0, 1], or sigma -> it
+    xflip: bool = False  # also use the horizontal flip of every training image (in the covariance too)
+    chunk_size: int | None = None  # training images per chunk (None: about 32 MiB of [B, n, D] logits)
+    cache: bool = True  # cache the eigendecomposition on disk (see gaussian.cache_dir)
+
+    def __post_init__(self):
+        if not callable(self.threshold):
+            check_threshold(self.threshold)
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+def check_threshold(threshold: object) -> float:
+    """A mask threshold must be a number in [0, 1]; returns it as a float."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise DenoiserLabError(f"threshold must be a number in [0, 1] or a schedule sigma -> number, got {threshold!r}")
+    return float(threshold)
+
+
+class DataLocality:
+    """Data-statistics locality denoiser D(x, sigma); sigma may differ per sample (grouped by sigma)."""
+
+    config_class = DataLocalityConfig
+    tunable = Tunable("threshold", "threshold", (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
+
+    def __init__(self, train: Tensor | ImageSet, threshold: float | Callable[[float], float] = 0.05, xflip: bool = False,
+                 chunk_size: int | None = None, cache: bool = True):
+        self.config = DataLocalityConfig(threshold=threshold, xflip=xflip, chunk_size=chunk_size, cache=cache)
+        images = training_images(train, xflip)
+        self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
+        self.gaussian_ = GaussianDenoiser(images, cache=cache)  # its linear map A_sigma gives the masks
+        self.train_flat_ = images.reshape(images.shape[0], -1)  # [N, D] float32
+        self.masks_ = {}  # (sigma, threshold) -> bool [D, D], filled on use
+        self._device_copies = DeviceCopies(self.train_flat_)
+
+    def threshold_at(self, sigma: float) -> float:
+        """The mask threshold used at noise level sigma."""
+        return check_threshold(value_at(self.config.threshold, sigma))
+
+    def mask(self, sigma: float) -> Tensor:
+        """M[m, n] = |A[m, n]| >= threshold * max_n' |A[m, n']|, diagonal true: bool [D, D] on CPU (cached)."""
+        key = (float(sigma), self.threshold_at(sigma))
+        if key not in self.masks_:
+            if len(self.masks_) >= MASK_CACHE_SIZE:
+                self.masks_.pop(next(iter(self.masks_)))
+            self.masks_[key] = threshold_mask(self.gaussian_.linear_map(key[0]), key[1])
+        return self.masks_[key]
+
+    def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """x: [B, C, H, W]; sigma: float or [B]; returns the estimate of x0 with x's shape, dtype and device."""
+        check_images(x)
+        check_same_image_shape(x, self.image_shape_)
+        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        (train_flat,) = self._device_copies.on(x.device)
+        out = torch.empty_like(x)
+        for value, group in samples_by_value(sigma.tolist(), x.device):
+            mean = masked_posterior_mean(x[group].flatten(1), sigma[group], train_flat, self.mask(value).to(x.device),
+                                         self.config.chunk_size)
+            out[group] = mean.reshape(out[group].shape).to(x.dtype)
+        return out
+
+
+def threshold_mask(linear_map: Tensor, threshold: float) -> Tensor:
+    """Rows of |A| kept where they reach threshold * their row max, with the diagonal: [D, D] float -> bool [D, D]."""
+    magnitude = linear_map.abs()
+    mask = magnitude >= threshold * magnitude.amax(1, keepdim=True)
+    return mask.fill_diagonal_(True)
+
+
+def default_chunk(batch: int, dim: int, itemsize: int, bytes_per_chunk: int = 1 << 25) -> int:
+    """Training images per chunk so that a [B, n, D] intermediate is about `bytes_per_chunk`."""
+    return max(1, bytes_per_chunk // (itemsize * batch * dim))
+
+
+def masked_posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, mask: Tensor,
+                          chunk_size: int | None = None) -> Tensor:
+    """Per output coordinate m, sum_i softmax_i(-sum_n M[m, n] (q_n - x_{i,n})^2 / (2 sigma^2)) x_{i,m}.
+
+    queries: [B, D]; sigma: float64 [B]; train_flat: [N, D]; mask: bool [D, D]. Returns float64 [B, D].
+    """
+    work = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    queries, mask_t = queries.to(work), mask.to(work).T  # mask_t[n, m] = M[m, n]
+    inv_two_var = (1.0 / (2.0 * sigma**2)).to(work)[:, None, None]  # [B, 1, 1]
+    chunk_size = chunk_size or default_chunk(*queries.shape, queries.element_size())
+    running_max = torch.full(queries.shape, -torch.inf, dtype=torch.float64, device=queries.device)  # [B, D]
+    normaliser = torch.zeros_like(running_max)
+    numerator = torch.zeros_like(running_max)
+    for start in range(0, train_flat.shape[0], chunk_size):
+        chunk = train_flat[start : start + chunk_size].to(work)  # [n, D]
+        logits = -((queries[:, None] - chunk).square() @ mask_t) * inv_two_var  # [B, n, D]
+        new_max = torch.maximum(running_max, logits.amax(1).double())
+        rescale = torch.exp(running_max - new_max)  # [B, D]
+        weights = torch.exp(logits - new_max[:, None].to(work))  # [B, n, D], in (0, 1]
+        normaliser = normaliser * rescale + weights.sum(1, dtype=torch.float64)
+        numerator = numerator * rescale + (weights * chunk).sum(1, dtype=torch.float64)
+        running_max = new_max
+    return numerator / normaliser

@@ -1,0 +1,155 @@
+"""Nearest-neighbour estimator of the optimal denoiser (Niedoba et al., "Nearest Neighbour Score Estimators for
+Diffusion Generative Models", ICML 2024): importance sampling over the nearest training images plus random others.
+
+The posterior weights over the N training images are softmax_i(-|x - x_i|^2 / (2 sigma^2)). The estimator keeps the
+k nearest images with weight 1 and represents the other N - k by n_random of them drawn uniformly without
+replacement, each weighted (N - k) / n_random (their inverse inclusion probability): a self-normalised
+importance-sampling estimate of the posterior mean. With k + n_random >= N every image enters with weight 1, and
+the estimate is the optimal denoiser exactly.
+
+The random images of a query are the first n_random entries of one seeded permutation of the training set (drawn at
+construction) that are not among its neighbours: a uniform draw from the rest, and D stays a deterministic function
+of (x, sigma), the same for a sample alone or in a batch. Neighbours come from an exact float64 search streamed over
+the training set (`index="exact"`) or a faiss flat L2 index (`index="faiss"`, float32; optional package faiss-cpu).
+The weights use float64 distances recomputed as sums of squared differences, so they stay exact at sigma = 0.002.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.distances import chunked_squared_distances, squared_norms
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+
+INDEXES = ("exact", "faiss")
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    k: int = 256  # nearest training images kept exactly (k >= N: all of them, the optimal denoiser)
+    n_random: int = 256  # images drawn uniformly from the rest, each weighted (N - k) / n_random
+    seed: int = 0  # seed of the permutation the random images are taken from
+    index: str = "exact"  # neighbour search: "exact" (float64, streamed) or "faiss" (flat L2 index, float32)
+    xflip: bool = False  # also use the horizontal flip of every training image
+    chunk_size: int | None = None  # training images per chunk of the exact search (None: about 32 MiB)
+
+    def __post_init__(self):
+        for name in ("k", "n_random", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
+                raise DenoiserLabError(f"{name} must be an int{'' if name == 'seed' else ' >= 0'}, got {value!r}")
+        if self.k + self.n_random < 1:
+            raise DenoiserLabError(f"k + n_random must be >= 1, got k={self.k}, n_random={self.n_random}")
+        if self.index not in INDEXES:
+            raise DenoiserLabError(f"index must be one of {INDEXES}, got {self.index!r}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+class KNNDenoiser:
+    """Nearest-neighbour importance-sampling estimate of E[x0 | x] over the training set."""
+
+    config_class = KNNConfig
+    tunable = None  # k and n_random trade cost for accuracy; they are not fitted per sigma
+
+    def __init__(self, train: Tensor | ImageSet, k: int = 256, n_random: int = 256, seed: int = 0,
+                 index: str = "exact", xflip: bool = False, chunk_size: int | None = None):
+        self.config = KNNConfig(k=k, n_random=n_random, seed=seed, index=index, xflip=xflip, chunk_size=chunk_size)
+        images = training_images(train, xflip)
+        n_images = images.shape[0]
+        self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
+        self.n_nearest_ = min(k, n_images)  # neighbours kept exactly
+        self.n_random_ = min(n_random, n_images - self.n_nearest_)  # random others (all of the rest if fewer)
+        self.train_flat_ = images.reshape(n_images, -1)  # [N, D] float32 (half the memory of float64 at N = 10^6)
+        self.train_norms_ = squared_norms(self.train_flat_)  # [N] float64
+        self.order_ = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))  # [N]
+        self.index_ = faiss_flat_index(self.train_flat_) if index == "faiss" else None
+        self._device_copies = DeviceCopies(self.train_flat_, self.train_norms_, self.order_)
+
+    def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """x: [B, C, H, W]; sigma: float or [B]; returns the estimate of E[x0 | x], shape/dtype/device of x."""
+        check_images(x)
+        check_same_image_shape(x, self.image_shape_)
+        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        train_flat, _, _ = self._device_copies.on(x.device)
+        queries = x.reshape(x.shape[0], -1).double()  # [B, D]
+        chosen, log_weights = self.chosen_images(queries)
+        rows = train_flat[chosen].double()  # [B, M, D]
+        logits = -(queries[:, None] - rows).square().sum(2) / (2 * sigma[:, None] ** 2) + log_weights  # [B, M]
+        mean = torch.einsum("bm,bmd->bd", logits.softmax(1), rows)
+        return mean.reshape(x.shape).to(x.dtype)
+
+    def chosen_images(self, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """Indices [B, k + n_random] of the neighbours then the random others, and their log importance weights
+        float64 [k + n_random] (0 for neighbours, log((N - k) / n_random) for the others). queries: float64 [B, D]."""
+        train_flat, train_norms, order = self._device_copies.on(queries.device)
+        if self.n_nearest_ == 0:
+            neighbours = torch.zeros(queries.shape[0], 0, dtype=torch.int64, device=queries.device)
+        elif self.index_ is not None:
+            neighbours = faiss_search(self.index_, queries, self.n_nearest_)
+        else:
+            neighbours = nearest_indices(queries, train_flat, train_norms, self.n_nearest_, self.config.chunk_size)
+        others = random_others(order, neighbours, self.n_random_)
+        n_rest = train_flat.shape[0] - self.n_nearest_
+        log_weights = torch.zeros(self.n_nearest_ + self.n_random_, dtype=torch.float64, device=queries.device)
+        if self.n_random_:
+            log_weights[self.n_nearest_ :] = math.log(n_rest / self.n_random_)
+        return torch.cat([neighbours, others], 1), log_weights
+
+
+def nearest_indices(queries: Tensor, train_flat: Tensor, train_norms: Tensor, k: int,
+                    chunk_size: int | None = None) -> Tensor:
+    """Indices int64 [B, k] of the k nearest training rows of each query (float64 distances, streamed; any order).
+
+    queries: [B, D]; train_flat: [N, D]; train_norms: [N] float64 (`squared_norms`).
+    """
+    best_distances = torch.empty(queries.shape[0], 0, dtype=torch.float64, device=queries.device)
+    best_indices = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=queries.device)
+    for start, chunk, distances in chunked_squared_distances(queries, train_flat, train_norms, chunk_size):
+        indices = torch.arange(start, start + chunk.shape[0], device=queries.device).expand_as(distances)
+        merged_distances = torch.cat([best_distances, distances], 1)  # [B, <= k + n]
+        merged_indices = torch.cat([best_indices, indices], 1)
+        best_distances, keep = merged_distances.topk(min(k, merged_distances.shape[1]), dim=1, largest=False)
+        best_indices = merged_indices.gather(1, keep)
+    return best_indices
+
+
+def random_others(order: Tensor, neighbours: Tensor, n_random: int) -> Tensor:
+    """Per query, the first n_random entries of `order` ([N], a permutation) not among its neighbours [B, k]: [B, r].
+
+    The first n_random + k entries always hold n_random non-neighbours, so only those are looked at.
+    """
+    batch = neighbours.shape[0]
+    if n_random == 0:
+        return torch.zeros(batch, 0, dtype=torch.int64, device=order.device)
+    candidates = order[: n_random + neighbours.shape[1]]  # [M]
+    is_neighbour = torch.zeros(batch, order.shape[0], dtype=torch.bool, device=order.device)
+    is_neighbour.scatter_(1, neighbours, True)
+    free = ~is_neighbour[:, candidates]  # [B, M]
+    keep = free & (free.cumsum(1) <= n_random)  # exactly n_random per row
+    return candidates.expand(batch, -1)[keep].reshape(batch, n_random)
+
+
+def faiss_flat_index(train_flat: Tensor):
+    """A faiss IndexFlatL2 over the training rows [N, D] (float32, CPU); needs the optional package faiss-cpu."""
+    try:
+        import faiss
+    except ImportError:
+        raise DenoiserLabError("index='faiss' needs the optional package faiss-cpu, which is not installed "
+                               "(pip install faiss-cpu, or the extra denoiserlab[faiss]); use index='exact'") from None
+    index = faiss.IndexFlatL2(train_flat.shape[1])
+    index.add(train_flat.float().contiguous().numpy())
+    return index
+
+
+def faiss_search(index, queries: Tensor, k: int) -> Tensor:
+    """Indices int64 [B, k] of the k nearest rows in a faiss index, on the queries' device."""
+    _, found = index.search(queries.float().cpu().contiguous().numpy(), k)
+    return torch.from_numpy(found).to(device=queries.device, dtype=torch.int64)

@@ -1,0 +1,235 @@
+"""Shared machinery of the local score machines ELS and LS (Kamb & Ganguli, "An analytic theory of creativity in
+convolutional diffusion models", ICML 2025).
+
+Output pixel (y, x) is the posterior mean of the centre pixel of candidate P x P windows (all channels) of the
+training images, given the query's P x P window around (y, x): weights softmax(-|q_window - c_window|^2 / (2 sigma^2))
+over the candidates of that pixel. The machines differ in their candidates, which factor over the two axes: along an
+axis, output coordinate y takes the candidate coordinates y + offset for the offsets whose output range holds y
+(`AxisCandidates`). Windows read the images through index maps, so zero padding (-1) and circular padding (mod L)
+are the same code.
+
+Fast and exact: for one offset pair (dy, dx), the window distances of every output pixel are P x P window sums of
+the per-pixel squared differences e[u][v] = sum_c (q[c][u][v] - x[c][u + dy][v + dx])^2 (`box_filter.box_sums`,
+sums of non-negative terms: no cancellation), so a distance costs O(1) for any P, and each candidate costs one exp.
+The eager PyTorch path below (any device; float64 work for float64 queries, else float32; float64 sums) is the
+readable reference; on CPU the default is the fused C kernel (`els_kernel.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers import els_kernel, pspc_kernel
+from denoiserlab.denoisers.box_filter import box_sums
+from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
+from denoiserlab.denoisers.schedules import samples_by_value, value_at
+from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+
+
+@dataclass(frozen=True)
+class AxisCandidates:
+    """The candidate coordinates of every output coordinate along one image axis of length L, window radius r.
+
+    Output coordinate y takes the candidate coordinate y + offsets[j] (mod L when circular) for every j with
+    first[j] <= y <= last[j]. Padded coordinate u = 0 .. L + 2r - 1 stands for image coordinate u - r, so the window
+    of output y covers u = y .. y + 2r.
+    """
+
+    length: int  # L, pixels along the axis
+    radius: int  # r = P // 2
+    circular: bool  # wrap around (circular padding) instead of zero padding
+    offsets: tuple[int, ...]  # candidate coordinate minus output coordinate
+    first: tuple[int, ...]  # per offset, the first output coordinate that takes it
+    last: tuple[int, ...]  # per offset, the last output coordinate that takes it (inclusive)
+
+    def source(self, offset: int) -> Tensor:
+        """Image coordinate read at each padded coordinate of an image shifted by `offset`: int64 [L + 2r], -1 = zero."""
+        coordinates = torch.arange(self.length + 2 * self.radius) - self.radius + offset
+        if self.circular:
+            return coordinates % self.length
+        return torch.where((coordinates >= 0) & (coordinates < self.length), coordinates, -1)
+
+    def arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """int32 (first [n], last [n], sources [n, L + 2r], query source [L + 2r]) for the C kernel."""
+        sources = torch.stack([self.source(offset) for offset in self.offsets])
+        as_int32 = lambda values: torch.as_tensor(values, dtype=torch.int32).contiguous()  # noqa: E731
+        return as_int32(self.first), as_int32(self.last), as_int32(sources), as_int32(self.source(0))
+
+
+def circular_axis(length: int, radius: int) -> AxisCandidates:
+    """Every output coordinate takes every coordinate (offsets 0 .. L - 1, wrapping around)."""
+    return AxisCandidates(length, radius, True, tuple(range(length)), (0,) * length, (length - 1,) * length)
+
+
+def co_located_axis(length: int, radius: int) -> AxisCandidates:
+    """Every output coordinate takes only its own coordinate (zero padding)."""
+    return AxisCandidates(length, radius, False, (0,), (0,), (length - 1,))
+
+
+def zero_padded_axis(length: int, radius: int) -> AxisCandidates:
+    """ELS with zero padding: a coordinate within r of an edge takes only itself, an interior one (r .. L - r - 1)
+    every interior coordinate."""
+    offsets, first, last = [0], [0], [length - 1]  # offset 0: edge coordinates and every interior one
+    interior = length - 2 * radius  # number of interior coordinates
+    for offset in range(-(interior - 1), interior):
+        low, high = max(radius, radius - offset), min(length - radius - 1, length - radius - 1 - offset)
+        if offset != 0 and low <= high:
+            offsets.append(offset)
+            first.append(low)
+            last.append(high)
+    return AxisCandidates(length, radius, False, tuple(offsets), tuple(first), tuple(last))
+
+
+def check_odd_patch_size(patch_size: object) -> int:
+    """A local score machine's patch size must be an odd int >= 1; returns it."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % 2 == 0:
+        raise DenoiserLabError(f"patch size must be an odd int >= 1 or a schedule sigma -> odd int, got {patch_size!r}")
+    return patch_size
+
+
+def check_local_options(patch_size: object, kernel: str, chunk_size: int | None) -> None:
+    """The options ELS and LS share (called from their configs' __post_init__)."""
+    if not callable(patch_size):
+        check_odd_patch_size(patch_size)
+    if kernel not in KERNELS:
+        raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise DenoiserLabError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+class LocalScoreMachine:
+    """Base of ELS and LS: patch sizes per sigma, kernel choice, and the posterior over the candidates that the
+    subclass's `axes(size)` defines. Subclasses set `name` and `config` (with patch_size, kernel, chunk_size)."""
+
+    name = "local score machine"
+
+    def __init__(self, train: Tensor | ImageSet, xflip: bool):
+        self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
+        self.image_shape_ = tuple(self.images_.shape[1:])
+        self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+        self.axes_ = {}  # patch size -> (row AxisCandidates, column AxisCandidates), built on use
+        self._device_copies = DeviceCopies(self.images_)
+
+    def axes(self, size: int) -> tuple[AxisCandidates, AxisCandidates]:
+        """The candidates along the rows and the columns for patch size `size`."""
+        raise NotImplementedError
+
+    def largest_useful_size(self) -> int | None:
+        """A patch size beyond which the output no longer changes (sizes are clamped to it), or None."""
+        return None
+
+    def patch_size_at(self, sigma: float) -> int:
+        """The (odd) window side used at noise level sigma."""
+        size = check_odd_patch_size(value_at(self.config.patch_size, sigma))
+        largest = self.largest_useful_size()
+        return size if largest is None else min(size, largest)
+
+    def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """x: [B, C, H, W]; sigma: float or [B]; returns the estimate of x0 with x's shape, dtype and device."""
+        check_images(x)
+        check_same_image_shape(x, self.image_shape_)
+        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        out = torch.empty_like(x)
+        for size, group in samples_by_value([self.patch_size_at(s) for s in sigma.tolist()], x.device):
+            out[group] = self.posterior(x[group], sigma[group], size).to(x.dtype)
+        return out
+
+    def posterior(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
+        """Posterior means for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W].
+
+        kernel="auto" takes the C kernel for float32 queries on CPU and the eager path (float64 work) for float64.
+        """
+        if size not in self.axes_:
+            self.axes_[size] = self.axes(size)
+        rows, cols = self.axes_[size]
+        auto_float64 = self.config.kernel == "auto" and x.dtype == torch.float64
+        if auto_float64 or not use_compiled_kernel(self, x.device, self.name, els_kernel.load_library):
+            (images,) = self._device_copies.on(x.device)
+            return local_posterior(x, sigma, images, size, rows, cols, self.config.chunk_size)
+        if self.lanes_ is None:
+            self.lanes_ = pspc_kernel.training_lanes(self.images_)
+        return els_kernel.local_posterior_compiled(x, self.lanes_, self.images_.shape[0], sigma, size, rows.arrays(),
+                                                   cols.arrays(), torch.get_num_threads())
+
+
+def gather_padded(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """images [n, C, H, W] read at row indices [h] and column indices [w] (-1: zero): [n, C, h, w]."""
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (0, 1, 0, 1))  # index H (W) is a zero row (column)
+    rows = torch.where(rows < 0, height, rows).to(images.device)
+    cols = torch.where(cols < 0, width, cols).to(images.device)
+    return padded[:, :, rows[:, None], cols[None, :]]
+
+
+def default_local_chunk(batch: int, padded_shape: tuple[int, ...], itemsize: int, bytes_per_chunk: int = 1 << 25) -> int:
+    """Training images per chunk so that a [B, n, C, H + 2r, W + 2r] intermediate is about `bytes_per_chunk`."""
+    per_image = itemsize * batch * padded_shape[0] * padded_shape[1] * padded_shape[2]
+    return max(1, bytes_per_chunk // per_image)
+
+
+@dataclass
+class RunningPosterior:
+    """Running softmax sums per query pixel, float64: max logit m [B, H, W], sum of exp(l - m) [B, H, W] and the
+    numerator sum of exp(l - m) * centre pixel [B, C, H, W]."""
+
+    max: Tensor
+    total: Tensor
+    numerator: Tensor
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...], device: torch.device) -> "RunningPosterior":
+        batch, channels, height, width = shape
+        return cls(torch.full((batch, height, width), -torch.inf, dtype=torch.float64, device=device),
+                   torch.zeros(batch, height, width, dtype=torch.float64, device=device),
+                   torch.zeros(shape, dtype=torch.float64, device=device))
+
+    def add(self, rows: slice, cols: slice, logits: Tensor, centres: Tensor) -> None:
+        """Fold candidates into the pixels [rows, cols]. logits: [B, n, h, w]; centres: [n, C, h, w]."""
+        old_max = self.max[:, rows, cols]
+        new_max = torch.maximum(old_max, logits.amax(1).double())  # [B, h, w]
+        rescale = torch.exp(old_max - new_max)
+        weights = torch.exp(logits - new_max[:, None].to(logits.dtype))  # [B, n, h, w], in (0, 1]
+        self.total[:, rows, cols] = self.total[:, rows, cols] * rescale + weights.sum(1, dtype=torch.float64)
+        weighted = torch.einsum("bnhw,nchw->bchw", weights, centres).double()  # [B, C, h, w]
+        self.numerator[:, :, rows, cols] = self.numerator[:, :, rows, cols] * rescale[:, None] + weighted
+        self.max[:, rows, cols] = new_max
+
+    def mean(self) -> Tensor:
+        return self.numerator / self.total[:, None]
+
+
+def local_posterior(x: Tensor, sigma: Tensor, train: Tensor, size: int, rows: AxisCandidates, cols: AxisCandidates,
+                    chunk_size: int | None = None) -> Tensor:
+    """Eager local score machine. x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W]; returns float64 [B, C, H, W].
+
+    One streaming pass over chunks of the training set; per chunk and offset pair, the window distances of the
+    outputs that take that offset pair, and their running softmax (`RunningPosterior`).
+    """
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    radius = size // 2
+    queries = gather_padded(x.to(work), rows.source(0), cols.source(0))  # [B, C, H + 2r, W + 2r]
+    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).to(work)[:, None, None, None]  # [B, 1, 1, 1]
+    chunk_size = chunk_size or default_local_chunk(x.shape[0], tuple(queries.shape[1:]), queries.element_size())
+    state = RunningPosterior.empty(tuple(x.shape), x.device)
+    for start in range(0, train.shape[0], chunk_size):
+        chunk = train[start : start + chunk_size].to(work)
+        for row_offset, row_first, row_last in zip(rows.offsets, rows.first, rows.last):
+            row_sources = rows.source(row_offset)[row_first : row_last + 2 * radius + 1]
+            for col_offset, col_first, col_last in zip(cols.offsets, cols.first, cols.last):
+                col_sources = cols.source(col_offset)[col_first : col_last + 2 * radius + 1]
+                candidates = gather_padded(chunk, row_sources, col_sources)  # [n, C, h + 2r, w + 2r]
+                window = queries[:, :, row_first : row_last + 2 * radius + 1, col_first : col_last + 2 * radius + 1]
+                pixel_distances = (window[:, None] - candidates[None]).square().sum(2)  # [B, n, h + 2r, w + 2r]
+                logits = -box_sums(pixel_distances, size) * inv_two_var  # [B, n, h, w]
+                centres = candidates[:, :, radius : radius + row_last - row_first + 1,
+                                     radius : radius + col_last - col_first + 1]
+                state.add(slice(row_first, row_last + 1), slice(col_first, col_last + 1), logits, centres)
+    return state.mean()
