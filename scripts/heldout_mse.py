@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="held-out test images (and forward pairs per sigma)")
     parser.add_argument("--steps", type=int, default=18, help="EDM grid size")
     parser.add_argument("--json", help="write every number to this JSON file")
+    parser.add_argument("--curve", action="store_true",
+                        help="one line of ratios per network (a learning curve over a run's checkpoints)")
     args = parser.parse_args()
     sigmas = edm_sigmas(args.steps)
     report, shared = {}, {}
@@ -63,7 +65,10 @@ def main() -> None:
                         "ratio": ratio.tolist(), "forward_mse_to_optimal": forward.tolist(),
                         "worst_ratio": ratio.max().item(), "worst_ratio_sigma": sigmas[ratio.argmax()].item(),
                         "forward_end_over_peak": (forward[0] / forward.max()).item()}
-        print_table(spec, sigmas, errors, ratio, forward)
+        if args.curve:
+            print_curve_row(spec, sigmas, ratio, forward, header=len(report) == 1)
+        else:
+            print_table(spec, sigmas, errors, ratio, forward)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(report, file, indent=1)
@@ -77,6 +82,14 @@ def print_table(spec, sigmas, errors, ratio, forward) -> None:
               f"{errors['gaussian'][level]:9.5f} {ratio[level]:7.3f} {forward[level]:9.5f}")
     print(f"worst ratio {ratio.max():.3f} at sigma {sigmas[ratio.argmax()]:.3f} (target <= 1.02); forward MSE at "
           f"sigma {sigmas[0]:.0f} / peak = {forward[0] / forward.max():.3f} (target <= 0.1)", flush=True)
+
+
+def print_curve_row(spec, sigmas, ratio, forward, header: bool) -> None:
+    if header:
+        print("ratio network / min(optimal, gaussian) per sigma; worst; forward end / peak")
+        print(f"{'network':<40s}" + "".join(f"{s:7.3g}" for s in sigmas.tolist()) + "  worst  f_end/pk")
+    print(f"{spec[-40:]:<40s}" + "".join(f"{r:7.3f}" for r in ratio.tolist())
+          + f" {ratio.max():6.3f} {forward[0] / forward.max():7.3f}", flush=True)
 
 
 if __name__ == "__main__":

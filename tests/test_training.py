@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from denoiserlab.cli import train as train_cli
+from denoiserlab.denoisers import OptimalDenoiser
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load_checkpoint
 from denoiserlab.networks.ema import ema_beta, update_ema
@@ -61,7 +62,7 @@ def test_sigma_distribution_without_mixture_is_edms_stream():
 
 @pytest.mark.parametrize("options", [dict(sigma_loguniform_fraction=1.5), dict(sigma_loguniform_fraction=-0.1),
                                      dict(sigma_min=0.0), dict(sigma_min=5.0, sigma_max=1.0),
-                                     dict(sigma_max=math.inf), dict(kimg=math.inf), dict(lr_decay_kimg=-1.0)])
+                                     dict(sigma_max=math.inf), dict(kimg=math.inf), dict(lr_decay_kimg=-1.0), dict(target="mean")])
 def test_bad_sigma_and_schedule_options_are_refused(options):
     with pytest.raises(DenoiserLabError):
         TrainConfig(out="x", **options)
@@ -106,6 +107,30 @@ def test_edm_loss_matches_a_per_sample_loop():
         assert math.isclose(float(loss[i]), (s * s + 0.25) / (s * 0.5) ** 2 * error, rel_tol=1e-5)
 
 
+def test_posterior_target_is_the_softmax_mean_of_the_training_set():
+    """target='posterior' regresses on E[x0 | x_t] = sum_i softmax_i(-|x_t - x_i|^2 / 2 sigma^2) x_i (a float64 loop
+    here); sigma and eps are drawn exactly as with x0 targets."""
+    train = torch.rand(6, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    x0 = train[[0, 3, 5, 1]]
+
+    def den(x, sigma):
+        return x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+
+    loss = edm_loss(den, x0, torch.Generator().manual_seed(7), posterior_mean=OptimalDenoiser(train))
+    generator = torch.Generator().manual_seed(7)
+    sigmas = (torch.randn(4, generator=generator) * 1.2 - 1.2).exp()
+    eps = torch.randn(x0.shape, generator=generator)
+    for i in range(4):
+        s = float(sigmas[i])
+        x = x0[i] + s * eps[i].double()
+        logits = [-((x - image) ** 2).sum().item() / (2 * s * s) for image in train]
+        top = max(logits)
+        weights = [math.exp(v - top) for v in logits]
+        target = sum(w * image for w, image in zip(weights, train)) / sum(weights)
+        error = ((x / (1 + s * s) - target) ** 2).mean().item()
+        assert math.isclose(float(loss[i]), (s * s + 0.25) / (s * 0.5) ** 2 * error, rel_tol=1e-5, abs_tol=1e-9)
+
+
 def test_learning_rate_warm_up_and_ema_half_life():
     config = TrainConfig(out="x", lr=1e-3, lr_rampup_kimg=10.0)
     assert learning_rate(config, 5000) == pytest.approx(5e-4) and learning_rate(config, 20000) == 1e-3
@@ -120,6 +145,20 @@ def test_update_ema_by_hand():
     update_ema(ema, model, 0.9)
     for value, wanted in zip(ema.parameters(), expected):
         torch.testing.assert_close(value.detach(), wanted)
+
+
+def test_posterior_target_run_trains_and_resumes(tmp_path):
+    """A short run with target='posterior' and the sigma mixture writes its checkpoints; a rerun to more kimg
+    resumes it (an option added later counts as its default in older run folders)."""
+    options = dict(TINY_RUN, target="posterior", sigma_loguniform_fraction=0.5)
+    run_training(TrainConfig(out=str(tmp_path / "p"), kimg=0.032, **options), progress=False)
+    saved_path = tmp_path / "p" / "training_config.json"
+    older = {key: value for key, value in json.loads(saved_path.read_text()).items() if key != "lr_decay_kimg"}
+    saved_path.write_text(json.dumps(older))  # as written before the option existed
+    network = run_training(TrainConfig(out=str(tmp_path / "p"), kimg=0.064, **options), progress=False)
+    assert network.name == "network-000000" and (tmp_path / "p" / "loss.csv").is_file()
+    saved = json.loads((tmp_path / "p" / "training_config.json").read_text())
+    assert saved["target"] == "posterior" and saved["sigma_loguniform_fraction"] == 0.5
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):

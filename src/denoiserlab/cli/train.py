@@ -7,12 +7,13 @@ import argparse
 from denoiserlab.cli.common import parse_key_values
 from denoiserlab.networks.training import run_training
 from denoiserlab.networks.training_config import TrainConfig, read_train_toml, train_config_from_dict
+from denoiserlab.outputs import check_output_folder
 
 # Flag name -> TrainConfig field and type; every flag defaults to None, meaning "not given".
 FLAGS = {
     "out": str, "data": str, "subset": int, "subset_offset": int, "resolution": int, "resolution_policy": str,
     "channels": int, "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "lr": float,
-    "lr_rampup_kimg": float, "lr_decay_kimg": float, "init": str, "sigma_loguniform_fraction": float,
+    "lr_rampup_kimg": float, "lr_decay_kimg": float, "init": str, "sigma_loguniform_fraction": float, "target": str,
     "sigma_min": float, "sigma_max": float, "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float,
     "seed": int, "checkpoint_kimg": float, "log_kimg": float, "sample_count": int, "sample_steps": int, "device": str,
 }
@@ -56,5 +57,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> None:
     """Train, then print the folder of the last EMA network."""
     config = config_from_args(args)
+    check_output_folder(config.out)
     network = run_training(config, progress=not args.no_progress)
     print(f"latest network: {network}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -53,15 +54,24 @@ def sample_training_sigmas(batch: int, generator: torch.Generator, p_mean: float
 
 
 def edm_loss(denoiser, x0: Tensor, generator: torch.Generator, p_mean: float = P_MEAN, p_std: float = P_STD,
-             sigma_data: float = SIGMA_DATA, sigmas: SigmaDistribution | None = None) -> Tensor:
-    """Per-sample EDM loss lambda(sigma) * mean_pixels (D(x0 + sigma eps, sigma) - x0)^2. x0: [B, C, H, W] -> [B].
+             sigma_data: float = SIGMA_DATA, sigmas: SigmaDistribution | None = None,
+             posterior_mean: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """Per-sample EDM loss lambda(sigma) * mean_pixels (D(x0 + sigma eps, sigma) - target)^2. x0: [B, C, H, W] -> [B].
 
     sigma (from `sigmas`, default EDM's log-normal with p_mean, p_std) and eps come from the CPU `generator`, so a
-    run is reproducible on any device.
+    run is reproducible on any device. The target is x0, or with `posterior_mean` (a denoiser, e.g. the optimal
+    denoiser of the training set) E[x0 | x_t]: the same expected loss up to a constant, hence the same minimiser and
+    gradient in expectation, without the variance of x0 around its posterior mean (Xu et al. 2023, "stable target
+    field", with the whole training set as reference batch).
     """
     distribution = sigmas if sigmas is not None else SigmaDistribution(p_mean, p_std)
     sigma = distribution.sample(x0.shape[0], generator).to(x0.device)  # [B]
     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-    denoised = denoiser(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma)
-    squared_error = (denoised.float() - x0).square().flatten(1).mean(dim=1)  # [B]
+    x_t = x0 + sigma.view(-1, 1, 1, 1) * eps
+    target = x0
+    if posterior_mean is not None:
+        with torch.no_grad(), torch.autocast(x0.device.type, enabled=False):  # exact float64 target
+            target = posterior_mean(x_t, sigma).to(x0.dtype)
+    denoised = denoiser(x_t, sigma)
+    squared_error = (denoised.float() - target).square().flatten(1).mean(dim=1)  # [B]
     return edm_loss_weight(sigma, sigma_data) * squared_error

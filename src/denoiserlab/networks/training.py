@@ -19,12 +19,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from denoiserlab import data
+from denoiserlab.denoisers import OptimalDenoiser
 from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.atomic import atomic_write, atomic_write_text
@@ -106,13 +108,15 @@ def learning_rate(config: TrainConfig, nimg: int) -> float:
     return lr
 
 
-def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor) -> float:
-    """One optimiser step on a random batch (drawn with replacement); updates the EMA; returns the mean loss."""
+def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor,
+                  posterior_mean: Callable | None = None) -> float:
+    """One optimiser step on a random batch (drawn with replacement); updates the EMA; returns the mean loss.
+    posterior_mean: the target denoiser when config.target is 'posterior' (see posterior_target)."""
     device = train_images.device
     indices = torch.randint(len(train_images), (config.batch_size,), generator=run.generator)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         loss = edm_loss(run.denoiser, train_images[indices.to(device)], run.generator,
-                        sigmas=config.sigma_distribution()).mean()
+                        sigmas=config.sigma_distribution(), posterior_mean=posterior_mean).mean()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip_norm > 0:
@@ -125,6 +129,12 @@ def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor) -
     update_ema(run.ema, run.denoiser, ema_beta(config.batch_size, run.nimg, config.ema_halflife_kimg,
                                                config.ema_rampup_ratio))
     return float(loss.detach())
+
+
+def posterior_target(config: TrainConfig, train_images: Tensor) -> Callable | None:
+    """The optimal denoiser of the training set (x-flips are already among train_images) when config.target is
+    'posterior', else None."""
+    return OptimalDenoiser(train_images) if config.target == "posterior" else None
 
 
 def rng_state() -> dict:
@@ -206,13 +216,14 @@ def run_training(config: TrainConfig, progress: bool = True) -> Path:
     images = data.load(**config.data_options())
     train_images = images.as_float().to(device)  # [N, C, H, W] in [-1, 1]
     run = new_run(config, images.image_shape, images.load_options, device)
+    posterior_mean = posterior_target(config, train_images)
     start_or_resume(config, out, run)
     total_nimg = int(config.kimg * 1000)
     last_network = None
     bar = tqdm(total=total_nimg, initial=run.nimg, unit="img", unit_scale=True, disable=not progress)
     losses, tick_start, tick_nimg = [], time.perf_counter(), run.nimg
     while run.nimg < total_nimg:
-        losses.append(training_step(run, config, train_images))
+        losses.append(training_step(run, config, train_images, posterior_mean))
         bar.update(config.batch_size)
         if run.nimg - tick_nimg >= config.log_kimg * 1000 or run.nimg >= total_nimg:
             images_per_second = (run.nimg - tick_nimg) / max(time.perf_counter() - tick_start, 1e-9)

@@ -15,6 +15,7 @@ from denoiserlab.networks.build import resolve_preset
 from denoiserlab.networks.loss import P_MEAN, P_STD, SigmaDistribution
 
 DEVICES = ("auto", "cpu", "cuda")
+TARGETS = ("sample", "posterior")  # regression target of the loss (networks.loss.edm_loss)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TrainConfig:
     ema_rampup_ratio: float = 0.05  # EMA half-life is at most this fraction of the images seen (0 disables)
     p_mean: float = P_MEAN  # mean of ln(sigma) of training noise levels
     p_std: float = P_STD  # standard deviation of ln(sigma)
+    target: str = "sample"  # 'sample': x0 (EDM); 'posterior': E[x0 | x_t] under the training set (same minimiser)
     sigma_loguniform_fraction: float = 0.0  # share of training sigmas drawn log-uniform over [sigma_min, sigma_max]
     sigma_min: float = 0.002  # log-uniform range of training sigmas (see networks.loss.SigmaDistribution)
     sigma_max: float = 80.0
@@ -78,6 +80,7 @@ class TrainConfig:
                  self.sigma_loguniform_fraction, "a number in [0, 1]")
         _require(0 < self.sigma_min < self.sigma_max < math.inf, "sigma_min, sigma_max",
                  (self.sigma_min, self.sigma_max), "finite numbers with 0 < sigma_min < sigma_max")
+        _require(self.target in TARGETS, "target", self.target, f"one of {list(TARGETS)}")
         _require(self.device in DEVICES, "device", self.device, f"one of {list(DEVICES)}")
         resolve_preset(self.arch, self.network)  # fails early on an unknown preset or network option
 
