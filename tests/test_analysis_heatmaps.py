@@ -122,3 +122,50 @@ def test_bad_input(tiny_train):
         heatmap_extent(-torch.ones(2, 2, 2, 2))
     with pytest.raises(DenoiserLabError, match="shape"):
         gradient_heatmaps(lambda x, sigma: x.sum(1), tiny_train, 1.0, n_samples=2)
+
+
+def test_systematic_antithetic_groups_match_a_per_sample_loop(tiny_rgb_train):
+    """Systematic draws, antithetic pairs and 2 groups: the overall and per-group maps equal float64 Jacobian loops
+    over exactly the z that heatmap_inputs draws (pairs share y0 and mirror eps; pairs stay in one group)."""
+    from denoiserlab.analysis.heatmaps import group_assignment, heatmap_inputs
+
+    labels = torch.arange(len(tiny_rgb_train)) % 3
+    z = heatmap_inputs(tiny_rgb_train, 0.5, 8, 4, 3, "systematic", labels, antithetic=True)
+    pair_means = (z[0::2] + z[1::2]) / 2  # = y0 of each pair
+    assert all(any(torch.allclose(mean, image) for image in tiny_rgb_train) for mean in pair_means)
+    maps = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.5, 8, seed=4, batch_size=3, products_per_pass=10,
+                             sampling="systematic", labels=labels, antithetic=True, groups=2)
+    jacobians = [torch.autograd.functional.jacobian(
+        lambda v: mixing_denoiser(v.reshape(1, 3, 5, 5), 0.5).flatten(), row.flatten().double()) for row in z]
+    same, every = readings_from_jacobians(jacobians, 3, 5, 5)
+    assert torch.allclose(maps.same_channel, same, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(maps.all_channels, every, rtol=1e-5, atol=1e-6)
+    assert group_assignment(8, 2, 2).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    for group in range(2):
+        members = [jacobians[i] for i in range(8) if (i // 2) % 2 == group]
+        assert torch.allclose(maps.groups_same_channel[group], readings_from_jacobians(members, 3, 5, 5)[0],
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_systematic_draws_every_label_its_share_and_no_image_twice():
+    from denoiserlab.analysis.heatmaps import systematic_indices
+
+    labels = torch.arange(100) % 10
+    for seed in range(5):
+        indices = systematic_indices(100, 20, labels, torch.Generator().manual_seed(seed))
+        assert len(set(indices.tolist())) == 20
+        assert torch.bincount(labels[indices], minlength=10).tolist() == [2] * 10
+    counts = torch.zeros(7)  # inclusion probability n / N for every image, over many starts
+    for seed in range(3000):
+        counts[systematic_indices(7, 3, None, torch.Generator().manual_seed(seed))] += 1
+    assert torch.allclose(counts / 3000, torch.full((7,), 3 / 7), atol=0.03)
+
+
+@pytest.mark.parametrize("options, message", [(dict(sampling="sobol"), "sampling"),
+                                              (dict(antithetic=True, n_samples=3), "even"),
+                                              (dict(groups=4, n_samples=3), "groups"),
+                                              (dict(sampling="systematic", n_samples=50), "at most once")])
+def test_bad_heatmap_sampling_options_are_refused(tiny_rgb_train, options, message):
+    options = {"n_samples": 4, **options}
+    with pytest.raises(DenoiserLabError, match=message):
+        gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.5, **options)

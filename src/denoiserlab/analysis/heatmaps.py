@@ -19,51 +19,127 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import check_images
 
 
+SAMPLINGS = ("iid", "systematic")
+
+
 @dataclass(frozen=True)
 class GradientHeatmaps:
     same_channel: Tensor  # float64 [H, W, H, W]: E_z sum_c |dD_{c,y,x} / dz_{c,y',x'}|, indexed [y, x, y', x']
     all_channels: Tensor  # float64 [H, W, H, W]: E_z sum_{c,c'} |dD_{c,y,x} / dz_{c',y',x'}|
     n_samples: int  # number of noisy images z averaged over
+    groups_same_channel: Tensor | None = None  # float64 [G, H, W, H, W]: same_channel over each of G groups of z
 
 
 def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: int = 100, seed: int = 0,
-                      batch_size: int = 16, products_per_pass: int = 64) -> GradientHeatmaps:
+                      batch_size: int = 16, products_per_pass: int = 64, sampling: str = "iid",
+                      labels: Tensor | None = None, antithetic: bool = False, groups: int = 1) -> GradientHeatmaps:
     """Both heatmap readings of den at noise level sigma, averaged over n_samples noisy images (module docstring).
 
-    images: float [N, C, H, W] in [-1, 1], drawn (seeded) with replacement; den must be differentiable in x.
-    batch_size noisy images go through one forward pass; products_per_pass vector-Jacobian products are
-    vectorised at a time (memory grows with batch_size * products_per_pass).
+    images: float [N, C, H, W] in [-1, 1]; den must be differentiable in x. How the z = y0 + sigma eps are drawn
+    (every choice keeps the estimate unbiased for the mean over y0 uniform on `images` and eps standard normal):
+    - sampling "iid": y0 with replacement, as in the paper;
+    - sampling "systematic": y0 at evenly spaced positions (random start) of the images ordered by `labels` (then
+      at random), so every class gets its share of z (stratified) and no image is drawn twice;
+    - antithetic: z come in pairs y0 +- sigma eps sharing y0 and eps (n_samples must be even).
+    With groups = G > 1 the z are dealt to G groups (pairs kept together) and each group's mean map is returned
+    too, for standard errors and convergence (groups_same_channel). batch_size noisy images go through one forward
+    pass; products_per_pass vector-Jacobian products are vectorised at a time (memory grows with their product).
     """
     sigma = check_sigma(sigma)
     check_images(images, "images")
     check_positive_int(products_per_pass, "products_per_pass")
+    check_positive_int(groups, "groups")
+    z = heatmap_inputs(images, sigma, n_samples, seed, batch_size, sampling, labels, antithetic)  # [n, C, H, W]
+    group_of = group_assignment(n_samples, groups, 2 if antithetic else 1)  # [n]
     channels, height, width = images.shape[1:]
-    abs_jacobian = torch.zeros(channels * height * width, channels, height, width, dtype=torch.float64,
-                               device=images.device)  # [D out, C, H, W in], sum over z of |J(z)|
-    for z in noisy_batches(images, sigma, n_samples, batch_size, seed):
-        abs_jacobian += summed_abs_jacobian(den, z, sigma, products_per_pass)
-    abs_jacobian = abs_jacobian.reshape(channels, height, width, channels, height, width) / n_samples
-    same_channel = torch.diagonal(abs_jacobian, dim1=0, dim2=3).sum(-1)  # [H, W, H, W]
-    return GradientHeatmaps(same_channel, abs_jacobian.sum((0, 3)), n_samples)
+    abs_jacobian = torch.zeros(groups, channels * height * width, channels, height, width, dtype=torch.float64,
+                               device=images.device)  # [G, D out, C, H, W in], sums over each group's z of |J(z)|
+    for start in range(0, n_samples, batch_size):
+        membership = torch.nn.functional.one_hot(group_of[start : start + batch_size], groups)  # [B, G]
+        abs_jacobian += summed_abs_jacobian(den, z[start : start + batch_size], sigma, products_per_pass,
+                                            membership.to(abs_jacobian))
+    counts = torch.bincount(group_of, minlength=groups).to(abs_jacobian)  # [G]
+    abs_jacobian = abs_jacobian.reshape(groups, channels, height, width, channels, height, width)
+    same_per_group = torch.diagonal(abs_jacobian, dim1=1, dim2=4).sum(-1)  # [G, H, W, H, W] sums
+    same_channel = same_per_group.sum(0) / n_samples
+    all_channels = abs_jacobian.sum((0, 1, 4)) / n_samples
+    groups_same = same_per_group / counts.view(-1, 1, 1, 1, 1) if groups > 1 else None
+    return GradientHeatmaps(same_channel, all_channels, n_samples, groups_same)
 
 
-def summed_abs_jacobian(den: Denoiser, z: Tensor, sigma: float, products_per_pass: int) -> Tensor:
-    """sum over the batch of |dD(z_b) / dz_b|, float64 [D out, C, H, W in], from one forward pass and D
-    vector-Jacobian products (one-hot cotangents shared by every z_b of the batch). z: [B, C, H, W]."""
+def heatmap_inputs(images: Tensor, sigma: float, n_samples: int, seed: int, batch_size: int, sampling: str,
+                   labels: Tensor | None, antithetic: bool) -> Tensor:
+    """The noisy images z of gradient_heatmaps: [n_samples, C, H, W] in images' dtype and device. "iid" without
+    antithetic pairs draws exactly what noisy_batches(images, sigma, n_samples, batch_size, seed) does."""
+    check_positive_int(n_samples, "n_samples")
+    if sampling not in SAMPLINGS:
+        raise DenoiserLabError(f"sampling must be one of {list(SAMPLINGS)}, got {sampling!r}")
+    if antithetic and n_samples % 2:
+        raise DenoiserLabError(f"antithetic pairs need an even n_samples, got {n_samples}")
+    if sampling == "iid" and not antithetic:
+        return torch.cat(list(noisy_batches(images, sigma, n_samples, batch_size, seed)))
+    generator = torch.Generator().manual_seed(int(seed))
+    n_clean = n_samples // 2 if antithetic else n_samples
+    if sampling == "iid":
+        indices = torch.randint(images.shape[0], (n_clean,), generator=generator)
+    else:
+        indices = systematic_indices(images.shape[0], n_clean, labels, generator)
+    eps = torch.randn((n_clean, *images.shape[1:]), generator=generator).to(images.device, images.dtype)
+    clean = images[indices.to(images.device)]
+    if not antithetic:
+        return clean + sigma * eps
+    return torch.stack([clean + sigma * eps, clean - sigma * eps], 1).flatten(0, 1)  # pairs adjacent
+
+
+def systematic_indices(n_images: int, n_draws: int, labels: Tensor | None, generator: torch.Generator) -> Tensor:
+    """n_draws image indices at positions floor(u + k N / n_draws), u ~ U[0, N / n_draws), of the images ordered
+    by label and at random within a label: each image is drawn with probability n_draws / N (unbiased), every
+    label gets its share. int64 [n_draws]; n_draws <= N."""
+    if n_draws > n_images:
+        raise DenoiserLabError(f"systematic sampling draws each image at most once: {n_draws} z > {n_images} images")
+    order = torch.randperm(n_images, generator=generator)
+    if labels is not None:
+        if labels.shape != (n_images,):
+            raise DenoiserLabError(f"labels must have shape [{n_images}], got {tuple(labels.shape)}")
+        order = order[torch.argsort(labels.cpu()[order], stable=True)]
+    step = n_images / n_draws
+    start = float(torch.rand((), generator=generator, dtype=torch.float64)) * step
+    positions = (start + step * torch.arange(n_draws, dtype=torch.float64)).floor().long().clamp(max=n_images - 1)
+    return order[positions]
+
+
+def group_assignment(n_samples: int, groups: int, block: int) -> Tensor:
+    """Group of each z: consecutive blocks of `block` z (antithetic pairs) dealt round-robin to the groups:
+    int64 [n_samples]. Every group needs at least one block."""
+    if n_samples // block < groups:
+        raise DenoiserLabError(f"{groups} groups need at least {groups * block} z, got {n_samples}")
+    return (torch.arange(n_samples) // block) % groups
+
+
+def summed_abs_jacobian(den: Denoiser, z: Tensor, sigma: float, products_per_pass: int,
+                        membership: Tensor | None = None) -> Tensor:
+    """Sums over the batch of |dD(z_b) / dz_b| from one forward pass and D vector-Jacobian products (one-hot
+    cotangents shared by every z_b of the batch). z: [B, C, H, W].
+
+    Returns float64 [D out, C, H, W in] (the sum over the batch), or with membership (float [B, G], z_b's group as
+    one-hot) float64 [G, D out, C, H, W in], one sum per group.
+    """
     output, vjp_fn = torch.func.vjp(lambda inputs: den(inputs, sigma), z.detach())
     if output.shape != z.shape:
         raise DenoiserLabError(f"the denoiser must return the input's shape {tuple(z.shape)},"
                                f" got {tuple(output.shape)}")
     dim = z[0].numel()
-    total = torch.empty(dim, *z.shape[1:], dtype=torch.float64, device=z.device)
+    weights = torch.ones(z.shape[0], 1, dtype=torch.float64, device=z.device) if membership is None else membership
+    total = torch.empty(weights.shape[1], dim, *z.shape[1:], dtype=torch.float64, device=z.device)
     for start in range(0, dim, products_per_pass):
         rows = torch.arange(start, min(start + products_per_pass, dim), device=z.device)
         one_hot = torch.zeros(rows.shape[0], dim, dtype=output.dtype, device=z.device)
         one_hot[torch.arange(rows.shape[0]), rows] = 1
         cotangents = one_hot.reshape(-1, 1, *z.shape[1:]).expand(-1, *z.shape).contiguous()  # [k, B, C, H, W]
         (gradients,) = torch.func.vmap(vjp_fn)(cotangents)  # [k, B, C, H, W]: rows `rows` of every J(z_b)
-        total[start : start + rows.shape[0]] = gradients.abs().sum(1)
-    return total
+        sums = torch.einsum("kb...,bg->gk...", gradients.abs().double(), weights)  # [G, k, C, H, W]
+        total[:, start : start + rows.shape[0]] = sums
+    return total[0] if membership is None else total
 
 
 def heatmap_extent(heatmap: Tensor, mass: float = 0.9) -> Tensor:

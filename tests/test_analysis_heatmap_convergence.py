@@ -1,0 +1,63 @@
+"""Convergence figures of heatmap estimates against loops written here."""
+
+import math
+
+import pytest
+import torch
+
+from denoiserlab.analysis.heatmap_convergence import (
+    bootstrap_relative_se,
+    halves,
+    heatmap_convergence,
+    mask_iou,
+    running_mean_distances,
+)
+from denoiserlab.denoisers.flex_masks import flex_masks
+from denoiserlab.errors import DenoiserLabError
+
+
+def group_maps(n_groups=8, side=4, noise=0.2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.rand(side, side, side, side, generator=generator, dtype=torch.float64) + 0.1
+    return (base * (1 + noise * torch.randn(n_groups, side, side, side, side, generator=generator,
+                                            dtype=torch.float64))).abs()
+
+
+def test_bootstrap_se_matches_a_resampling_loop():
+    maps = group_maps()
+    generator = torch.Generator().manual_seed(3)
+    resamples = []
+    for _ in range(50):
+        picks = torch.randint(8, (8,), generator=generator).tolist()
+        resamples.append(sum(maps[i] for i in picks) / 8)
+    stacked = torch.stack(resamples)
+    variance = ((stacked - stacked.mean(0)) ** 2).mean(0)  # population variance over resamples
+    expected = math.sqrt(variance.sum().item()) / maps.mean(0).norm().item()
+    assert bootstrap_relative_se(maps, n_resamples=50, seed=3) == pytest.approx(expected, rel=1e-9)
+    assert bootstrap_relative_se(maps[:1].expand(8, -1, -1, -1, -1)) == 0.0
+
+
+def test_mask_iou_by_hand_and_identical_maps():
+    maps = group_maps()
+    assert mask_iou(maps[0], maps[0], 0.6) == 1.0
+    a, b = flex_masks(maps[0], 0.5), flex_masks(maps[1], 0.5)
+    ious = [(a[k] & b[k]).sum().item() / (a[k] | b[k]).sum().item() for k in range(16)]
+    assert mask_iou(maps[0], maps[1], 0.5) == pytest.approx(sum(ious) / 16)
+
+
+def test_halves_and_running_means_by_hand():
+    maps = group_maps()
+    first, second = halves(maps)
+    assert torch.allclose(first, maps[:4].mean(0)) and torch.allclose(second, maps[4:].mean(0))
+    counts, distances = running_mean_distances(maps)
+    assert counts == [1, 2, 4]
+    full = maps.mean(0)
+    for count, distance in zip(counts, distances):
+        assert distance == pytest.approx(((maps[:count].mean(0) - full).norm() / full.norm()).item())
+    table = heatmap_convergence(maps, thresholds=(0.5,))
+    assert table["half_iou"] == [mask_iou(first, second, 0.5)] and table["running_distances"] == distances
+
+
+def test_convergence_needs_two_groups_of_square_maps():
+    with pytest.raises(DenoiserLabError, match="group maps"):
+        heatmap_convergence(group_maps()[:1])
