@@ -319,3 +319,19 @@ def test_tunable_declarations():
                                                             "cfdm"}
     assert tunable("pspc_square").candidates == (1, 3, 5, 7, 9, 11, 15, 19, 23, 28, 32)
     assert all(size % 2 == 1 for size in tunable("els").candidates + tunable("ls").candidates)
+
+
+@pytest.mark.parametrize("name,options", [("cfdm", {"n_noise": 2}), ("els", {"patch_size": 3, "padding": "circular"}),
+                                          ("ls", {"patch_size": 3}), ("data_locality", {}), ("knn", {"k": 20}),
+                                          ("gaussian_mixture", {"components": 2})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_sigmas_give_finite_limits(name, options, dtype):
+    train, x = random_problem((1, 6, 6), 16)
+    den = REGISTRY[name](train, **options)
+    # sigma -> inf: every candidate weighs the same; circular ELS takes every pixel of every image
+    mean = train.double().mean((0, 2, 3), keepdim=True) if name == "els" else train.double().mean(0, keepdim=True)
+    assert torch.allclose(den(x.to(dtype), 1e200).double(), mean.expand(3, 1, 6, 6), atol=1e-5)
+    assert torch.isfinite(den(x.to(dtype), 1e-20)).all()
+    if name in ("els", "ls", "knn"):  # their posteriors collapse onto the nearest candidate
+        nearest = train[:3] + 1e-3 * torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(17))
+        assert torch.allclose(den(nearest.to(dtype), 1e-20).double(), train[:3].double(), atol=1e-6)

@@ -1,7 +1,7 @@
 """Locality from data statistics (Lukoianov, Yuan, Solomon & Sitzmann, "Locality in Image Diffusion Models Emerges
 from Data Statistics", NeurIPS 2025).
 
-The linear map of the Gaussian (Wiener) denoiser, A_sigma = U diag(lambda / (lambda + sigma^2)) U^T from the biased
+The linear map of the Gaussian (Wiener) denoiser (`GaussianDenoiser.linear_map`), A_sigma = U diag(lambda / (lambda + sigma^2)) U^T from the biased
 covariance of the training set, says which input coordinates each output coordinate listens to. Thresholding each
 row gives the mask M[m, n] = |A[m, n]| >= threshold * max_n' |A[m, n']| (M[m, m] always true), and output
 coordinate m (over C*H*W) is the posterior mean of coordinate m under the masked logits
@@ -79,7 +79,8 @@ class DataLocality:
         if key not in self.masks_:
             if len(self.masks_) >= MASK_CACHE_SIZE:
                 self.masks_.pop(next(iter(self.masks_)))
-            self.masks_[key] = threshold_mask(self.gaussian_.linear_map(key[0]), key[1])
+            self.masks_[key] = threshold_mask(wiener_matrix(self.gaussian_.eigvals_, self.gaussian_.eigvecs_, key[0]),
+                                              key[1])
         return self.masks_[key]
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -94,6 +95,14 @@ class DataLocality:
                                          self.config.chunk_size)
             out[group] = mean.reshape(out[group].shape).to(x.dtype)
         return out
+
+
+def wiener_matrix(eigvals: Tensor, eigvecs: Tensor, sigma: float) -> Tensor:
+    """A_sigma = U diag(lambda / (lambda + sigma^2)) U^T, float64 [D, D]; a zero eigenvalue has gain 0 at every
+    sigma (also where sigma^2 underflows), and sigma^2 = inf gives A = 0."""
+    variance = torch.tensor(float(sigma), dtype=torch.float64) ** 2
+    gains = torch.where(eigvals > 0, eigvals / (eigvals + variance), 0.0)  # [D]
+    return (eigvecs * gains) @ eigvecs.T
 
 
 def threshold_mask(linear_map: Tensor, threshold: float) -> Tensor:
@@ -112,22 +121,23 @@ def masked_posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, ma
                           chunk_size: int | None = None) -> Tensor:
     """Per output coordinate m, sum_i softmax_i(-sum_n M[m, n] (q_n - x_{i,n})^2 / (2 sigma^2)) x_{i,m}.
 
-    queries: [B, D]; sigma: float64 [B]; train_flat: [N, D]; mask: bool [D, D]. Returns float64 [B, D].
+    queries: [B, D]; sigma: float64 [B]; train_flat: [N, D]; mask: bool [D, D]. Returns float64 [B, D]. The running
+    sums are relative to the smallest masked distance so far, so no logit that overflows at a tiny sigma is formed.
     """
     work = torch.float64 if queries.dtype == torch.float64 else torch.float32
     queries, mask_t = queries.to(work), mask.to(work).T  # mask_t[n, m] = M[m, n]
-    inv_two_var = (1.0 / (2.0 * sigma**2)).to(work)[:, None, None]  # [B, 1, 1]
+    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).clamp(max=torch.finfo(work).max)[:, None]  # [B, 1], no 0 * inf
     chunk_size = chunk_size or default_chunk(*queries.shape, queries.element_size())
-    running_max = torch.full(queries.shape, -torch.inf, dtype=torch.float64, device=queries.device)  # [B, D]
-    normaliser = torch.zeros_like(running_max)
-    numerator = torch.zeros_like(running_max)
+    nearest = torch.full(queries.shape, torch.inf, dtype=torch.float64, device=queries.device)  # [B, D]
+    normaliser = torch.zeros_like(nearest)
+    numerator = torch.zeros_like(nearest)
     for start in range(0, train_flat.shape[0], chunk_size):
         chunk = train_flat[start : start + chunk_size].to(work)  # [n, D]
-        logits = -((queries[:, None] - chunk).square() @ mask_t) * inv_two_var  # [B, n, D]
-        new_max = torch.maximum(running_max, logits.amax(1).double())
-        rescale = torch.exp(running_max - new_max)  # [B, D]
-        weights = torch.exp(logits - new_max[:, None].to(work))  # [B, n, D], in (0, 1]
+        distances = (queries[:, None] - chunk).square() @ mask_t  # [B, n, D], masked squared distances
+        new = torch.minimum(nearest, distances.amin(1).double())
+        rescale = torch.where(nearest.isinf(), 0.0, torch.exp(-(nearest - new) * inv_two_var))  # [B, D]
+        weights = torch.exp(-(distances - new[:, None].to(work)) * inv_two_var[:, None].to(work))  # [B, n, D]
         normaliser = normaliser * rescale + weights.sum(1, dtype=torch.float64)
         numerator = numerator * rescale + (weights * chunk).sum(1, dtype=torch.float64)
-        running_max = new_max
+        nearest = new
     return numerator / normaliser

@@ -7,7 +7,8 @@ eigenpairs) and weight pi_k = n_k / N of its n_k training images. Under x = x0 +
     w_k(x) proportional to pi_k N(x; mu_k, S_k + sigma^2 I),
 computed in float64 from each component's cached eigendecomposition (`gaussian.py`): in the eigenbasis the
 Mahalanobis term is sum_j p_j^2 / (lambda_j + sigma^2) + |residual|^2 / sigma^2 with p = U_k^T (x - mu_k), and
-log det(S_k + sigma^2 I) = sum_j log(lambda_j + sigma^2) + (D - r) log sigma^2. One component is the Gaussian denoiser.
+log det(S_k + sigma^2 I) = D log sigma^2 + sum_j log(1 + lambda_j / sigma^2), whose first term all components share.
+One component is the Gaussian denoiser.
 """
 
 from __future__ import annotations
@@ -167,9 +168,10 @@ def fit_component(images: Tensor, n_total: int, rank: int | None, cache: bool) -
 
 
 def component_posterior(component: Component, queries: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-    """(log pi_k + log N(x; mu_k, S_k + sigma^2 I) without the shared -D/2 log 2 pi: [B], posterior mean
-    mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k): [B, D]). queries: float64 [B, D]; sigma: float64 [B]."""
-    variance = sigma[:, None] ** 2  # [B, 1]
+    """(log pi_k + log N(x; mu_k, S_k + sigma^2 I) without the terms all components share, -D/2 log(2 pi sigma^2):
+    [B], posterior mean mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k): [B, D]). queries: float64 [B, D]; sigma: float64
+    [B]. The log-determinant enters as sum_j log(1 + lambda_j / sigma^2), finite for any sigma^2 in (0, inf]."""
+    variance = (sigma[:, None] ** 2).clamp(min=torch.finfo(torch.float64).tiny)  # [B, 1]
     offset = queries - component.mean  # [B, D]
     projections = offset @ component.eigvecs  # [B, r]
     spread = component.eigvals + variance  # [B, r], eigenvalues of S_k + sigma^2 I in the kept subspace
@@ -178,7 +180,7 @@ def component_posterior(component: Component, queries: Tensor, sigma: Tensor) ->
     if n_rest:
         residual = offset - projections @ component.eigvecs.T  # [B, D]
         mahalanobis = mahalanobis + residual.square().sum(1) / variance[:, 0]
-    log_det = spread.log().sum(1) + n_rest * variance[:, 0].log()  # [B]
-    log_weight = component.log_weight - 0.5 * (mahalanobis + log_det)
+    relative_log_det = torch.log1p(component.eigvals / variance).sum(1)  # [B], log det(S + sigma^2 I) - D log sigma^2
+    log_weight = component.log_weight - 0.5 * (mahalanobis + relative_log_det)
     mean = component.mean + (projections * component.eigvals / spread) @ component.eigvecs.T
     return log_weight, mean

@@ -177,30 +177,36 @@ def default_local_chunk(batch: int, padded_shape: tuple[int, ...], itemsize: int
 
 @dataclass
 class RunningPosterior:
-    """Running softmax sums per query pixel, float64: max logit m [B, H, W], sum of exp(l - m) [B, H, W] and the
-    numerator sum of exp(l - m) * centre pixel [B, C, H, W]."""
+    """Running softmax sums per query pixel, float64, relative to the nearest window distance seen so far (so that no
+    logit -d / (2 sigma^2) has to be formed, which overflows at a tiny sigma): nearest d_min [B, H, W] (+inf before the
+    first candidate), sum of exp(-(d - d_min) k) [B, H, W] and the numerator with the centre pixels [B, C, H, W];
+    k = 1 / (2 sigma^2) per query [B]."""
 
-    max: Tensor
+    nearest: Tensor
     total: Tensor
     numerator: Tensor
+    inv_two_var: Tensor
 
     @classmethod
-    def empty(cls, shape: tuple[int, ...], device: torch.device) -> "RunningPosterior":
+    def empty(cls, shape: tuple[int, ...], inv_two_var: Tensor) -> "RunningPosterior":
         batch, channels, height, width = shape
-        return cls(torch.full((batch, height, width), -torch.inf, dtype=torch.float64, device=device),
+        device = inv_two_var.device
+        return cls(torch.full((batch, height, width), torch.inf, dtype=torch.float64, device=device),
                    torch.zeros(batch, height, width, dtype=torch.float64, device=device),
-                   torch.zeros(shape, dtype=torch.float64, device=device))
+                   torch.zeros(shape, dtype=torch.float64, device=device), inv_two_var)
 
-    def add(self, rows: slice, cols: slice, logits: Tensor, centres: Tensor) -> None:
-        """Fold candidates into the pixels [rows, cols]. logits: [B, n, h, w]; centres: [n, C, h, w]."""
-        old_max = self.max[:, rows, cols]
-        new_max = torch.maximum(old_max, logits.amax(1).double())  # [B, h, w]
-        rescale = torch.exp(old_max - new_max)
-        weights = torch.exp(logits - new_max[:, None].to(logits.dtype))  # [B, n, h, w], in (0, 1]
+    def add(self, rows: slice, cols: slice, distances: Tensor, centres: Tensor) -> None:
+        """Fold candidates into the pixels [rows, cols]. distances: [B, n, h, w]; centres: [n, C, h, w]."""
+        k = self.inv_two_var[:, None, None]  # [B, 1, 1] float64
+        old = self.nearest[:, rows, cols]
+        new = torch.minimum(old, distances.amin(1).double())  # [B, h, w]
+        rescale = torch.where(old.isinf(), 0.0, torch.exp(-(old - new) * k))
+        offsets = distances - new[:, None].to(distances.dtype)  # [B, n, h, w], >= 0
+        weights = torch.exp(-offsets * k[:, None].to(distances.dtype))  # in [0, 1], 1 for the nearest
         self.total[:, rows, cols] = self.total[:, rows, cols] * rescale + weights.sum(1, dtype=torch.float64)
         weighted = torch.einsum("bnhw,nchw->bchw", weights, centres).double()  # [B, C, h, w]
         self.numerator[:, :, rows, cols] = self.numerator[:, :, rows, cols] * rescale[:, None] + weighted
-        self.max[:, rows, cols] = new_max
+        self.nearest[:, rows, cols] = new
 
     def mean(self) -> Tensor:
         return self.numerator / self.total[:, None]
@@ -216,9 +222,9 @@ def local_posterior(x: Tensor, sigma: Tensor, train: Tensor, size: int, rows: Ax
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     radius = size // 2
     queries = gather_padded(x.to(work), rows.source(0), cols.source(0))  # [B, C, H + 2r, W + 2r]
-    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).to(work)[:, None, None, None]  # [B, 1, 1, 1]
+    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).clamp(max=torch.finfo(work).max)  # [B], capped: no 0 * inf
     chunk_size = chunk_size or default_local_chunk(x.shape[0], tuple(queries.shape[1:]), queries.element_size())
-    state = RunningPosterior.empty(tuple(x.shape), x.device)
+    state = RunningPosterior.empty(tuple(x.shape), inv_two_var)
     for start in range(0, train.shape[0], chunk_size):
         chunk = train[start : start + chunk_size].to(work)
         for row_offset, row_first, row_last in zip(rows.offsets, rows.first, rows.last):
@@ -228,8 +234,8 @@ def local_posterior(x: Tensor, sigma: Tensor, train: Tensor, size: int, rows: Ax
                 candidates = gather_padded(chunk, row_sources, col_sources)  # [n, C, h + 2r, w + 2r]
                 window = queries[:, :, row_first : row_last + 2 * radius + 1, col_first : col_last + 2 * radius + 1]
                 pixel_distances = (window[:, None] - candidates[None]).square().sum(2)  # [B, n, h + 2r, w + 2r]
-                logits = -box_sums(pixel_distances, size) * inv_two_var  # [B, n, h, w]
+                distances = box_sums(pixel_distances, size)  # [B, n, h, w]
                 centres = candidates[:, :, radius : radius + row_last - row_first + 1,
                                      radius : radius + col_last - col_first + 1]
-                state.add(slice(row_first, row_last + 1), slice(col_first, col_last + 1), logits, centres)
+                state.add(slice(row_first, row_last + 1), slice(col_first, col_last + 1), distances, centres)
     return state.mean()
