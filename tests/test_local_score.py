@@ -102,8 +102,9 @@ def test_small_sigma_with_near_duplicates(kernel):
     x = train[[0, 13, 7]] + 0.002 * torch.randn(3, 1, 8, 8, generator=generator)
     sigmas = torch.tensor([0.002, 0.002, 0.01])
     dtype, tolerance = (torch.float64, 1e-6) if kernel == "eager" else (torch.float32, 1e-4)
-    for den, padding in [(ELS(train, 3, kernel=kernel), "zeros"), (ELS(train, 5, "circular", kernel=kernel), "circular"),
-                         (LS(train, 3, kernel=kernel), "co-located")]:
+    machines = [(ELS(train, 3, kernel=kernel), "zeros"), (ELS(train, 5, "circular", kernel=kernel), "circular"),
+                (LS(train, 3, kernel=kernel), "co-located")]
+    for den, padding in machines:
         out = den(x.to(dtype), sigmas)
         reference = local_reference(train, x, sigmas.tolist(), den.patch_size_at(1.0), padding)
         assert torch.isfinite(out).all() and torch.allclose(out.double(), reference, atol=tolerance)

@@ -49,7 +49,8 @@ class CFDMConfig:
 def check_smoothing(smoothing: object) -> float:
     """A smoothing scale must be a finite number >= 0; returns it as a float."""
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < math.inf:
-        raise DenoiserLabError(f"smoothing must be a finite number >= 0 or a schedule sigma -> number, got {smoothing!r}")
+        raise DenoiserLabError("smoothing must be a finite number >= 0 or a schedule sigma -> number, "
+                               f"got {smoothing!r}")
     return float(smoothing)
 
 

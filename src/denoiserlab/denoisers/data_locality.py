@@ -1,17 +1,18 @@
 """Locality from data statistics (Lukoianov, Yuan, Solomon & Sitzmann, "Locality in Image Diffusion Models Emerges
 from Data Statistics", NeurIPS 2025).
 
-The linear map of the Gaussian (Wiener) denoiser (`GaussianDenoiser.linear_map`), A_sigma = U diag(lambda / (lambda + sigma^2)) U^T from the biased
-covariance of the training set, says which input coordinates each output coordinate listens to. Thresholding each
-row gives the mask M[m, n] = |A[m, n]| >= threshold * max_n' |A[m, n']| (M[m, m] always true), and output
-coordinate m (over C*H*W) is the posterior mean of coordinate m under the masked logits
+The linear map of the Gaussian (Wiener) denoiser, A_sigma = U diag(lambda / (lambda + sigma^2)) U^T from the biased
+covariance of the training set (`GaussianDenoiser.linear_map`), says which input coordinates each output coordinate
+listens to. Thresholding each row gives the mask M[m, n] = |A[m, n]| >= threshold * max_n' |A[m, n']| (M[m, m]
+always true), and output coordinate m (over C*H*W) is the posterior mean of coordinate m under the masked logits
 -sum_n M[m, n] (x_n - x_{i,n})^2 / (2 sigma^2): an exact softmax over the whole training set (the authors' code
 averages per-chunk softmaxes instead, so its answer depends on the chunk size). threshold = 0 is the optimal denoiser.
 
 Fast path: with d_i = (x - x_i)^2 the per-coordinate squared differences, all masked distances of a chunk of
 training images are one GEMM d @ M^T (sums of non-negative terms: no cancellation), streamed over the training set
-with a running log-sum-exp per (query, output coordinate). The work is in float64 for float64 queries, else float32
-(like PSPC-Flex); normalisers and sums are float64.
+with running softmax sums per (query, output coordinate) kept relative to the nearest masked distance (no logit that
+overflows at a tiny sigma). The work is in float64 for float64 queries, else float32 (like PSPC-Flex); the sums are
+float64. The dense GEMM costs D^2 per (query, training image) whatever the mask density.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class DataLocality:
     config_class = DataLocalityConfig
     tunable = Tunable("threshold", "threshold", (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
 
-    def __init__(self, train: Tensor | ImageSet, threshold: float | Callable[[float], float] = 0.05, xflip: bool = False,
-                 chunk_size: int | None = None, cache: bool = True):
+    def __init__(self, train: Tensor | ImageSet, threshold: float | Callable[[float], float] = 0.05,
+                 xflip: bool = False, chunk_size: int | None = None, cache: bool = True):
         self.config = DataLocalityConfig(threshold=threshold, xflip=xflip, chunk_size=chunk_size, cache=cache)
         images = training_images(train, xflip)
         self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)

@@ -278,10 +278,12 @@ void els_part(const float *z, const float *xt, int B, int C, int H, int W, int N
     long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
     long pairs = (long)n_dy * n_dx; /* candidates per lane and pixel in one block, at most */
     float *zpad = malloc(sizeof(float) * LANES * C * PH * PW);
-    int *run_start = malloc(sizeof(int) * PW), *run_length = malloc(sizeof(int) * PW), *run_source = malloc(sizeof(int) * PW);
+    int *run_start = malloc(sizeof(int) * PW), *run_length = malloc(sizeof(int) * PW);
+    int *run_source = malloc(sizeof(int) * PW);
     float *e = malloc(sizeof(float) * LANES * PH * PW), *rows = malloc(sizeof(float) * LANES * PH * W);
     float *dist = malloc(sizeof(float) * LANES * HW);
-    float *suffix = malloc(sizeof(float) * LANES * (PH * W > PW ? PH * W : PW)), *head = malloc(sizeof(float) * LANES * W);
+    float *suffix = malloc(sizeof(float) * LANES * (PH * W > PW ? PH * W : PW));
+    float *head = malloc(sizeof(float) * LANES * W);
     LaneState t = {malloc(sizeof(float) * LANES * HW), malloc(sizeof(float) * LANES * HW),
                    malloc(sizeof(float) * LANES * HW * C)};
     RowScratch w = {malloc(sizeof(float) * LANES * W), malloc(sizeof(float) * LANES * W * C),
@@ -326,8 +328,8 @@ void els_part(const float *z, const float *xt, int B, int C, int H, int W, int N
                             const float *terms[DIRECT_SUMS_UP_TO];
                             for (int k = 0; k < s; k++) terms[k] = rows + k * row_values;
                             add_terms(terms, s, dist, row_values);
-                            fold_output_row(dist, x, C, H, W, r, y0 + uu - (s - 1), x0, wx, row_map, col_map, lane_weight,
-                                            inv_two_var[b], t, w);
+                            fold_output_row(dist, x, C, H, W, r, y0 + uu - (s - 1), x0, wx, row_map, col_map,
+                                            lane_weight, inv_two_var[b], t, w);
                         }
                     }
                     if (s > DIRECT_SUMS_UP_TO) {

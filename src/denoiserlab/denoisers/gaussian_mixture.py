@@ -112,8 +112,8 @@ def component_labels(train: Tensor | ImageSet, labels: Tensor | None, xflip: boo
                                    "(or use components=K for k-means)")
     if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool \
             or tuple(labels.shape) != (n_images,):
-        raise DenoiserLabError(f"labels must be an integer tensor [N] with N = {n_images}, "
-                               f"got {getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+        seen = f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}"
+        raise DenoiserLabError(f"labels must be an integer tensor [N] with N = {n_images}, got {seen}")
     _, renumbered = torch.unique(labels.cpu().long(), return_inverse=True)
     return torch.cat([renumbered, renumbered]) if xflip else renumbered
 

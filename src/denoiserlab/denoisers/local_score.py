@@ -51,7 +51,7 @@ class AxisCandidates:
     last: tuple[int, ...]  # per offset, the last output coordinate that takes it (inclusive)
 
     def source(self, offset: int) -> Tensor:
-        """Image coordinate read at each padded coordinate of an image shifted by `offset`: int64 [L + 2r], -1 = zero."""
+        """Image coordinate read at each padded coordinate of an image shifted by `offset`: int64 [L + 2r], -1: 0."""
         coordinates = torch.arange(self.length + 2 * self.radius) - self.radius + offset
         if self.circular:
             return coordinates % self.length
@@ -169,7 +169,8 @@ def gather_padded(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return padded[:, :, rows[:, None], cols[None, :]]
 
 
-def default_local_chunk(batch: int, padded_shape: tuple[int, ...], itemsize: int, bytes_per_chunk: int = 1 << 25) -> int:
+def default_local_chunk(batch: int, padded_shape: tuple[int, ...], itemsize: int,
+                        bytes_per_chunk: int = 1 << 25) -> int:
     """Training images per chunk so that a [B, n, C, H + 2r, W + 2r] intermediate is about `bytes_per_chunk`."""
     per_image = itemsize * batch * padded_shape[0] * padded_shape[1] * padded_shape[2]
     return max(1, bytes_per_chunk // per_image)

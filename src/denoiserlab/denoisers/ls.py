@@ -24,7 +24,7 @@ from denoiserlab.denoisers.schedules import Tunable
 class LSConfig:
     patch_size: int | Callable[[float], int] = 3  # odd window side P, or a schedule sigma -> P (PatchSchedule)
     xflip: bool = False  # also use the horizontal flip of every training image
-    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled for float32 on CPU
+    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled for CPU float32
     chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB)
 
     def __post_init__(self):
