@@ -280,7 +280,7 @@ def test_cli_rerun_loads_finished_stages_and_recomputes_a_deleted_one(study, tmp
     config_path.write_text(tomli_w.dumps(to_dict(study.config)))
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())
-    for stage in (study.out / "stages").glob("distillation-a-1-*.pt"):
+    for stage in (study.out / "stages").glob("distillation-a-1-*.safetensors"):
         stage.unlink()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DENOISERLAB_CACHE", str(study.root / "cache"))

@@ -26,6 +26,7 @@ from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.loaders import load as load_network
 from denoiserlab.studies import cache as cache_module
 from denoiserlab.studies import locality_stages
+from denoiserlab.studies.cache import read_stage
 from denoiserlab.studies.locality import run_locality_study
 from denoiserlab.studies.locality_config import LocalityStudyConfig
 
@@ -94,8 +95,9 @@ def slow_mse_and_r2(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[fl
 
 
 def stage_value(out: Path, name: str):
-    (path,) = [p for p in (out / "stages").glob(f"{name}-*.pt") if p.name[len(name) + 1:-3].isalnum()]
-    return torch.load(path, weights_only=False)["value"]
+    suffix = len(".safetensors")
+    (path,) = [p for p in (out / "stages").glob(f"{name}-*.safetensors") if p.name[len(name) + 1:-suffix].isalnum()]
+    return read_stage(path)[0]
 
 
 def test_results_hold_the_contract_keys_and_shapes(setup):
@@ -199,9 +201,9 @@ def test_rerun_recomputes_only_a_deleted_stage(setup, tmp_path):
     shutil.copytree(setup["out"], out)
     config = from_dict(LocalityStudyConfig, setup["table"])
     assert run_locality_study(config, out, write_report=False)["stages_computed"] == []
-    (deleted,) = (out / "stages").glob("outputs-forward-gaussian-*.pt")
+    (deleted,) = (out / "stages").glob("outputs-forward-gaussian-*.safetensors")
     deleted.unlink()
-    untouched = {path: path.stat().st_mtime_ns for path in (out / "stages").glob("*.pt") if path != deleted}
+    untouched = {path: path.stat().st_mtime_ns for path in (out / "stages").glob("*.safetensors") if path != deleted}
     rerun = run_locality_study(config, out, write_report=False)
     assert rerun["stages_computed"] == ["outputs-forward-gaussian"]
     assert {path: path.stat().st_mtime_ns for path in untouched} == untouched
@@ -212,15 +214,15 @@ def test_crash_mid_stage_leaves_no_corrupt_file_and_resumes(setup, tmp_path, mon
     out = tmp_path / "out"
     shutil.copytree(setup["out"], out)
     config = from_dict(LocalityStudyConfig, setup["table"])
-    for path in (out / "stages").glob("heatmaps-dit-*.pt"):
+    for path in (out / "stages").glob("heatmaps-dit-*.safetensors"):
         path.unlink()
-    (out / "stages" / ".flex_sweep-x.pt.abc.tmp").write_bytes(b"left by kill -9")
+    (out / "stages" / ".flex_sweep-x.safetensors.abc.tmp").write_bytes(b"left by kill -9")
 
-    def crash_while_writing(record, target):
+    def crash_while_writing(tensors, target, metadata=None):
         Path(target).write_bytes(b"half a file")
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(cache_module.torch, "save", crash_while_writing)
+    monkeypatch.setattr(cache_module, "save_file", crash_while_writing)
     with pytest.raises(KeyboardInterrupt):
         run_locality_study(config, out)
     monkeypatch.undo()

@@ -1,4 +1,9 @@
-"""Crash-safe file writes: write beside the target, flush to disk, then os.replace (atomic on POSIX)."""
+"""Crash-safe file writes: write beside the target, flush to disk, then os.replace (atomic on POSIX).
+
+The one place in the package that writes files atomically: a reader, or a run killed at any moment (Ctrl-C and
+kill -9 included), sees the old file or the complete new one, never a part. Temporary names start with '.' and end
+in '.tmp' (folders moved aside end in '.old'), so a later run can tell and remove what a kill left behind.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def _default_mode(folder: bool) -> int:
@@ -17,25 +23,39 @@ def _default_mode(folder: bool) -> int:
     return (0o777 if folder else 0o666) & ~umask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call write(temp_path) on a temporary file in path's folder, then rename it to `path`.
-
-    A reader (or a process killed mid-write) sees either the old file or the complete new one, never a part.
-    """
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty temporary file beside `path`; when the block ends normally it is flushed to disk and
+    renamed to `path`, otherwise removed. For writers that need the file name first (memory-mapped arrays,
+    compilers); others use atomic_write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     temp_path = Path(temp_name)
     try:
-        write(temp_path)
+        yield temp_path
         with open(temp_path, "rb+") as file:
             os.fsync(file.fileno())
         os.chmod(temp_path, _default_mode(folder=False))
         os.replace(temp_path, path)
     finally:
         temp_path.unlink(missing_ok=True)
-    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call write(temp_path) on a temporary file in path's folder, then rename it to `path`.
+
+    A reader (or a process killed mid-write) sees either the old file or the complete new one, never a part.
+    """
+    with replacing(path) as temp_path:
+        write(temp_path)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically write raw bytes."""
+    return atomic_write(path, lambda temp: temp.write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
+import os
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from denoiserlab.errors import DenoiserLabError
+
+SEED_LIMIT = 2**63  # seeds are integers in [0, SEED_LIMIT): what both torch and numpy generators accept
 
 
 def check_images(x: Tensor, name: str = "x") -> Tensor:
@@ -34,6 +40,8 @@ def check_same_image_shape(x: Tensor, image_shape: tuple[int, ...], what: str = 
 
 def sigma_per_sample(sigma: float | Tensor, batch: int, device: torch.device | str = "cpu") -> Tensor:
     """Turn sigma (a float, a 0-d tensor or a [B] tensor) into a float64 [B] tensor on `device`; checks sigma > 0."""
+    if isinstance(sigma, (bool, np.bool_)) or (isinstance(sigma, Tensor) and sigma.dtype == torch.bool):
+        raise DenoiserLabError(f"sigma must be a number or a [B] tensor of numbers, got the boolean {sigma!r}")
     if isinstance(sigma, Tensor):
         if sigma.ndim == 0:
             sigma = sigma.reshape(1).expand(batch)
@@ -53,3 +61,61 @@ def sigma_per_sample(sigma: float | Tensor, batch: int, device: torch.device | s
     if (sigma <= 0).any():
         raise DenoiserLabError(f"sigma must be > 0, got min sigma {sigma.min().item():g}")
     return sigma
+
+
+def check_flag(value: object, name: str) -> bool:
+    """A yes/no option must be True or False: a string such as "no", or a number, is refused, not taken as truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise DenoiserLabError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """A seed must be an integer in [0, 2**63 - 1] (not a bool); returns it as an int."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise DenoiserLabError(f"{name} must be an integer in [0, 2**63 - 1], got {seed!r}")
+    return int(seed)
+
+
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """A count (images, steps, chunk rows, ...) must be an integer >= minimum, not a bool; returns it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise DenoiserLabError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_optional_count(value: object, name: str, minimum: int = 1) -> int | None:
+    """None, or a count as in check_count."""
+    return None if value is None else check_count(value, name, minimum)
+
+
+def physical_memory_bytes() -> int | None:
+    """Total physical memory of this machine in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(n_bytes: int, what: str) -> None:
+    """Refuse, before allocating, work whose estimated memory (n_bytes) exceeds this machine's physical memory."""
+    total = physical_memory_bytes()
+    if total is not None and n_bytes > total:
+        raise DenoiserLabError(f"{what} needs about {n_bytes / 2**30:,.3g} GiB of memory, more than this machine has"
+                               f" ({total / 2**30:,.3g} GiB); use fewer or smaller images")
+
+
+def check_finite_output(out: Tensor, component: str, sigma: float | Tensor | None = None) -> Tensor:
+    """Check what a network, denoiser or sampler returned: NaN or inf is an error naming `component`; returns out."""
+    if not torch.isfinite(out).all():
+        where = "" if sigma is None else f" at sigma = {_describe_sigma(sigma)}"
+        raise DenoiserLabError(f"{component} returned NaN or inf{where} "
+                               f"({int((~torch.isfinite(out)).sum())} of {out.numel()} values)")
+    return out
+
+
+def _describe_sigma(sigma: float | Tensor) -> str:
+    """A short text for a float or [B] sigma in error messages."""
+    if isinstance(sigma, Tensor) and sigma.numel() > 1:
+        return f"{sigma.min().item():.4g} .. {sigma.max().item():.4g}"
+    return f"{float(sigma):.4g}"

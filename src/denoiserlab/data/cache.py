@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import re
-import tempfile
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from denoiserlab.atomic import atomic_write, atomic_write_text, replacing
 from denoiserlab.data.builtin import BUILTIN_NAMES, builtin_files
 from denoiserlab.data.sources import read_source
 from denoiserlab.errors import DenoiserLabError
@@ -84,6 +85,10 @@ class _MemmapAllocator:
         self.array: np.ndarray | None = None  # the memory-mapped array once allocated
 
     def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
+        free = shutil.disk_usage(self.path.parent).free
+        if math.prod(shape) > free:
+            raise DenoiserLabError(f"the dataset cache entry needs {math.prod(shape) / 2**30:,.3g} GiB but"
+                                   f" {self.path.parent} has {free / 2**30:,.3g} GiB free")
         self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=shape)
         return self.array
 
@@ -91,44 +96,26 @@ class _MemmapAllocator:
 def _build_entry(stem: Path, source: str | Path, split: str, resolution: int | None, policy: str) -> None:
     """Read the source and write labels, metadata, then images, each atomically (temporary file, then rename)."""
     try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        allocator = _MemmapAllocator(_temporary_path(_entry_file(stem, ".npy")))
-        try:
+        with replacing(_entry_file(stem, ".npy")) as images_file:
+            allocator = _MemmapAllocator(images_file)
             images, labels, name = read_source(source, split, resolution, policy, allocate=allocator)
             if labels is not None:
-                _write_atomic(_entry_file(stem, ".labels.npy"), lambda handle: np.save(handle, labels))
+                atomic_write(_entry_file(stem, ".labels.npy"), lambda temp: _save_npy(temp, labels))
             metadata = {"name": name, "has_labels": labels is not None, "shape": list(images.shape)}
-            _write_atomic(_entry_file(stem, ".json"), lambda handle: handle.write(json.dumps(metadata).encode()))
-            if images is allocator.array:  # decoded into the temporary .npy: flush it and rename it into place
+            atomic_write_text(_entry_file(stem, ".json"), json.dumps(metadata))
+            if images is allocator.array:  # decoded straight into the temporary .npy: flush it (renamed on exit)
                 images.flush()
-                os.replace(allocator.path, _entry_file(stem, ".npy"))
+                del images, allocator.array
             else:
-                _write_atomic(_entry_file(stem, ".npy"), lambda handle: np.save(handle, np.ascontiguousarray(images)))
-        finally:
-            allocator.path.unlink(missing_ok=True)
+                _save_npy(images_file, np.ascontiguousarray(images))
     except OSError as error:
         raise DenoiserLabError(f"cannot write the dataset cache in {stem.parent}: {error}") from None
 
 
-def _temporary_path(path: Path) -> Path:
-    """A fresh, unused temporary file name beside path (the file is created empty)."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    return Path(name)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call write(binary handle) on a temporary file beside path, then rename it to path."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save to exactly `path` (through a handle, so numpy adds no .npy suffix)."""
+    with open(path, "wb") as handle:
+        np.save(handle, array)
 
 
 def _open_entry(stem: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -138,10 +125,10 @@ def _open_entry(stem: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
         metadata = json.loads(_entry_file(stem, ".json").read_text())
         images = np.load(images_path, mmap_mode="c")
         labels = np.load(_entry_file(stem, ".labels.npy")) if metadata["has_labels"] else None
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise DenoiserLabError(
             f"dataset cache entry {images_path} is unreadable ({error}); delete it to rebuild"
         ) from None
-    if images.dtype != np.uint8 or list(images.shape) != metadata["shape"]:
+    if images.dtype != np.uint8 or not isinstance(metadata, dict) or list(images.shape) != metadata.get("shape"):
         raise DenoiserLabError(f"dataset cache entry {images_path} does not match its metadata; delete it to rebuild")
     return images, labels, metadata["name"]

@@ -1,10 +1,14 @@
 """Stage cache of a study: each stage's output stored atomically under DIR/stages/, keyed by what it depends on.
 
 A stage is a name plus a key (a JSON-able table of the resolved config parts and input fingerprints it depends on).
-Its output lives in `DIR/stages/<name>-<hash of key>.pt` (torch.save of {"key", "value", "seconds"}), written
-with `denoiserlab.atomic.atomic_write`, so a killed run (kill -9 included) leaves either the finished file or none;
-stale temporary files of killed writes are removed when the cache opens. A rerun loads finished stages instead of
-computing them; a changed key gives a new file name, so a stage is never read under the wrong settings.
+Its output lives in `DIR/stages/<name>-<hash of key>.safetensors`: the tensors of the value as safetensors, and
+the rest of the value (nested dicts, lists, tuples, numbers, strings, None) as JSON in the file's metadata, beside
+the key and the compute time. Neither format can run code, and every file read back is treated as untrusted: one
+that does not parse, does not hold exactly such a value, or was stored under another key is computed again and
+overwritten. Files are written with `denoiserlab.atomic.atomic_write`, so a killed run (kill -9 included) leaves
+either the finished file or none; stale temporary files of killed writes are removed when the cache opens. A rerun
+loads finished stages instead of computing them; a changed key gives a new file name, so a stage is never read
+under the wrong settings.
 """
 
 from __future__ import annotations
@@ -15,10 +19,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
 
 from denoiserlab.atomic import atomic_write
 from denoiserlab.errors import DenoiserLabError
+
+STAGE_SUFFIX = ".safetensors"
+STAGE_FORMAT = "denoiserlab-stage-1"  # metadata "format" of a stage file; other values are not read
 
 
 def key_hash(key: dict) -> str:
@@ -40,6 +51,86 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:20]
 
 
+class StageFileError(ValueError):
+    """A stage file that cannot be read back as a stage value (corrupt, planted, or from another format)."""
+
+
+def encode_value(value: Any, tensors: dict[str, Tensor]) -> Any:
+    """A stage value as a JSON tree: each node is a one-key table ("tensor", "array", "list", "tuple", "dict",
+    "value"); tensors and numpy arrays go into `tensors` under the names the tree refers to."""
+    if isinstance(value, Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = value.detach().to("cpu").contiguous().clone()
+        return {"tensor": name}
+    if isinstance(value, np.ndarray):
+        name = f"t{len(tensors)}"
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(value).copy())
+        return {"array": name}
+    if isinstance(value, (list, tuple)):
+        return {type(value).__name__: [encode_value(item, tensors) for item in value]}
+    if isinstance(value, dict):
+        if not all(isinstance(key, (str, int, float, bool)) or key is None for key in value):
+            raise TypeError(f"stage values may only have str, number or None dict keys, got {list(value)[:3]}")
+        return {"dict": [[key, encode_value(item, tensors)] for key, item in value.items()]}
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return {"value": value}
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return {"value": value.item()}
+    raise TypeError(f"a stage value cannot hold a {type(value).__name__} (tensors, arrays, numbers, strings, None"
+                    " and dicts, lists or tuples of them only)")
+
+
+def decode_value(node: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of encode_value; raises StageFileError on any tree that encode_value cannot have written."""
+    if not isinstance(node, dict) or len(node) != 1:
+        raise StageFileError(f"malformed value node {str(node)[:80]}")
+    (kind, content), = node.items()
+    if kind in ("tensor", "array"):
+        if not isinstance(content, str) or content not in tensors:
+            raise StageFileError(f"value refers to a missing tensor {content!r}")
+        return tensors[content] if kind == "tensor" else tensors[content].numpy()
+    if kind in ("list", "tuple") and isinstance(content, list):
+        items = [decode_value(item, tensors) for item in content]
+        return items if kind == "list" else tuple(items)
+    if kind == "dict" and isinstance(content, list):
+        if not all(isinstance(pair, list) and len(pair) == 2 for pair in content):
+            raise StageFileError("malformed dict node")
+        return {key: decode_value(item, tensors) for key, item in content}
+    if kind == "value" and (isinstance(content, (bool, int, float, str)) or content is None):
+        return content
+    raise StageFileError(f"unknown value node kind {kind!r}")
+
+
+def write_stage(path: Path, key: dict, value: Any, seconds: float) -> None:
+    """Write one stage file atomically (see the module docstring for its layout)."""
+    tensors: dict[str, Tensor] = {}
+    tree = encode_value(value, tensors)
+    metadata = {"format": STAGE_FORMAT, "key": json.dumps(key, sort_keys=True, default=str),
+                "value": json.dumps(tree), "seconds": repr(float(seconds))}
+    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+
+
+def read_stage(path: str | Path, key: dict | None = None) -> tuple[Any, float]:
+    """(value, seconds) of a stage file; with `key`, the file must have been stored under that key.
+
+    Raises StageFileError for anything that is not exactly a stage file this module wrote."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        if metadata.get("format") != STAGE_FORMAT:
+            raise StageFileError(f"not a stage file (format {metadata.get('format')!r})")
+        if key is not None and metadata.get("key") != json.dumps(key, sort_keys=True, default=str):
+            raise StageFileError("stored under another key")
+        value = decode_value(json.loads(metadata["value"]), tensors)
+        seconds = float(metadata["seconds"])
+    except StageFileError:
+        raise
+    except Exception as error:  # safetensors, JSON and OS errors alike mean "unreadable": the caller recomputes
+        raise StageFileError(f"unreadable stage file: {type(error).__name__}: {error}") from None
+    return value, seconds
+
+
 class StageCache:
     """Runs stages once per key; `computed` lists the stages computed (not loaded) by this object, in order."""
 
@@ -50,9 +141,10 @@ class StageCache:
             stale.unlink()
         self.computed: list[str] = []
         self.timings: dict[str, dict] = {}  # stage -> {"seconds": compute time, "cached": loaded from disk}
+        self.rejected: list[str] = []  # stage files found but not trusted (corrupt or planted); recomputed
 
     def path(self, name: str, key: dict) -> Path:
-        return self.root / f"{name}-{key_hash(key)}.pt"
+        return self.root / f"{name}-{key_hash(key)}{STAGE_SUFFIX}"
 
     def run(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         """The output of stage `name` under `key`: loaded when finished before, else compute() and stored."""
@@ -60,14 +152,16 @@ class StageCache:
             raise DenoiserLabError(f"stage names must not contain '/' or start with '.', got {name!r}")
         path = self.path(name, key)
         if path.is_file():
-            stored = torch.load(path, map_location="cpu", weights_only=False)
-            self.timings[name] = {"seconds": stored["seconds"], "cached": True}
-            return stored["value"]
+            try:
+                value, seconds = read_stage(path, key)
+                self.timings[name] = {"seconds": seconds, "cached": True}
+                return value
+            except StageFileError:
+                self.rejected.append(path.name)  # computed again below; the rewrite replaces the bad file
         started = time.perf_counter()
         value = compute()
         seconds = time.perf_counter() - started
-        record = {"key": key, "value": value, "seconds": seconds}
-        atomic_write(path, lambda temp: torch.save(record, temp))
+        write_stage(path, key, value, seconds)
         self.computed.append(name)
         self.timings[name] = {"seconds": seconds, "cached": False}
         return value

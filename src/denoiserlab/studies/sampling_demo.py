@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from denoiserlab import __version__
-from denoiserlab.atomic import write_json
+from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.data import load
 from denoiserlab.denoisers import create, load_schedule
 from denoiserlab.diffusion import sample_heun, standard_noise
@@ -66,7 +67,9 @@ def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     nearest_images = {name: train_images[index] for name, (_, index) in neighbours.items()}
-    torch.save({"samples": samples, "nearest": nearest_images}, out / "samples.pt")
+    tensors = {f"{kind}/{name}": images.detach().cpu().float().contiguous() for kind, table in
+               (("samples", samples), ("nearest", nearest_images)) for name, images in table.items()}
+    atomic_write(out / "samples.safetensors", lambda temp: save_file(tensors, str(temp)))  # data only, whole or absent
     write_sampling_demo_figures(results, samples, nearest_images, out)
     return results
 
