@@ -10,8 +10,9 @@ Identical masks are merged first (lambda = 1 is a single full-image crop). On CP
 the readable reference and runs anywhere (GPU included): with d_n the per-pixel squared differences
 sum_c (z - x_n)^2 ([B, n, H*W], never the |a|^2 - 2ab + |b|^2 expansion), all crop distances are one GEMM
 d_n @ masks^T (a sum of non-negative terms, so no cancellation in float32), and the composite is
-sum_n x_n * (weights_n @ masks), a second GEMM. Two streaming passes over the training set with an exact
-log-sum-exp; the logits of pass 1 are kept for pass 2 when they fit in LOGIT_CACHE_BYTES.
+sum_n x_n * (weights_n @ masks), a second GEMM. Two streaming passes over the training set with an exact softmax
+in distance space (relative to each crop's nearest distance, as in pspc_square, so any sigma > 0 works); the
+distances of pass 1 are kept for pass 2 when they fit in LOGIT_CACHE_BYTES.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
 from denoiserlab.denoisers.schedules import Tunable
-from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
+from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_optional_count,
+    check_same_image_shape,
+    sigma_per_sample,
+)
 
-LOGIT_CACHE_BYTES = 1 << 28  # keep pass-1 logits for pass 2 up to this size, else recompute them
+LOGIT_CACHE_BYTES = 1 << 28  # keep pass-1 crop distances for pass 2 up to this size, else recompute them
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,8 @@ class PSPCFlexConfig:
         if not callable(self.masks) and not isinstance(self.masks, Tensor):
             raise DenoiserLabError("masks must be a bool tensor [K, H, W] or a callable sigma -> masks, "
                                    f"got {type(self.masks).__name__}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        check_optional_count(self.chunk_size, "chunk_size")
+        check_flag(self.xflip, "xflip")
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ class PSPCFlex:
         for index in sorted(set(group_of_sample)):
             group = torch.tensor([i for i, g in enumerate(group_of_sample) if g == index], device=x.device)
             out[group] = self.composite(x[group], sigma[group], index).to(x.dtype)
-        return out
+        return check_finite_output(out, "PSPC-Flex", sigma)
 
     def composite(self, x: Tensor, sigma: Tensor, index: int) -> Tensor:
         """The composite over crop set `index`. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
@@ -160,30 +168,32 @@ def flex_composite(x: Tensor, sigma: Tensor, train: Tensor, crops: CropSet, chun
     """PSPC-Flex composite. x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W]; returns float64 [B, C, H, W]."""
     queries = x.float().flatten(2)  # [B, C, H*W]
     train_pixels = train.flatten(2)  # [N, C, H*W]
-    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).float()
+    inv_two_var = pspc_kernel.inverse_two_variance(sigma).to(x.device)  # g = 1 / (2 sigma^2), capped
     chunk_size = chunk_size or default_flex_chunk(x.shape[0], queries.shape[2], crops.masks.shape[0])
     starts = range(0, train.shape[0], chunk_size)
     keep = 4 * x.shape[0] * train.shape[0] * crops.masks.shape[0] <= LOGIT_CACHE_BYTES
 
-    def logits_of(start: int) -> Tensor:
+    def distances_of(start: int) -> Tensor:
         chunk = train_pixels[start : start + chunk_size]
         pixel_distances = (queries[:, None] - chunk[None]).square().sum(2)  # [B, n, H*W]
-        return -(pixel_distances @ crops.masks.T) * inv_two_var[:, None, None]  # [B, n, U]
+        return pixel_distances @ crops.masks.T  # [B, n, U], sums of non-negative terms
 
     kept = {}
 
-    def pass_one_logits(start: int) -> Tensor:
-        logits = logits_of(start)
+    def pass_one_distances(start: int) -> Tensor:
+        distances = distances_of(start)
         if keep:
-            kept[start] = logits
-        return logits
+            kept[start] = distances
+        return distances
 
-    log_normalisers = streaming_log_normaliser(pass_one_logits(start) for start in starts).float()  # [B, U]
+    # per crop: smallest distance m and s = sum_n exp(-(D_n - m) g), in distance space (see pspc_square)
+    crop_min, crop_sum = streaming_nearest_sum((pass_one_distances(start) for start in starts), inv_two_var)
+    crop_min, crop_sum, g = crop_min[:, None], crop_sum.float()[:, None], inv_two_var[:, None, None]  # [B, 1, U]
     crop_weights = crops.masks * crops.counts[:, None]  # [U, H*W], each crop as often as it occurs
     numerators = torch.zeros(queries.shape, dtype=torch.float64, device=x.device)
     for start in starts:
-        logits = kept.pop(start) if keep else logits_of(start)
-        pixel_weights = torch.exp(logits - log_normalisers[:, None]) @ crop_weights  # [B, n, H*W]
+        distances = kept.pop(start) if keep else distances_of(start)
+        pixel_weights = (torch.exp(-(distances - crop_min) * g) / crop_sum) @ crop_weights  # [B, n, H*W]
         numerators += (pixel_weights[:, :, None] * train_pixels[start : start + chunk_size]).sum(1, dtype=torch.float64)
     coverage = crops.coverage.double()
     composite = torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double().flatten(2))

@@ -1,26 +1,31 @@
 """A small compiled CPU kernel for PSPC-Square and PSPC-Flex: both passes fused, vectorised and threaded.
 
 The eager PyTorch paths in `pspc_square.py` and `pspc_flex.py` are the readable references; this kernel computes
-the same two passes (per-crop log normalisers, then the composite numerator) but keeps every
+the same two passes (per-crop nearest distance and normaliser, then the composite numerator) but keeps every
 [pixels x 16 training images] intermediate in cache: training images are laid out 16 side by side (one per SIMD
 lane), the training set is the outer loop (read from memory once per pass for all queries), and each of a few Python
 threads sums its own shares of the training set (`run_parts`). Square crops use window sums without cancellation
 (`box_filter.py`); listed (Flex) crops are pixel index lists, so a crop costs its size, not H * W as in a dense
 GEMM. Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), a polynomial exp accurate to ~2 ulp.
 
-The C source below is compiled once per machine with the system C compiler into the user cache directory
-(~/.cache/denoiserlab/kernels, or $XDG_CACHE_HOME) on first use, about a second; nothing happens at import.
+The C source ships with the package (`kernels/pspc.c`, which includes `kernels/common.h`) and is compiled once per
+machine with the system C compiler into the user cache folder (`user_cache_dir("kernels")`) on first use, about a
+second; nothing happens at import. Every function has a declared ctypes signature and reports a failed allocation.
+Any failure to build or load (no compiler, a compiler error or timeout, an unwritable cache folder, a damaged
+library) is remembered for the rest of the process: the denoisers fall back to their eager PyTorch path with one
+warning, and the build is not retried. Libraries are keyed by source, flags and CPU (they use -march=native), not by
+host name, so machines sharing a home folder share a build only when their CPUs match.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import platform
+import re
 import shutil
 import subprocess
-import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,329 +33,148 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from denoiserlab.atomic import replacing
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.user_cache import user_cache_dir
+
 LANES = 16  # training images side by side, as in the C source
-LOGIT_CACHE_BYTES = 1 << 29  # keep pass-1 crop logits for pass 2 up to this size, else recompute them
+LOGIT_CACHE_BYTES = 1 << 29  # keep pass-1 crop distances for pass 2 up to this size, else recompute them
 COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 
 
-class KernelUnavailable(RuntimeError):
+KERNEL_FOLDER = Path(__file__).parent / "kernels"  # C sources, shipped as package data
+COMPILE_TIMEOUT_SECONDS = 300  # a compiler that takes longer is treated as missing
+
+
+class KernelUnavailable(DenoiserLabError):
     """The C kernel could not be built or loaded on this machine (no C compiler, ...)."""
 
 
-# Shared by the C kernels (this one and `els_kernel.py`): the lane width, a vectorisable exp and window sums.
-C_COMMON = r"""
-#include <float.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define LANES 16
-#define HALF (LANES / 2)
-
-/* exp(x) for x <= 0 (Cephes-style polynomial, ~2 ulp); exactly 0 below -87. Vectorisable. */
-static inline float exp_nonpositive(float x) {
-    float xc = x < -87.0f ? -87.0f : (x > 0.0f ? 0.0f : x);
-    float k = floorf(xc * 1.44269504088896341f + 0.5f);
-    float r = xc - k * 0.693359375f + k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { int i; float f; } scale;
-    scale.i = ((int)k + 127) << 23;
-    return x < -87.0f ? 0.0f : p * scale.f;
+_c_int, _c_long, _pointer_type = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
+# z, lanes, (B, C, H, W, N, s, n_crops), (offsets, pixels, counts), inv_two_var: the arguments both passes start with
+_PASS_ARGUMENTS = [_pointer_type, _pointer_type, *[_c_int] * 7, *[_pointer_type] * 4]
+PSPC_SIGNATURES = {  # function -> (restype, argtypes), as in kernels/pspc.c
+    "pspc_pass1": (_c_int, [*_PASS_ARGUMENTS, _pointer_type, _pointer_type, _pointer_type, _c_int, _c_int]),
+    "merge_parts": (None, [_pointer_type, _pointer_type, _c_long, _c_int, _c_int, _pointer_type, _pointer_type,
+                           _pointer_type]),
+    "pspc_pass2": (_c_int, [*_PASS_ARGUMENTS, *[_pointer_type] * 4, _c_int, _c_int]),
 }
 
-/* Window sums of width s along a line of len elements, each `width` contiguous floats (a lane vector, or a whole
-   image row of lane vectors for the vertical pass): out[i] = sum_{j<s} in[i + j] for i <= len - s.
-   Van Herk / Gil-Werman blocks of length s: out[i] = (suffix sum of i's block from i) + (running prefix sum of the
-   next block up to i + s - 1). Only non-negative terms are ever added: no cancellation. */
-static void box_line(const float *in, float *out, int len, int s, long width, float *suffix, float *head) {
-    int n_out = len - s + 1;
-    for (int start = 0; start < n_out; start += s) {
-        int last = start + s - 1; /* < len, since start <= len - s */
-        memcpy(suffix + last * width, in + last * width, sizeof(float) * width);
-        for (int i = last - 1; i >= start; i--) {
-            const float *src = in + i * width;
-            float *dst = suffix + i * width;
-#pragma omp simd
-            for (long l = 0; l < width; l++) dst[l] = dst[l + width] + src[l];
-        }
-        memcpy(out + start * width, suffix + start * width, sizeof(float) * width);
-        memset(head, 0, sizeof(float) * width);
-        int end = start + s < n_out ? start + s : n_out;
-        for (int i = start + 1; i < end; i++) {
-            const float *next = in + (long)(i + s - 1) * width, *tail = suffix + i * width;
-            float *dst = out + i * width;
-#pragma omp simd
-            for (long l = 0; l < width; l++) { head[l] += next[l]; dst[l] = tail[l] + head[l]; }
-        }
-    }
-}
+_libraries: dict[str, ctypes.CDLL] = {}  # stem -> loaded library
+_failures: dict[str, str] = {}  # stem -> why it could not be built or loaded: remembered, never retried
+_warned: set[str] = set()  # fallback warnings already shown in this process
 
-"""
 
-C_SOURCE = C_COMMON + r"""
-/* Per-pixel squared differences summed over channels: d[hw][l] = sum_c (z[c][hw] - x[c][hw][l])^2. */
-static void pixel_squared_differences(const float *z, const float *x, int C, int HW, float *d) {
-    for (int p = 0; p < HW; p++) {
-        float *restrict dv = d + (long)p * LANES;
-        const float *xv = x + (long)p * LANES;
-        float zv = z[p];
-#pragma omp simd
-        for (int l = 0; l < LANES; l++) { float diff = zv - xv[l]; dv[l] = diff * diff; }
-        for (int c = 1; c < C; c++) {
-            const float *xc = xv + (long)c * HW * LANES;
-            float zc = z[(long)c * HW + p];
-#pragma omp simd
-            for (int l = 0; l < LANES; l++) { float diff = zc - xc[l]; dv[l] += diff * diff; }
-        }
-    }
-}
+def kernel_source(name: str) -> str:
+    """The text of a C file shipped in KERNEL_FOLDER, with its `#include "file"` lines of shipped files replaced by
+    their text, so the compiler reads it whole from stdin (no include path, nothing from the current folder)."""
+    lines = (KERNEL_FOLDER / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    included = re.compile(r'\s*#\s*include\s+"([A-Za-z0-9_.]+)"')
+    return "".join(kernel_source(match[1]) if (match := included.match(line)) else line for line in lines)
 
-typedef struct { float *d, *rows, *crops, *suffix, *head, *padded, *padded_rows; } Scratch;
 
-static Scratch scratch_new(int H, int W, int s, int n_crops) {
-    long longest = (H > W ? H : W) + 2L * s, most = (long)H * W > n_crops ? (long)H * W : n_crops;
-    long padded_image = (long)(H + s) * W * LANES;
-    Scratch t;
-    t.d = malloc(sizeof(float) * LANES * H * W);
-    t.rows = malloc(sizeof(float) * LANES * H * W);
-    t.crops = malloc(sizeof(float) * LANES * most);
-    t.suffix = malloc(sizeof(float) * padded_image);
-    t.head = malloc(sizeof(float) * LANES * W);
-    t.padded = malloc(sizeof(float) * LANES * longest);
-    t.padded_rows = calloc(padded_image, sizeof(float)); /* rows s-1 .. s+P1-2 rewritten, the others stay 0 */
-    return t;
-}
-
-static void scratch_free(Scratch t) {
-    free(t.d); free(t.rows); free(t.crops); free(t.suffix); free(t.head); free(t.padded); free(t.padded_rows);
-}
-
-/* The crops of a composite: all s x s squares (stride 1), or a list of crops given as pixel index lists
-   (pixels of crop k: pixels[offsets[k]] .. pixels[offsets[k + 1] - 1], each crop counted counts[k] times). */
-typedef struct {
-    int listed, H, W, s, n_crops;
-    const int *offsets, *pixels;
-    const float *counts;
-} Crops;
-
-static Crops crops_make(int H, int W, int s, int n_crops, const int *offsets, const int *pixels, const float *counts) {
-    Crops crops = {offsets != NULL, H, W, s, offsets ? n_crops : (H - s + 1) * (W - s + 1), offsets, pixels, counts};
-    return crops;
-}
-
-/* Logits -|C z - C x|^2 * inv_two_var of every crop for one block of training images: [n_crops][LANES];
-   lanes >= valid (padding past the end of the training set) get -inf. */
-static void crop_logits(const float *z, const float *x, int C, Crops crops, float inv_two_var, int valid,
-                        Scratch t, float *logits) {
-    int H = crops.H, W = crops.W, s = crops.s;
-    pixel_squared_differences(z, x, C, H * W, t.d);
-    if (crops.listed) {
-        for (int k = 0; k < crops.n_crops; k++) {
-            float *v = logits + (long)k * LANES;
-            memset(v, 0, sizeof(float) * LANES);
-            for (int j = crops.offsets[k]; j < crops.offsets[k + 1]; j++) {
-                const float *dv = t.d + (long)crops.pixels[j] * LANES;
-#pragma omp simd
-                for (int l = 0; l < LANES; l++) v[l] += dv[l];
-            }
-        }
-    } else {
-        int P2 = W - s + 1;
-        for (int h = 0; h < H; h++)
-            box_line(t.d + (long)h * W * LANES, t.rows + (long)h * P2 * LANES, W, s, LANES, t.suffix, t.head);
-        box_line(t.rows, logits, H, s, (long)P2 * LANES, t.suffix, t.head); /* whole rows at a time */
-    }
-    for (int k = 0; k < crops.n_crops; k++) {
-        float *v = logits + (long)k * LANES;
-#pragma omp simd
-        for (int l = 0; l < LANES; l++) v[l] = l < valid ? -v[l] * inv_two_var : -INFINITY;
-    }
-}
-
-/* Per pixel, the sum of the weights [n_crops][LANES] of the crops that contain it (times their counts):
-   out [H * W][LANES]. */
-static void pixel_weights(const float *weights, Crops crops, Scratch t, float *out) {
-    int H = crops.H, W = crops.W, s = crops.s;
-    if (crops.listed) {
-        memset(out, 0, sizeof(float) * LANES * H * W);
-        for (int k = 0; k < crops.n_crops; k++) {
-            float count = crops.counts[k];
-            const float *wv = weights + (long)k * LANES;
-            for (int j = crops.offsets[k]; j < crops.offsets[k + 1]; j++) {
-                float *o = out + (long)crops.pixels[j] * LANES;
-#pragma omp simd
-                for (int l = 0; l < LANES; l++) o[l] += count * wv[l];
-            }
-        }
-    } else {
-        /* transposed window sums = window sums of the input zero-padded by s - 1 on every side */
-        int P1 = H - s + 1, P2 = W - s + 1;
-        memset(t.padded, 0, sizeof(float) * LANES * (P2 + 2 * (s - 1)));
-        for (int p = 0; p < P1; p++) {
-            memcpy(t.padded + (long)(s - 1) * LANES, weights + (long)p * P2 * LANES, sizeof(float) * LANES * P2);
-            box_line(t.padded, t.padded_rows + (long)(p + s - 1) * W * LANES, P2 + 2 * (s - 1), s, LANES, t.suffix,
-                     t.head);
-        }
-        box_line(t.padded_rows, out, P1 + 2 * (s - 1), s, (long)W * LANES, t.suffix, t.head);
-    }
-}
-
-/* Pass 1 on share `part` of `parts` of the training set: per query and crop, max logit and sum of exp(logit - max).
-   max_out, sum_out: [B][n_crops][parts]; logits_out (or NULL): [blocks][B][n_crops][LANES], kept for pass 2.
-   Squares of side s when offsets is NULL, else the listed crops. */
-void pspc_pass1(const float *z, const float *xt, int B, int C, int H, int W, int N, int s, int n_crops,
-                const int *offsets, const int *pixels, const float *counts, const float *inv_two_var,
-                float *max_out, float *sum_out, float *logits_out, int part, int parts) {
-    Crops crops = crops_make(H, W, s, n_crops, offsets, pixels, counts);
-    int blocks = (N + LANES - 1) / LANES, P = crops.n_crops;
-    long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
-    long state = (long)B * P * LANES;
-    Scratch t = scratch_new(H, W, s, P);
-    float *run_max = malloc(sizeof(float) * state), *run_sum = calloc(state, sizeof(float));
-    for (long i = 0; i < state; i++) run_max[i] = -FLT_MAX;
-    for (long block = first; block < last; block++) {
-        int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
-        for (int b = 0; b < B; b++) {
-            float *logits = logits_out ? logits_out + (block * B + b) * P * LANES : t.crops;
-            crop_logits(z + (long)b * C * H * W, xt + block * C * H * W * LANES, C, crops, inv_two_var[b], valid,
-                        t, logits);
-            float *mb = run_max + (long)b * P * LANES, *sb = run_sum + (long)b * P * LANES;
-            for (int p = 0; p < P; p++) {
-                float *m = mb + (long)p * LANES, *sm = sb + (long)p * LANES, *v = logits + (long)p * LANES;
-                /* running log-sum-exp with one exp per element: e = exp(-|v - m|) */
-#pragma omp simd
-                for (int l = 0; l < LANES; l++) {
-                    float e = exp_nonpositive(-fabsf(v[l] - m[l]));
-                    int grows = v[l] > m[l];
-                    sm[l] = grows ? sm[l] * e + 1.0f : sm[l] + e;
-                    m[l] = grows ? v[l] : m[l];
-                }
-            }
-        }
-    }
-    for (long q = 0; q < (long)B * P; q++) {
-        float m = -FLT_MAX, sm = 0.0f;
-        for (int l = 0; l < LANES; l++) m = run_max[q * LANES + l] > m ? run_max[q * LANES + l] : m;
-        for (int l = 0; l < LANES; l++) sm += run_sum[q * LANES + l] * expf(run_max[q * LANES + l] - m);
-        max_out[q * parts + part] = m;
-        sum_out[q * parts + part] = sm;
-    }
-    free(run_max); free(run_sum); scratch_free(t);
-}
-
-/* Merge the parts of pass 1: log_out[q] = log sum_part sum[q][part] * exp(max[q][part] - overall max), in double;
-   max_in, sum_in: [Q][parts] with Q = B * n_crops. */
-void merge_parts(const float *max_in, const float *sum_in, long Q, int parts, double *log_out) {
-    for (long q = 0; q < Q; q++) {
-        double m = -DBL_MAX, total = 0.0;
-        for (int part = 0; part < parts; part++) m = max_in[q * parts + part] > m ? max_in[q * parts + part] : m;
-        for (int part = 0; part < parts; part++) total += sum_in[q * parts + part] * exp(max_in[q * parts + part] - m);
-        log_out[q] = m + log(total);
-    }
-}
-
-/* Pass 2 on share `part` of `parts`: num[c][h][w] = sum_n x_n[c][h][w] * (sum over crops holding (h, w) of
-   exp(logit_n - log_normaliser)). log_normaliser: [B][n_crops]; logits_in: pass 1's logits_out, or NULL to
-   recompute them; num_out: [B][parts][C][H][W]. */
-void pspc_pass2(const float *z, const float *xt, int B, int C, int H, int W, int N, int s, int n_crops,
-                const int *offsets, const int *pixels, const float *counts, const float *inv_two_var,
-                const float *log_normaliser, const float *logits_in, float *num_out, int part, int parts) {
-    Crops crops = crops_make(H, W, s, n_crops, offsets, pixels, counts);
-    int blocks = (N + LANES - 1) / LANES, P = crops.n_crops, HW = H * W;
-    long first = (long)blocks * part / parts, last = (long)blocks * (part + 1) / parts;
-    Scratch t = scratch_new(H, W, s, P);
-    float *acc = calloc((size_t)B * HALF * C * HW, sizeof(float)); /* lanes folded in two: half the traffic */
-    for (long block = first; block < last; block++) {
-        int valid = N - block * LANES < LANES ? (int)(N - block * LANES) : LANES;
-        const float *x = xt + block * C * HW * LANES;
-        for (int b = 0; b < B; b++) {
-            const float *lz = log_normaliser + (long)b * P, *logits = t.crops;
-            if (logits_in)
-                logits = logits_in + (block * B + b) * P * LANES;
-            else
-                crop_logits(z + (long)b * C * HW, x, C, crops, inv_two_var[b], valid, t, t.crops);
-            float largest = 0.0f;
-            for (int p = 0; p < P; p++) {
-                const float *v = logits + (long)p * LANES;
-                float *weight = t.crops + (long)p * LANES;
-#pragma omp simd reduction(max : largest)
-                for (int l = 0; l < LANES; l++) {
-                    weight[l] = exp_nonpositive(v[l] - lz[p]);
-                    largest = weight[l] > largest ? weight[l] : largest;
-                }
-            }
-            if (largest == 0.0f) continue; /* every weight underflowed to exactly 0: nothing to add */
-            pixel_weights(t.crops, crops, t, t.d);
-            float *accb = acc + (long)b * C * HW * HALF;
-            for (int c = 0; c < C; c++)
-                for (int p = 0; p < HW; p++) {
-                    float *a = accb + ((long)c * HW + p) * HALF;
-                    const float *wv = t.d + (long)p * LANES, *xv = x + ((long)c * HW + p) * LANES;
-#pragma omp simd
-                    for (int l = 0; l < HALF; l++) a[l] += wv[l] * xv[l] + wv[l + HALF] * xv[l + HALF];
-                }
-        }
-    }
-    for (long i = 0; i < (long)B * C * HW; i++) {
-        float total = 0.0f;
-        for (int l = 0; l < HALF; l++) total += acc[i * HALF + l];
-        long b = i / ((long)C * HW), j = i % ((long)C * HW);
-        num_out[(b * parts + part) * C * HW + j] = total;
-    }
-    free(acc); scratch_free(t);
-}
-"""
-
-_libraries: dict[str, ctypes.CDLL] = {}
+def __getattr__(name: str) -> str:
+    """C_COMMON (kernels/common.h) and C_SOURCE (kernels/pspc.c) as text, read on first use, for kernels that are
+    compiled from a string that starts with the shared part."""
+    if name == "C_COMMON":
+        return kernel_source("common.h")
+    if name == "C_SOURCE":
+        return kernel_source("pspc.c")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def kernel_cache_dir() -> Path:
-    """Where built kernels are kept: $XDG_CACHE_HOME/denoiserlab/kernels or ~/.cache/denoiserlab/kernels."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "denoiserlab" / "kernels"
+    """Where built kernels are kept: the `kernels` folder of the user cache (denoiserlab.user_cache)."""
+    return user_cache_dir("kernels")
+
+
+def cpu_signature() -> str:
+    """What a -march=native build depends on: the architecture and, on Linux, the CPU model and feature flags."""
+    parts = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().split("\n\n")[0].splitlines()  # the first processor
+        parts += [line for line in lines if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    except OSError:
+        pass
+    return "\n".join(parts)
 
 
 def _build(target: Path, source: str, stem: str) -> None:
-    """Compile the C `source` into the shared library `target` (atomically, so parallel processes may race)."""
+    """Compile the C `source` (fed on stdin) into the shared library `target`, atomically, so parallel processes may
+    race. Any failure is a KernelUnavailable."""
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise KernelUnavailable("no C compiler (gcc or cc) on PATH")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        source_file = Path(tmp) / f"{stem}.c"
-        source_file.write_text(source)
-        built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *COMPILE_FLAGS, str(source_file), "-o", str(built), "-lm"],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise KernelUnavailable(f"building the {stem} kernel failed: {result.stderr.strip()[:500]}")
-        os.replace(built, target)
+    try:
+        with replacing(target) as built:
+            command = [compiler, *COMPILE_FLAGS, "-x", "c", "-", "-x", "none", "-o", str(built), "-lm"]
+            result = subprocess.run(command, input=source, capture_output=True, text=True,
+                                    timeout=COMPILE_TIMEOUT_SECONDS)
+            if result.returncode != 0:
+                raise KernelUnavailable(f"building the {stem} kernel failed: {result.stderr.strip()[:500]}")
+    except subprocess.TimeoutExpired:
+        raise KernelUnavailable(f"building the {stem} kernel took over {COMPILE_TIMEOUT_SECONDS} s") from None
+    except OSError as error:  # unwritable or full cache folder, compiler that cannot start, ...
+        raise KernelUnavailable(f"building the {stem} kernel in {target.parent} failed: {error}") from None
 
 
-def compiled_library(source: str, stem: str) -> ctypes.CDLL:
+def _load(target: Path, signatures: dict) -> ctypes.CDLL:
+    """Load a built library and declare the ctypes signature of each function in `signatures`."""
+    try:
+        library = ctypes.CDLL(str(target))
+        for name, (restype, argtypes) in signatures.items():
+            function = getattr(library, name)
+            function.restype, function.argtypes = restype, argtypes
+    except (OSError, AttributeError) as error:
+        raise KernelUnavailable(f"loading the kernel {target} failed: {error}") from None
+    return library
+
+
+def _build_and_load(source: str, stem: str, signatures: dict) -> ctypes.CDLL:
+    key = hashlib.sha256("\n".join([source, *COMPILE_FLAGS, cpu_signature()]).encode())
+    target = kernel_cache_dir() / f"{stem}_{key.hexdigest()[:16]}.so"
+    if not target.is_file():
+        _build(target, source, stem)
+    try:
+        return _load(target, signatures)
+    except KernelUnavailable:  # a damaged or foreign file under our name: build it once more
+        _build(target, source, stem)
+        return _load(target, signatures)
+
+
+def compiled_library(source: str, stem: str, signatures: dict | None = None) -> ctypes.CDLL:
     """The shared library built from the C `source`, built on first use into kernel_cache_dir() as <stem>_<key>.so
-    (keyed by source, flags and machine, since it uses -march=native) and loaded once per process."""
-    if stem not in _libraries:
-        key = hashlib.sha256("\n".join([source, *COMPILE_FLAGS, platform.node(), platform.machine()]).encode())
-        target = kernel_cache_dir() / f"{stem}_{key.hexdigest()[:16]}.so"
-        if not target.exists():
-            _build(target, source, stem)
-        try:
-            _libraries[stem] = ctypes.CDLL(str(target))
-        except OSError as error:
-            raise KernelUnavailable(f"loading the {stem} kernel {target} failed: {error}") from None
+    and loaded once per process, with `signatures` ({function: (restype, argtypes)}) declared. A failure raises
+    KernelUnavailable, now and on every later call in this process (the build is not retried)."""
+    if stem in _libraries:
+        return _libraries[stem]
+    if stem in _failures:
+        raise KernelUnavailable(_failures[stem])
+    try:
+        _libraries[stem] = _build_and_load(source, stem, signatures or {})
+    except KernelUnavailable as error:
+        _failures[stem] = str(error)
+        raise
     return _libraries[stem]
 
 
 def load_library() -> ctypes.CDLL:
-    """The compiled PSPC kernel, built on first use."""
-    return compiled_library(C_SOURCE, "pspc")
+    """The compiled PSPC kernel (kernels/pspc.c), built on first use."""
+    return compiled_library(kernel_source("pspc.c"), "pspc", PSPC_SIGNATURES)
+
+
+def warn_fallback(error: KernelUnavailable, name: str) -> None:
+    """Say once per process and kernel failure that `name` runs on its eager PyTorch path instead."""
+    if str(error) not in _warned:
+        _warned.add(str(error))
+        warnings.warn(f"{error}; {name} falls back to the slower eager PyTorch path", stacklevel=3)
+
+
+def check_status(statuses: list, what: str) -> None:
+    """Raise a clear error when a kernel call reported that its working memory could not be allocated."""
+    if any(status != 0 for status in statuses):
+        raise DenoiserLabError(f"the PSPC kernel could not allocate its working memory in {what}; use smaller batches")
 
 
 def training_lanes(images: Tensor, blocks_per_copy: int = 1024) -> Tensor:
@@ -389,19 +213,17 @@ def n_parts(n_blocks: int, threads: int) -> int:
     return max(1, min(n_blocks, 4 * threads))
 
 
-def run_parts(function, arguments: list, parts: int, threads: int) -> None:
-    """Call function(*arguments, part, parts) for every part on `threads` Python threads.
+def run_parts(function, arguments: list, parts: int, threads: int) -> list:
+    """Call function(*arguments, part, parts) for every part on `threads` Python threads; returns their results.
 
     ctypes releases the GIL during the call, so the parts run in parallel; plain threads rather than OpenMP
     because OpenMP barriers stall badly (~100 ms a region here) when other jobs load the machine.
     """
     calls = [arguments + [ctypes.c_int(part), ctypes.c_int(parts)] for part in range(parts)]
     if threads == 1:
-        for call in calls:
-            function(*call)
-        return
+        return [function(*call) for call in calls]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda call: function(*call), calls))
+        return list(pool.map(lambda call: function(*call), calls))
 
 
 @dataclass(frozen=True)
@@ -434,54 +256,61 @@ def _crop_arguments(crops: KernelCrops) -> list:
             _optional_pointer(crops.pixels), _optional_pointer(crops.counts)]
 
 
-def logit_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
-    """Room for pass 1's crop logits [blocks, B, crops, 16] if they fit in LOGIT_CACHE_BYTES, else None."""
+def distance_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
+    """Room for pass 1's crop distances [blocks, B, crops, 16] if they fit in LOGIT_CACHE_BYTES, else None."""
     if 4 * batch * n_blocks * n_crops * LANES > LOGIT_CACHE_BYTES:
         return None
     return torch.empty(n_blocks, batch, n_crops, LANES)
 
 
-def log_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor, crops: KernelCrops,
-                             threads: int, logits: Tensor | None = None) -> Tensor:
-    """Pass 1: log sum_n exp(crop logit) per query and crop, float64 [B, K].
+def inverse_two_variance(sigma: Tensor) -> Tensor:
+    """g = 1 / (2 sigma^2) as float32 [B], capped at the largest float32, so that a sigma whose g overflows still
+    gives the sigma -> 0 limit (only distance gaps below ~1e-37 would tell the cap from the true value)."""
+    return (1.0 / (2.0 * sigma.double() ** 2)).clamp(max=torch.finfo(torch.float32).max).float().contiguous()
 
-    queries: [B, C, H, W]; lanes: `training_lanes`; inv_two_var: [B]; logits: `logit_cache` (filled) or None.
-    """
+
+def crop_normalisers_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor,
+                              crops: KernelCrops, threads: int,
+                              distances: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Pass 1: per query and crop, the smallest crop distance m (float32 [B, K]) and sum_n exp(-(D_n - m) g)
+    (float64 [B, K], >= 1). queries: [B, C, H, W]; lanes: `training_lanes`; inv_two_var: float32 [B] (g);
+    distances: `distance_cache` (filled) or None."""
     parts = n_parts(lanes.shape[0], threads)
-    maxima = torch.empty(queries.shape[0], crops.n_crops, parts)
-    sums = torch.empty_like(maxima)
-    queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
+    minima = torch.empty(queries.shape[0], crops.n_crops, parts)
+    sums = torch.empty_like(minima)
+    queries = queries.float().contiguous()
     arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train), *_crop_arguments(crops),
-                 _pointer(inv_two_var), _pointer(maxima), _pointer(sums), _optional_pointer(logits)]
+                 _pointer(inv_two_var), _pointer(minima), _pointer(sums), _optional_pointer(distances)]
     library = load_library()
-    run_parts(library.pspc_pass1, arguments, parts, threads)
-    log_normalisers = torch.empty(maxima.shape[:-1], dtype=torch.float64)
-    library.merge_parts(_pointer(maxima), _pointer(sums), ctypes.c_long(log_normalisers.numel()), ctypes.c_int(parts),
-                        _pointer(log_normalisers))
-    return log_normalisers
+    check_status(run_parts(library.pspc_pass1, arguments, parts, threads), "pass 1")
+    crop_min = torch.empty(minima.shape[:-1])
+    crop_sum = torch.empty(minima.shape[:-1], dtype=torch.float64)
+    library.merge_parts(_pointer(minima), _pointer(sums), ctypes.c_long(crop_min.numel()), ctypes.c_int(parts),
+                        ctypes.c_int(crops.n_crops), _pointer(inv_two_var), _pointer(crop_min), _pointer(crop_sum))
+    return crop_min, crop_sum
 
 
 def numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_var: Tensor, crops: KernelCrops,
-                        log_normalisers: Tensor, threads: int, logits: Tensor | None = None) -> Tensor:
+                        crop_min: Tensor, crop_sum: Tensor, threads: int, distances: Tensor | None = None) -> Tensor:
     """Pass 2: sum_n x_n * (per pixel, the summed normalised weights of n over the crops holding it).
 
-    Returns float64 [B, C, H, W]; logits: the tensor pass 1 filled, or None to recompute the crop logits.
+    Returns float64 [B, C, H, W]; distances: the tensor pass 1 filled, or None to recompute the crop distances.
     """
     parts = n_parts(lanes.shape[0], threads)
     numerators = torch.empty(queries.shape[0], parts, *queries.shape[1:])
-    queries, inv_two_var = queries.float().contiguous(), inv_two_var.float().contiguous()
-    log_normalisers = log_normalisers.float().contiguous()
+    queries, crop_sum = queries.float().contiguous(), crop_sum.float().contiguous()
     arguments = [_pointer(queries), _pointer(lanes), *_shape_arguments(queries, n_train), *_crop_arguments(crops),
-                 _pointer(inv_two_var), _pointer(log_normalisers), _optional_pointer(logits), _pointer(numerators)]
-    run_parts(load_library().pspc_pass2, arguments, parts, threads)
+                 _pointer(inv_two_var), _pointer(crop_min), _pointer(crop_sum), _optional_pointer(distances),
+                 _pointer(numerators)]
+    check_status(run_parts(load_library().pspc_pass2, arguments, parts, threads), "pass 2")
     return numerators.sum(1, dtype=torch.float64)
 
 
 def composite_numerators(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, crops: KernelCrops,
                          threads: int) -> Tensor:
     """Both passes: the composite numerators float64 [B, C, H, W] (divide by the crops per pixel)."""
-    inv_two_var = 1.0 / (2.0 * sigma.double() ** 2)
-    logits = logit_cache(queries.shape[0], lanes.shape[0], crops.n_crops)  # None when too large
+    inv_two_var = inverse_two_variance(sigma)
+    distances = distance_cache(queries.shape[0], lanes.shape[0], crops.n_crops)  # None when too large
     args = (queries, lanes, n_train, inv_two_var, crops)
-    log_normalisers = log_normalisers_compiled(*args, threads, logits)
-    return numerators_compiled(*args, log_normalisers, threads, logits)
+    crop_min, crop_sum = crop_normalisers_compiled(*args, threads, distances)
+    return numerators_compiled(*args, crop_min, crop_sum, threads, distances)

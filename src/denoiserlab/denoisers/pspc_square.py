@@ -11,14 +11,16 @@ Two streaming passes over the training set: per-crop log normalisers, then the w
 the fused C kernel (`pspc_kernel.py`); the eager PyTorch path below is the readable reference and runs anywhere.
 
 Precision: float32 per-pixel differences and cancellation-free window sums give every crop distance D to a relative
-error of ~1e-7, so a logit -D / (2 sigma^2) is off by ~1e-7 D / (2 sigma^2): ~1e-2 for D = 1 at sigma = 0.002,
-and far less for the crops that carry the weight near a training image. Normalisers and sums are float64.
+error of ~1e-7. Each crop's softmax runs in distance space, exp(-(D - m) / (2 sigma^2)) with m its smallest
+distance, so the nearest crop (and any exact tie) gets exponent exactly 0, and an exponent is off by
+~1e-7 (D + m) / (2 sigma^2): ~1e-2 for D = 1 at sigma = 0.002, far less for the crops that carry the weight.
+Normalisers and sums are float64. No sigma > 0 overflows: as sigma -> 0 the composite tends to that of the nearest
+training crops (the mean of exactly tied ones), as sigma -> inf to that of the mean crops.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -29,10 +31,17 @@ from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
 from denoiserlab.denoisers.schedules import Tunable
-from denoiserlab.denoisers.streaming_softmax import streaming_log_normaliser
+from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_optional_count,
+    check_same_image_shape,
+    sigma_per_sample,
+)
 
 KERNELS = ("auto", "compiled", "eager")
 
@@ -49,8 +58,8 @@ class PSPCSquareConfig:
             check_patch_size(self.patch_size)
         if self.kernel not in KERNELS:
             raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        check_optional_count(self.chunk_size, "chunk_size")
+        check_flag(self.xflip, "xflip")
 
 
 def check_patch_size(patch_size: object) -> int:
@@ -91,7 +100,7 @@ class PSPCSquare:
         for size in sizes.unique().tolist():
             group = (sizes == size).nonzero().flatten().to(x.device)
             out[group] = self.composite(x[group], sigma[group], size).to(x.dtype)
-        return out
+        return check_finite_output(out, "PSPC-Square", sigma)
 
     def composite(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
         """The composite for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
@@ -122,7 +131,7 @@ def use_compiled_kernel(denoiser, device: torch.device, name: str,
     except pspc_kernel.KernelUnavailable as error:
         if denoiser.config.kernel == "compiled":
             raise
-        warnings.warn(f"{error}; {name} falls back to the slower eager path", stacklevel=3)
+        pspc_kernel.warn_fallback(error, name)
         denoiser.config = dataclasses.replace(denoiser.config, kernel="eager")
         return False
     return True
@@ -134,30 +143,34 @@ def default_square_chunk(batch: int, image_shape: tuple[int, ...], bytes_per_chu
     return max(1, bytes_per_chunk // per_image)
 
 
-def crop_logits(queries: Tensor, train_chunk: Tensor, inv_two_var: Tensor, size: int) -> Tensor:
-    """-|C z_b - C x_n|^2 / (2 sigma_b^2) for every size x size crop C: [B, C, H, W], [n, C, H, W] -> [B, n, P1, P2]."""
+def crop_distances(queries: Tensor, train_chunk: Tensor, size: int) -> Tensor:
+    """|C z_b - C x_n|^2 for every size x size crop C: [B, C, H, W], [n, C, H, W] -> [B, n, P1, P2]."""
     pixel_distances = (queries[:, None] - train_chunk[None]).square().sum(2)  # [B, n, H, W], per-pixel differences
-    return -box_sums(pixel_distances, size) * inv_two_var[:, None, None, None]
+    return box_sums(pixel_distances, size)
 
 
 def square_composite(x: Tensor, sigma: Tensor, train: Tensor, size: int, chunk_size: int | None = None) -> Tensor:
     """Eager PSPC-Square composite (float32 work, float64 sums). x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W].
 
-    Pass 1 streams the per-crop log normalisers over chunks of the training set; pass 2 streams
-    sum_n x_n * box_sums_transposed(exp(logits_n - log_normaliser)). Returns float64 [B, C, H, W].
+    Pass 1 streams each crop's smallest distance m and normaliser s = sum_n exp(-(D_n - m) g) over chunks of the
+    training set (g = 1 / (2 sigma^2), capped: see pspc_kernel.inverse_two_variance); pass 2 streams
+    sum_n x_n * box_sums_transposed(exp(-(D_n - m) g) / s). Returns float64 [B, C, H, W].
     """
     queries = x.float()
-    inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).float()
+    inv_two_var = pspc_kernel.inverse_two_variance(sigma).to(x.device)
     chunk_size = chunk_size or default_square_chunk(x.shape[0], tuple(x.shape[1:]))
 
-    def logit_chunks() -> Iterator[tuple[Tensor, Tensor]]:
+    def distance_chunks() -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, train.shape[0], chunk_size):
             chunk = train[start : start + chunk_size]
-            yield chunk, crop_logits(queries, chunk, inv_two_var, size)
+            yield chunk, crop_distances(queries, chunk, size)
 
-    log_normalisers = streaming_log_normaliser(logits for _, logits in logit_chunks()).float()  # [B, P1, P2]
+    crop_min, crop_sum = streaming_nearest_sum((distances for _, distances in distance_chunks()), inv_two_var)
+    crop_min, crop_sum = crop_min[:, None], crop_sum.float()[:, None]  # [B, 1, P1, P2]
+    g = inv_two_var[:, None, None, None]
     numerators = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-    for chunk, logits in logit_chunks():
-        pixel_weights = box_sums_transposed(torch.exp(logits - log_normalisers[:, None]), size)  # [B, n, H, W]
+    for chunk, distances in distance_chunks():
+        weights = torch.exp(-(distances - crop_min) * g) / crop_sum  # [B, n, P1, P2]
+        pixel_weights = box_sums_transposed(weights, size)  # [B, n, H, W]
         numerators += (pixel_weights[:, :, None] * chunk).sum(1, dtype=torch.float64)
     return numerators / windows_per_pixel(*x.shape[2:], size, device=x.device)

@@ -28,3 +28,26 @@ def streaming_log_normaliser(logit_chunks: Iterable[Tensor]) -> Tensor:
         running_max, running_sum = merge_log_sum_exp(running_max, running_sum, chunk_max.double(), chunk_sum)
     return running_max + running_sum.log()
 
+
+
+def streaming_nearest_sum(distance_chunks: Iterable[Tensor], inv_two_var: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax normalisers of -distances * g in distance space, over all chunks along dim 1.
+
+    Each chunk: float distances [B, n, ...] >= 0; inv_two_var: g = 1 / (2 sigma^2) as [B] (capped finite). Returns
+    (m, s): m [B, ...] the smallest distance (chunk dtype), s [B, ...] float64 the sum of exp(-(d - m) g). Every
+    exponent is <= 0, so nothing overflows for any g; the softmax weight of d is exp(-(d - m) g) / s.
+    """
+    running_min = running_sum = None
+    for distances in distance_chunks:
+        g = inv_two_var.reshape(-1, *[1] * (distances.ndim - 1)).to(distances.dtype)  # [B, 1, ...]
+        chunk_min = distances.amin(1)  # [B, ...]
+        chunk_sum = torch.exp(-(distances - chunk_min.unsqueeze(1)) * g).sum(1, dtype=torch.float64)
+        if running_min is None:
+            running_min, running_sum = chunk_min, chunk_sum
+            continue
+        new_min = torch.minimum(running_min, chunk_min)
+        g64 = g.squeeze(1).double()
+        running_sum = (running_sum * torch.exp(-(running_min - new_min).double() * g64)
+                       + chunk_sum * torch.exp(-(chunk_min - new_min).double() * g64))
+        running_min = new_min
+    return running_min, running_sum
