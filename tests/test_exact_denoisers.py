@@ -113,7 +113,7 @@ def test_gaussian_is_exact_posterior_mean_for_gaussian_data():
 def test_gaussian_cache_round_trip(tiny_train, tmp_path, monkeypatch):
     monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path))
     first = GaussianDenoiser(tiny_train)
-    files = list((tmp_path / "gaussian").glob("*.pt"))
+    files = list((tmp_path / "gaussian").glob("*.safetensors"))
     assert len(files) == 1
     second = GaussianDenoiser(tiny_train)
     assert torch.equal(first.eigvecs_, second.eigvecs_)

@@ -31,6 +31,8 @@ def chunked_squared_distances(queries: Tensor, train_flat: Tensor, train_norms: 
 
     queries: [B, D] (any float dtype); train_flat: [N, D]; train_norms: [N] float64 (`squared_norms`).
     """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise DenoiserLabError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
     queries = queries.double()
     query_norms = queries.pow(2).sum(1, keepdim=True)  # [B, 1]
     chunk_size = chunk_size or default_chunk_size(queries.shape[1])

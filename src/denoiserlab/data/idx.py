@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -32,13 +33,13 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DenoiserLabError(f"{path} is truncated: its header declares {ndim} dimensions but the file ends first")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a huge header cannot overflow
     if len(raw) - header_end != expected:
         raise DenoiserLabError(
             f"{path} is truncated or corrupt: header declares shape {shape} ({expected} bytes), "
             f"file holds {len(raw) - header_end} bytes of data"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape).copy()
+    return np.frombuffer(raw[header_end:], dtype=dtype).reshape(shape).copy()
 
 
 def is_idx_folder(folder: Path) -> bool:

@@ -8,6 +8,7 @@ images repeated (a lossless change). Other modes (16-bit, float) are refused wit
 
 from __future__ import annotations
 
+import math
 import struct
 import zipfile
 import zlib
@@ -20,6 +21,7 @@ from PIL import Image
 
 from denoiserlab.data.transforms import match_resolution
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_MODES = ("1", "L", "LA")
@@ -44,6 +46,7 @@ def is_image_name(name: str) -> bool:
 
 def allocate_in_memory(shape: tuple[int, ...]) -> np.ndarray:
     """An uninitialised uint8 array of `shape` in memory (the default `allocate` of the image readers)."""
+    check_memory(math.prod(shape), f"{shape[0]} decoded images of shape {list(shape[1:])}")
     return np.empty(shape, dtype=np.uint8)
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from denoiserlab.validation import check_memory
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -37,7 +39,9 @@ class ImageSet:
 
 def uint8_to_float(images: Tensor) -> Tensor:
     """uint8 [..] in 0..255 -> float32 [..] in [-1, 1]."""
-    return torch.as_tensor(images).to(torch.float32) / 127.5 - 1.0
+    images = torch.as_tensor(images)
+    check_memory(4 * images.numel(), f"{tuple(images.shape)} images as float32")
+    return images.to(torch.float32) / 127.5 - 1.0
 
 
 def float_to_uint8(images: Tensor) -> Tensor:

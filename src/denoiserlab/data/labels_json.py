@@ -22,7 +22,8 @@ def parse_labels_json(text: bytes | str, where: str) -> dict[str, int] | None:
     try:
         return {str(name): _integer_label(label) for name, label in labels}
     except (ValueError, TypeError):
-        raise DenoiserLabError(f"{where}: 'labels' must be a list of [file name, integer label] pairs") from None
+        raise DenoiserLabError(f"{where}: 'labels' must be a list of [file name, integer label] pairs, labels in"
+                               " [0, 2**31 - 1]") from None
 
 
 def labels_for(names: list[str], label_of: dict[str, int] | None, where: str) -> np.ndarray | None:
@@ -36,7 +37,7 @@ def labels_for(names: list[str], label_of: dict[str, int] | None, where: str) ->
 
 
 def _integer_label(label) -> int:
-    """A label that is an integer (not a bool, float or list)."""
-    if isinstance(label, bool) or not isinstance(label, int):
+    """A label that is an integer in [0, 2**31) (not a bool, float, list, negative or huge number)."""
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 2**31:
         raise TypeError(label)
     return label

@@ -9,7 +9,7 @@ import torch
 
 from denoiserlab.data.cache import read_source_cached
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.data.options import check_load_options
+from denoiserlab.data.options import check_load_options, check_source
 from denoiserlab.data.sources import read_source
 from denoiserlab.data.transforms import (
     append_xflips,
@@ -47,13 +47,15 @@ def load(
     cache_dir: when given, the decoded source is kept there as a .npy and memory-mapped (see `data.cache`);
     it is not part of `load_options`, as it does not change the images.
     """
-    check_load_options(split, subset, classes, resolution, resolution_policy, channels, seed, subset_offset)
+    check_source(source)
+    check_load_options(split, subset, classes, resolution, resolution_policy, channels, seed, subset_offset, xflip)
     if cache_dir is None:
         images, labels, name = read_source(source, split, resolution, resolution_policy)
     else:
         images, labels, name = read_source_cached(source, split, resolution, resolution_policy, cache_dir)
     if len(images) == 0:
         raise DenoiserLabError(f"dataset {name} is empty (0 images)")
+    check_label_values(labels, name)
     if classes is not None:
         images, labels = keep_classes(images, labels, list(classes), name)
     if subset is not None:
@@ -75,3 +77,13 @@ def load(
         name=name,
         load_options=options,
     )
+
+
+LABEL_LIMIT = 2**31  # class labels are integers in [0, LABEL_LIMIT)
+
+
+def check_label_values(labels: np.ndarray | None, name: str) -> None:
+    """Class labels must be integers in [0, 2**31): a negative or huge label is a broken file, not a class."""
+    if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= LABEL_LIMIT):
+        raise DenoiserLabError(f"dataset {name} has labels in [{labels.min()}, {labels.max()}]; class labels must be"
+                               f" integers in [0, {LABEL_LIMIT - 1}]")

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
 from denoiserlab.data.splits import check_split
 from denoiserlab.data.transforms import RESOLUTION_POLICIES
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_flag, check_seed
+
+
+def check_source(source) -> None:
+    """A source is a non-empty name or path: '' would mean the current folder, searched recursively."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise DenoiserLabError(f"source must be a dataset name or a path, got {type(source).__name__}")
+    if str(source).strip() == "":
+        raise DenoiserLabError("source is empty; give a built-in dataset name or a path (use '.' for this folder)")
 
 
 def check_load_options(split: str, subset: int | None, classes, resolution: int | None,
-                       resolution_policy: str, channels: int | None, seed: int, subset_offset: int = 0) -> None:
+                       resolution_policy: str, channels: int | None, seed: int, subset_offset: int = 0,
+                       xflip: bool = False) -> None:
     """Raise DenoiserLabError naming the first bad option and its value. Ranges that depend on the data
     (subset <= N, classes present) are checked where the data is known."""
     check_split(split)
+    check_flag(xflip, "xflip")
     if subset is not None and not (_is_int(subset) and subset >= 1):
         raise DenoiserLabError(f"subset must be a positive number of images or None, got {subset!r}")
     if not (_is_int(subset_offset) and subset_offset >= 0):
@@ -32,8 +44,7 @@ def check_load_options(split: str, subset: int | None, classes, resolution: int 
         )
     if channels is not None and not (_is_int(channels) and channels in (1, 3)):
         raise DenoiserLabError(f"channels must be 1, 3 or None, got {channels!r}")
-    if not _is_int(seed):
-        raise DenoiserLabError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed, "seed")
 
 
 def _is_int(value) -> bool:

@@ -43,6 +43,9 @@ def read_source(source: str | Path, split: str, resolution: int | None = None, p
             f"unknown dataset {str(source)!r}: not a built-in name ({', '.join(BUILTIN_NAMES)}) "
             f"and no file or folder at {path.absolute()}"
         )
+    if not (path.is_dir() or path.is_file()):  # reading a FIFO or device would block or never end
+        raise DenoiserLabError(f"{path} is not a regular file or folder (a FIFO, socket or device); datasets are "
+                               "read from files and folders only")
     images, labels = _read_path(path, split, resolution, policy, allocate)
     return images, labels, f"{path.name}/{split}"
 

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_memory
 
 RESOLUTION_POLICIES = ("pad", "crop", "resize")
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luminance
@@ -55,6 +56,8 @@ def match_resolution(images: np.ndarray, resolution: int, policy: str = "pad") -
     height, width = images.shape[2:]
     if (height, width) == (resolution, resolution):
         return images
+    check_memory(images.shape[0] * images.shape[1] * resolution**2, f"{images.shape[0]} images of {resolution} x"
+                 f" {resolution} pixels")
     if policy == "pad":
         return _pad_centred(images, resolution)
     if policy == "crop":
@@ -64,6 +67,7 @@ def match_resolution(images: np.ndarray, resolution: int, policy: str = "pad") -
 
 def append_xflips(images: np.ndarray, labels: np.ndarray | None):
     """Append horizontally flipped copies: [N, C, H, W] -> [2N, C, H, W] (flip i is image N + i)."""
+    check_memory(2 * images.nbytes, f"{len(images)} images and their flips")
     flipped = images[..., ::-1]
     labels = None if labels is None else np.concatenate([labels, labels])
     return np.concatenate([images, flipped]), labels

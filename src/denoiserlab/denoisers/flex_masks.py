@@ -72,8 +72,26 @@ class HeatmapMasks:
 def read_array(path: str | Path) -> Tensor:
     """The one array in a .npy, .npz (a single array, or the key 'masks' or 'heatmap') or .pt file, as a tensor."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DenoiserLabError(f"mask file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise DenoiserLabError(f"mask file {str(path)!r} is not a regular file")
+    if path.suffix not in (".npy", ".npz", ".pt"):
+        raise DenoiserLabError(f"mask files end in .npy, .npz or .pt, got {str(path)!r}")
+    try:
+        value = _read_array_file(path)
+    except DenoiserLabError:
+        raise
+    except Exception as error:  # numpy, zip and torch raise many types for a damaged file; all mean "unreadable"
+        raise DenoiserLabError(f"cannot read mask file {str(path)!r} ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:200] if str(error) else 'no details'})") from None
+    if not isinstance(value, Tensor):
+        raise DenoiserLabError(f"{str(path)!r} must hold a single tensor, got {type(value).__name__}")
+    return value
+
+
+def _read_array_file(path: Path) -> Tensor | object:
+    """The array of a .npy, .npz or .pt file, read without unpickling anything but tensors (may raise anything)."""
     if path.suffix == ".npy":
         return torch.from_numpy(np.load(path, allow_pickle=False))
     if path.suffix == ".npz":
@@ -83,12 +101,7 @@ def read_array(path: str | Path) -> Tensor:
                 raise DenoiserLabError(f"{str(path)!r} must hold one array, or one named 'masks' or 'heatmap'; "
                                        f"has {archive.files}")
             return torch.from_numpy(archive[keys[0]])
-    if path.suffix == ".pt":
-        value = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(value, Tensor):
-            raise DenoiserLabError(f"{str(path)!r} must hold a single tensor, got {type(value).__name__}")
-        return value
-    raise DenoiserLabError(f"mask files end in .npy, .npz or .pt, got {str(path)!r}")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_masks(path: str | Path, lam: float | Callable[[float], float] | None = None) -> Tensor | HeatmapMasks:

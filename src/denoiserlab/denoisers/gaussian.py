@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from denoiserlab.atomic import atomic_write
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.training_set import dataset_fingerprint, training_images
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.user_cache import user_cache_dir
+from denoiserlab.validation import (
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_memory,
+    check_optional_count,
+    check_same_image_shape,
+    sigma_per_sample,
+)
 
 
 @dataclass(frozen=True)
@@ -20,10 +30,9 @@ class GaussianConfig:
     rank: int | None = None  # keep the top `rank` principal components (None: all C*H*W)
     xflip: bool = False  # also use the horizontal flip of every training image
 
-
-def cache_dir() -> Path:
-    """Where eigendecompositions are cached: $DENOISERLAB_CACHE, else ~/.cache/denoiserlab."""
-    return Path(os.environ.get("DENOISERLAB_CACHE", Path.home() / ".cache" / "denoiserlab"))
+    def __post_init__(self):
+        check_optional_count(self.rank, "rank")  # the upper bound C*H*W is checked once the data is known
+        check_flag(self.xflip, "xflip")
 
 
 class GaussianDenoiser:
@@ -35,11 +44,10 @@ class GaussianDenoiser:
 
     def __init__(self, train: Tensor | ImageSet, rank: int | None = None, xflip: bool = False,
                  cache: bool = True):
-        images = training_images(train, xflip)
-        dim = images[0].numel()
-        if rank is not None and not 1 <= rank <= dim:
-            raise DenoiserLabError(f"rank must be between 1 and C*H*W = {dim}, got {rank}")
         self.config = GaussianConfig(rank=rank, xflip=xflip)
+        check_flag(cache, "cache")
+        images = training_images(train, xflip)
+        check_rank(rank, images[0].numel())
         self.image_shape_ = tuple(images.shape[1:])
         mean, eigvals, eigvecs = _cached_eigendecomposition(images, cache)
         keep = slice(None) if rank is None else slice(0, rank)
@@ -54,9 +62,9 @@ class GaussianDenoiser:
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         mean, eigvals, eigvecs = (t.to(x.device) for t in (self.mean_, self.eigvals_, self.eigvecs_))
         offset = x.reshape(x.shape[0], -1).double() - mean  # [B, D]
-        gains = eigvals / (eigvals + sigma[:, None] ** 2)  # [B, r]
+        gains = wiener_gains(eigvals, sigma[:, None] ** 2)  # [B, r]
         out = mean + ((offset @ eigvecs) * gains) @ eigvecs.T
-        return out.reshape(x.shape).to(x.dtype)
+        return check_finite_output(out.reshape(x.shape).to(x.dtype), "the Gaussian denoiser", sigma)
 
     def linear_map(self, sigma: float) -> Tensor:
         """The matrix A of D(x, sigma) = mu + A (x - mu): U diag(S / (S + sigma^2)) U^T, float64 [D, D] on CPU."""
@@ -71,8 +79,22 @@ class GaussianDenoiser:
         return gaussian_ode_trajectory(self.mean_, self.eigvals_, self.eigvecs_, noise, sigmas)
 
 
+def check_rank(rank: int | None, dim: int) -> None:
+    """A rank must be None or an integer in [1, C*H*W]."""
+    if rank is not None and not 1 <= rank <= dim:
+        raise DenoiserLabError(f"rank must be between 1 and C*H*W = {dim}, got {rank}")
+
+
+def wiener_gains(eigvals: Tensor, sigma_squared: Tensor) -> Tensor:
+    """S / (S + sigma^2) per eigenvalue S, and exactly 0 where S = 0 for every sigma > 0: that is the limit as
+    sigma -> 0 too (the projection onto the span of the data), where S / (S + sigma^2) alone gives 0 / 0 once
+    sigma^2 underflows. sigma^2 overflowing to inf gives 0: the training mean, the sigma -> inf limit."""
+    return torch.where(eigvals > 0, eigvals / (eigvals + sigma_squared), 0.0)
+
+
 def empirical_mean_covariance(images: Tensor, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
     """Mean [D] and biased covariance [D, D] (divided by N) in float64, accumulated over chunks."""
+    check_memory(3 * 8 * images[0].numel() ** 2, f"the covariance of {list(images.shape[1:])} images")
     flat = images.reshape(images.shape[0], -1)
     mean = flat.double().mean(0)
     covariance = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64)
@@ -83,26 +105,45 @@ def empirical_mean_covariance(images: Tensor, chunk_size: int = 4096) -> tuple[T
 
 
 def eigendecomposition(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(mean [D], eigenvalues [D] descending and clamped >= 0, eigenvectors [D, D] as columns), float64."""
+    """(mean [D], eigenvalues [D] descending, eigenvectors [D, D] as columns), float64.
+
+    Eigenvalues below D * eps * the largest (the rounding noise of eigh, as in numpy's matrix_rank) are set to 0:
+    they are directions the data does not span, which the sigma -> 0 limit (wiener_gains) must leave out."""
     mean, covariance = empirical_mean_covariance(images)
     eigvals, eigvecs = torch.linalg.eigh(covariance)
-    return mean, eigvals.flip(0).clamp(min=0), eigvecs.flip(1).contiguous()
+    eigvals = eigvals.flip(0)
+    tolerance = eigvals.abs().max() * eigvals.numel() * torch.finfo(torch.float64).eps
+    return mean, torch.where(eigvals > tolerance, eigvals, 0.0), eigvecs.flip(1).contiguous()
 
 
 def _cached_eigendecomposition(images: Tensor, use_cache: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """eigendecomposition(images), read from or written (atomically) to the cache keyed by the data's hash."""
+    """eigendecomposition(images), read from or written (atomically, as safetensors) to the user cache folder,
+    keyed by the data's hash. The cache is a convenience: an entry that does not load as the three float64
+    tensors of the right shapes is recomputed, and a cache folder that cannot be written is skipped."""
     if not use_cache:
         return eigendecomposition(images)
-    path = cache_dir() / "gaussian" / f"{dataset_fingerprint(images)}.pt"
-    if path.is_file():
-        try:
-            stored = torch.load(path, weights_only=True)
-            return stored["mean"], stored["eigvals"], stored["eigvecs"]
-        except Exception:  # a corrupt cache entry is recomputed and overwritten
-            pass
+    path = user_cache_dir("gaussian") / f"{dataset_fingerprint(images)}.safetensors"
+    stored = _read_cached_eigendecomposition(path, images[0].numel())
+    if stored is not None:
+        return stored
     mean, eigvals, eigvecs = eigendecomposition(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"mean": mean, "eigvals": eigvals, "eigvecs": eigvecs}, partial)
-    os.replace(partial, path)
+    try:
+        atomic_write(path, lambda temp: save_file({"mean": mean, "eigvals": eigvals, "eigvecs": eigvecs}, str(temp)))
+    except OSError:  # read-only or full cache folder: the result is still right, only not kept
+        pass
     return mean, eigvals, eigvecs
+
+
+def _read_cached_eigendecomposition(path: Path, dim: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(mean [D], eigvals [D], eigvecs [D, D]) from a cache file, or None when it is absent or not exactly that."""
+    try:
+        stored = load_file(str(path))
+    except Exception:  # absent, truncated or not safetensors at all (safetensors raises its own error types)
+        return None
+    shapes = {"mean": (dim,), "eigvals": (dim,), "eigvecs": (dim, dim)}
+    if set(stored) != set(shapes) or any(tuple(stored[name].shape) != shape or stored[name].dtype != torch.float64
+                                         for name, shape in shapes.items()):
+        return None
+    if not all(torch.isfinite(tensor).all() for tensor in stored.values()) or (stored["eigvals"] < 0).any():
+        return None
+    return stored["mean"], stored["eigvals"], stored["eigvecs"]

@@ -10,19 +10,31 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.distances import chunked_squared_distances, squared_norms
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_optional_count,
+    check_same_image_shape,
+    sigma_per_sample,
+)
 
 
 @dataclass(frozen=True)
 class OptimalConfig:
     xflip: bool = False  # also use the horizontal flip of every training image
 
+    def __post_init__(self):
+        check_flag(self.xflip, "xflip")
+
 
 class OptimalDenoiser:
     """D(x, sigma) = sum_i softmax_i(-|x - x_i|^2 / (2 sigma^2)) x_i over the training images x_i.
 
     One streaming pass over chunks of the training set with an exact running log-sum-exp per query; distances
-    in float64 (see `denoiserlab.distances`), so it stays exact down to sigma = 0.002.
+    in float64 (see `denoiserlab.distances`), so it stays exact down to sigma = 0.002. Any sigma > 0 is valid: as
+    sigma -> 0 it returns the nearest training image (the mean of the nearest ones on a tie), as sigma -> inf
+    the training mean, and it reaches both limits without overflow (see `posterior_mean`).
     """
 
     config_class = OptimalConfig
@@ -31,6 +43,7 @@ class OptimalDenoiser:
     def __init__(self, train: Tensor | ImageSet, xflip: bool = False, chunk_size: int | None = None):
         self.config = OptimalConfig(xflip=xflip)
         images = training_images(train, xflip)
+        check_optional_count(chunk_size, "chunk_size")
         self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
         # [N, D] float64, converted once: each call streams it straight into float64 GEMMs (8 bytes per value)
         self.train_flat_ = images.reshape(images.shape[0], -1).double()
@@ -45,7 +58,7 @@ class OptimalDenoiser:
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         train_flat, train_norms = self._device_copies.on(x.device)
         mean = posterior_mean(x.reshape(x.shape[0], -1), sigma, train_flat, train_norms, self.chunk_size)
-        return mean.reshape(x.shape).to(x.dtype)
+        return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the optimal denoiser", sigma)
 
     def posterior_weights(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """The softmax weights over training images, float64 [B, N] (for analyses; holds all N at once)."""
@@ -53,29 +66,45 @@ class OptimalDenoiser:
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         train_flat, train_norms = self._device_copies.on(x.device)
-        pieces = [-distances / (2 * sigma[:, None] ** 2)
-                  for _, _, distances in chunked_squared_distances(x.reshape(x.shape[0], -1), train_flat, train_norms)]
-        return torch.cat(pieces, 1).softmax(1)
+        pieces = [distances for _, _, distances in chunked_squared_distances(x.reshape(x.shape[0], -1), train_flat,
+                                                                             train_norms, self.chunk_size)]
+        return softmax_weights(torch.cat(pieces, 1), sigma)
+
+
+def inverse_two_variance(sigma: Tensor) -> Tensor:
+    """1 / (2 sigma^2) in float64, capped at the largest float64: a sigma whose square underflows to 0 then still
+    gives the sigma -> 0 limit (only distance gaps below ~1e-305 would tell the cap from the true value)."""
+    return (1.0 / (2.0 * sigma.double() ** 2)).clamp(max=torch.finfo(torch.float64).max)
+
+
+def softmax_weights(distances: Tensor, sigma: Tensor) -> Tensor:
+    """softmax_n(-distances / (2 sigma^2)) over dim 1, taken relative to the smallest distance of each row, so the
+    nearest gets exp(0) = 1 and no value overflows at any sigma. distances: [B, N] float64; sigma: [B]."""
+    offsets = (distances - distances.min(1, keepdim=True).values) * inverse_two_variance(sigma)[:, None]
+    weights = torch.exp(-offsets)
+    return weights / weights.sum(1, keepdim=True)
 
 
 def posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, train_norms: Tensor,
                    chunk_size: int | None = None) -> Tensor:
     """Softmax-weighted mean of training rows with a running log-sum-exp. queries: [B, D]; sigma: [B] float64.
 
-    Returns float64 [B, D]. Per chunk: logits l = -d / (2 sigma^2); running max m, running normaliser
-    s = sum exp(l - m), running numerator acc = sum exp(l - m) y; rescaled by exp(m_old - m_new) when m grows.
+    Returns float64 [B, D]. The log-sum-exp runs in distance space: with m the running smallest squared distance d,
+    the running normaliser s = sum exp(-(d - m) / (2 sigma^2)) and numerator acc = sum exp(-(d - m) / (2 sigma^2)) y
+    are rescaled by exp(-(m_old - m_new) / (2 sigma^2)) when m shrinks. Every exponent is <= 0 and the nearest row
+    has exactly 0, so no sigma > 0 gives overflow or NaN: tiny sigma gives the nearest row(s), huge sigma the mean.
     """
     batch, dim = queries.shape
-    inv_two_var = 1.0 / (2 * sigma[:, None] ** 2)  # [B, 1]
-    running_max = torch.full((batch, 1), -torch.inf, dtype=torch.float64, device=queries.device)
+    inv_two_var = inverse_two_variance(sigma)[:, None]  # [B, 1]
+    nearest = torch.full((batch, 1), torch.inf, dtype=torch.float64, device=queries.device)
     normaliser = torch.zeros((batch, 1), dtype=torch.float64, device=queries.device)
     numerator = torch.zeros((batch, dim), dtype=torch.float64, device=queries.device)
     for _, chunk, distances in chunked_squared_distances(queries, train_flat, train_norms, chunk_size):
-        logits = -distances * inv_two_var  # [B, n]
-        new_max = torch.maximum(running_max, logits.max(1, keepdim=True).values)
-        rescale = torch.exp(running_max - new_max)  # [B, 1]
-        weights = torch.exp(logits - new_max)  # [B, n], in (0, 1]
+        new_nearest = torch.minimum(nearest, distances.min(1, keepdim=True).values)
+        # [B, 1]; 0 before the first chunk (nothing summed yet), also when inv_two_var = 0 (sigma^2 overflowed)
+        rescale = torch.where(nearest.isinf(), 0.0, torch.exp(-(nearest - new_nearest) * inv_two_var))
+        weights = torch.exp(-(distances - new_nearest) * inv_two_var)  # [B, n], in [0, 1]
         normaliser = normaliser * rescale + weights.sum(1, keepdim=True)
         numerator = numerator * rescale + weights @ chunk
-        running_max = new_max
+        nearest = new_nearest
     return numerator / normaliser

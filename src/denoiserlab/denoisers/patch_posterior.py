@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.optimal import posterior_mean
+from denoiserlab.denoisers.optimal import posterior_mean, softmax_weights
 from denoiserlab.denoisers.training_set import training_images
 from denoiserlab.distances import chunked_squared_distances, squared_norms
 from denoiserlab.errors import DenoiserLabError
@@ -55,6 +55,5 @@ def patch_posterior(x: Tensor, sigma: float | Tensor, train: Tensor | ImageSet, 
     mean = posterior_mean(queries, sigma, patches, norms).reshape(x.shape[0], x.shape[1], -1)
     if not return_weights:
         return mean
-    logits = torch.cat([-distances / (2 * sigma[:, None] ** 2)
-                        for _, _, distances in chunked_squared_distances(queries, patches, norms)], 1)
-    return mean, logits.softmax(1)
+    distances = torch.cat([distances for _, _, distances in chunked_squared_distances(queries, patches, norms)], 1)
+    return mean, softmax_weights(distances, sigma)

@@ -22,6 +22,7 @@ import torch
 import tomli_w
 from torch import Tensor
 
+from denoiserlab.atomic import atomic_write_text
 from denoiserlab.diffusion.sigmas import edm_sigmas
 from denoiserlab.errors import DenoiserLabError
 
@@ -70,15 +71,13 @@ class GridSchedule(ABC):
         return {"kind": self.kind, **asdict(self), "values": list(self.values)}
 
     def save(self, path: str | Path) -> Path:
-        """Write the schedule as TOML (.toml) or JSON (.json)."""
+        """Write the schedule as TOML (.toml) or JSON (.json), atomically."""
         path = Path(path)
         if path.suffix == ".toml":
-            path.write_text(tomli_w.dumps(self.to_dict()))
-        elif path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        else:
-            raise DenoiserLabError(f"schedule files end in .toml or .json, got {str(path)!r}")
-        return path
+            return atomic_write_text(path, tomli_w.dumps(self.to_dict()))
+        if path.suffix == ".json":
+            return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        raise DenoiserLabError(f"schedule files end in .toml or .json, got {str(path)!r}")
 
 
 @dataclass(frozen=True)
@@ -166,16 +165,16 @@ def samples_by_value(values: list, device: torch.device | str = "cpu") -> list[t
 def read_schedule_file(path: str | Path) -> dict:
     """The raw key/value table of a .toml or .json schedule file, keys checked."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DenoiserLabError(f"schedule file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise DenoiserLabError(f"schedule file {str(path)!r} is not a regular file")
+    if path.suffix not in (".toml", ".json"):
+        raise DenoiserLabError(f"schedule files end in .toml or .json, got {str(path)!r}")
     try:
-        if path.suffix == ".toml":
-            table = tomllib.loads(path.read_text())
-        elif path.suffix == ".json":
-            table = json.loads(path.read_text())
-        else:
-            raise DenoiserLabError(f"schedule files end in .toml or .json, got {str(path)!r}")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        text = path.read_text(encoding="utf-8")
+        table = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
         raise DenoiserLabError(f"cannot parse schedule file {str(path)!r}: {error}") from None
     if not isinstance(table, dict):
         raise DenoiserLabError(f"schedule file {str(path)!r} must hold a table of keys {FILE_KEYS}")
@@ -208,4 +207,7 @@ def load_schedule(name_or_path: str | Path, kind: str = "patch_size") -> GridSch
     for key, value in options.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DenoiserLabError(f"{key} in schedule file {str(name_or_path)!r} must be a number, got {value!r}")
-    return SCHEDULE_KINDS[kind](tuple(table["values"]), **{key: float(value) for key, value in options.items()})
+    try:
+        return SCHEDULE_KINDS[kind](tuple(table["values"]), **{key: float(value) for key, value in options.items()})
+    except DenoiserLabError as error:
+        raise DenoiserLabError(f"schedule file {str(name_or_path)!r}: {error}") from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from denoiserlab.validation import check_images, sigma_per_sample
+from denoiserlab.validation import check_images, check_memory, check_seed, sigma_per_sample
 
 
 def sigma_view(sigma: float | Tensor, x: Tensor) -> Tensor:
@@ -15,7 +17,8 @@ def sigma_view(sigma: float | Tensor, x: Tensor) -> Tensor:
 
 def standard_noise(shape: tuple[int, ...], seed: int | torch.Generator, dtype=torch.float32) -> Tensor:
     """Unit-variance Gaussian noise of `shape` from a seed or a torch.Generator (CPU), reproducible everywhere."""
-    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
+    check_memory(4 * math.prod(shape), f"noise of shape {list(shape)}")
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(check_seed(seed))
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype)
 
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from denoiserlab.diffusion.sigmas import append_zero, edm_sigmas
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images
+from denoiserlab.validation import check_finite_output, check_images
 
 Denoiser = Callable[[Tensor, "float | Tensor"], Tensor]
 
@@ -53,9 +53,27 @@ def sample_heun(den: Denoiser, noise: Tensor, sigmas: Tensor | int = 18, return_
 def sampling_grid(sigmas: Tensor | int) -> Tensor:
     """A sampling grid high -> low ending in 0: an int n gives append_zero(edm_sigmas(n)); a tensor gets a 0 appended if missing."""
     grid = edm_sigmas(sigmas) if isinstance(sigmas, int) else torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if not torch.isfinite(grid).all():
+        raise DenoiserLabError(f"sigmas must be finite numbers (no NaN or inf), got {grid.tolist()}")
     if len(grid) == 0 or (grid[:-1] <= 0).any() or (grid[:-1] < grid[1:]).any():
         raise DenoiserLabError(f"sigmas must be positive and decreasing (a final 0 allowed), got {grid.tolist()}")
     return grid if grid[-1] == 0 else append_zero(grid)
+
+
+def denoiser_name(den: Denoiser) -> str:
+    """How errors name a denoiser: its class, or a function's name."""
+    if isinstance(den, torch.nn.Module) and isinstance(getattr(den, "net", None), torch.nn.Module):
+        return f"network {type(den).__name__}({type(den.net).__name__})"
+    return getattr(den, "__name__", None) or type(den).__name__
+
+
+def checked_call(den: Denoiser, x: Tensor, sigma: float) -> Tensor:
+    """den(x, sigma), checked: same shape as x and finite, else an error naming the denoiser (not the next input)."""
+    denoised = den(x, sigma)
+    if not isinstance(denoised, Tensor) or denoised.shape != x.shape:
+        shape = tuple(denoised.shape) if isinstance(denoised, Tensor) else type(denoised).__name__
+        raise DenoiserLabError(f"denoiser {denoiser_name(den)} returned {shape} for input of shape {tuple(x.shape)}")
+    return check_finite_output(denoised, f"denoiser {denoiser_name(den)}", sigma)
 
 
 def _sample(den: Denoiser, noise: Tensor, sigmas: Tensor | int, heun: bool, return_trajectory: bool,
@@ -65,14 +83,16 @@ def _sample(den: Denoiser, noise: Tensor, sigmas: Tensor | int, heun: bool, retu
     x = noise * float(grid[0])
     xs, denoised_list = [x], []
     steps = range(len(grid) - 1)
+    sampler = "Heun sampler" if heun else "Euler sampler"
     for i in tqdm(steps, desc="sampling", disable=not progress, leave=False):
         sigma, sigma_next = float(grid[i]), float(grid[i + 1])
-        denoised = den(x, sigma)
+        denoised = checked_call(den, x, sigma)
         x_next = euler_step(x, denoised, sigma, sigma_next)
         if heun and sigma_next > 0:  # Heun correction, skipped on the last step to 0
             slope = to_slope(x, denoised, sigma)
-            slope_next = to_slope(x_next, den(x_next, sigma_next), sigma_next)
+            slope_next = to_slope(x_next, checked_call(den, x_next, sigma_next), sigma_next)
             x_next = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+        check_finite_output(x_next, f"the {sampler} (step {i + 1} of {len(steps)})", sigma_next or sigma)
         if return_trajectory:
             denoised_list.append(denoised)
             xs.append(x_next)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import check_finite_output, check_images, check_same_image_shape, sigma_per_sample
 
 SIGMA_DATA = 0.5  # standard deviation of the data distribution assumed by EDM preconditioning
 
@@ -44,4 +45,16 @@ class EDMPrecond(nn.Module):
         net_dtype = next(self.net.parameters()).dtype
         x_in = (c_in.to(x.dtype).view(-1, 1, 1, 1) * x).to(net_dtype)
         f_out = self.net(x_in, c_noise.to(net_dtype)).to(x.dtype)
+        if not self.training:  # evaluation: a NaN is named here, not blamed on the sampler's next input
+            check_network_output(self.net, f_out, sigma)
         return c_skip.to(x.dtype).view(-1, 1, 1, 1) * x + c_out.to(x.dtype).view(-1, 1, 1, 1) * f_out
+
+
+def check_network_output(net: nn.Module, f_out: Tensor, sigma: Tensor) -> None:
+    """Raise when a raw network returned NaN or inf, saying how many of its weights are not finite."""
+    if torch.isfinite(f_out).all():
+        return
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in net.parameters())
+    total = sum(p.numel() for p in net.parameters())
+    weights = f"{bad} of its {total} weights are NaN or inf" if bad else "its weights are finite"
+    check_finite_output(f_out, f"network {type(net).__name__} ({weights})", sigma)
