@@ -15,11 +15,20 @@ from denoiserlab.errors import DenoiserLabError
 COMMAND_MODULES = ("data_info", "sample", "train", "study", "gaussian_study", "heatmaps", "demo")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one `denoiserlab: error: ...` line and exit code 2, like ours."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("denoiserlab").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"denoiserlab: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command module."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="denoiserlab",
         description="Compare trained diffusion denoisers with closed-form (analytical) denoisers.",
     )
@@ -30,12 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BAD_INPUT = 2  # bad input, an unusable file or folder, or a value this machine cannot hold
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; bad input ends in one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the console script: bad input ends in one line on stderr and exit code 2, Ctrl-C in one line
+    and exit code 130. Outputs are written atomically, so an interrupted run leaves no partial file behind."""
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except DenoiserLabError as error:
-        print(f"denoiserlab: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error), EXIT_BAD_INPUT)
+    except OSError as error:  # the file system said no (permission, disk full, ...): name the file, no traceback
+        where = f": {error.filename}" if error.filename else ""
+        return _fail(f"{error.strerror or error}{where}", EXIT_BAD_INPUT)
+    except MemoryError:
+        return _fail("out of memory; use fewer or smaller images", EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        return _fail("interrupted (Ctrl-C); finished files are complete, unfinished ones were not written",
+                     EXIT_INTERRUPTED)
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    """Print the one error line (flushing stdout first, so the line comes last) and return the exit code."""
+    sys.stdout.flush()
+    print(f"denoiserlab: error: {' '.join(message.split())}", file=sys.stderr)
+    return code

@@ -7,6 +7,8 @@ import json
 
 from denoiserlab.data import ImageSet, load
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.outputs import check_output_folder
+from denoiserlab.validation import check_seed
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
@@ -25,6 +27,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "f
                        help="skip this many images of the subset permutation (offsets 0, N, 2N give disjoint sets)")
     group.add_argument("--cache-dir", default=None,
                        help="keep decoded images in a memory-mapped .npy cache here (large folders decode once)")
+
+
+def check_data_arguments(args: argparse.Namespace) -> None:
+    """The --data options that can be checked before anything is read (the rest are checked by data.load)."""
+    check_seed(args.data_seed, "--data-seed")
+    if args.cache_dir is not None:
+        check_output_folder(args.cache_dir, "--cache-dir")
 
 
 def data_from_args(args: argparse.Namespace, split: str | None = None) -> ImageSet:

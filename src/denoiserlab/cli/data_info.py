@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from denoiserlab.data import load
+from denoiserlab.outputs import check_output_folder
 from denoiserlab.report import save_image_grid
+from denoiserlab.validation import check_count
 
 
 def add_parser(subparsers) -> None:
@@ -23,6 +25,8 @@ def add_parser(subparsers) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
+    check_count(args.n, "--n")
+    check_output_folder(args.out)
     images = load(args.source, split=args.split)
     channels, height, width = images.image_shape
     print(f"dataset      {images.name}")
@@ -30,8 +34,8 @@ def run_info(args: argparse.Namespace) -> None:
     pixels = images.uint8.float()
     print(f"pixel mean   {pixels.mean().item():.2f}  std {pixels.std().item():.2f}  (0..255)")
     if images.labels is not None:
-        counts = torch.bincount(images.labels)
-        print("labels       " + ", ".join(f"{label}: {int(n)}" for label, n in enumerate(counts) if n > 0))
+        labels, counts = torch.unique(images.labels, return_counts=True)
+        print("labels       " + ", ".join(f"{int(label)}: {int(n)}" for label, n in zip(labels, counts)))
     else:
         print("labels       none")
     name = images.name.replace("/", "-")

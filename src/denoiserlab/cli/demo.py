@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from denoiserlab.outputs import check_output_folder
 from denoiserlab.studies.demo import run_demo
 from denoiserlab.studies.sampling_demo import SamplingDemoConfig, run_sampling_demo
+from denoiserlab.validation import check_count
 
 
 def add_parser(subparsers) -> None:
@@ -21,6 +23,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    check_count(args.n, "--n")
+    check_output_folder(args.out)
     if args.quick:
         run_quick(args)
         return

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from denoiserlab.config import load_toml
+from denoiserlab.outputs import check_output_folder, check_replaceable_config
 from denoiserlab.studies.gaussian_structure import run_gaussian_study
 from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
 
@@ -23,7 +24,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    check_output_folder(args.out)
     config = load_toml(GaussianStudyConfig, args.config)
+    if (args.out / "config.toml").resolve() == args.config.resolve():  # the study writes its resolved config there
+        check_replaceable_config(args.config)
     command = " ".join(["denoiserlab", *sys.argv[1:]]) if sys.argv[1:] else f"denoiserlab gaussian-study {args.config}"
     results = run_gaussian_study(config, args.out, command, progress=not args.no_progress)
     for name, checks in results["checks"].items():

@@ -19,10 +19,13 @@ from denoiserlab.analysis import gradient_heatmaps
 from denoiserlab.assets import resolve
 from denoiserlab.data import load
 from denoiserlab.diffusion import edm_sigmas
+from denoiserlab.diffusion.sigmas import check_steps
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load as load_network
+from denoiserlab.outputs import check_output_file, check_output_folder
 from denoiserlab.studies.cache import StageCache, file_fingerprint
 from denoiserlab.studies.locality_heatmaps import READINGS, save_heatmaps_file
+from denoiserlab.validation import check_count, check_seed
 
 
 def add_parser(subparsers) -> None:
@@ -42,14 +45,19 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.out.suffix not in (".npz", ".pt"):
         raise DenoiserLabError(f"--out must end in .npz or .pt, got {str(args.out)!r}")
+    check_output_file(args.out)
+    check_output_folder(parts_folder(args.out), "--out (its .parts folder)")
+    for flag in ("n_samples", "batch_size", "products_per_pass"):
+        check_count(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_seed(args.seed, "--seed")
+    sigmas = edm_sigmas(check_steps(args.steps, "--steps"))
     network = load_network(args.network, trust_pickle=args.trust_pickle, device=args.device)
     network.eval().requires_grad_(False)
     if network.training_data is None:
         raise DenoiserLabError(f"{args.network} does not record its training set (training_data is None), so the"
                                " noisy inputs z = y0 + sigma * eps cannot be drawn from it")
     train = load(**network.training_data).as_float().to(args.device)
-    sigmas = edm_sigmas(args.steps)
-    cache = StageCache(args.out.with_name(args.out.name + ".parts"))
+    cache = StageCache(parts_folder(args.out))
     key = {"network": file_fingerprint(resolve(args.network)),
            "n_samples": args.n_samples, "seed": args.seed, "batch_size": args.batch_size, "steps": args.steps}
     maps = {reading: [] for reading in READINGS}
@@ -63,6 +71,11 @@ def run(args: argparse.Namespace) -> None:
     command = "denoiserlab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["heatmaps"] else "denoiserlab heatmaps"
     save_heatmaps_file(args.out, heatmaps, command)
     print(f"heatmaps [{args.steps}, H, W, H, W] of {args.network} ({args.n_samples} z per sigma) in {args.out}")
+
+
+def parts_folder(out: Path) -> Path:
+    """Where finished sigmas are kept until the heatmap file is written (a rerun resumes from it)."""
+    return out.with_name(out.name + ".parts")
 
 
 def _both_readings(network, train, sigma: float, args: argparse.Namespace, seed: int) -> dict:

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from denoiserlab.atomic import atomic_write
-from denoiserlab.cli.common import add_data_arguments, data_from_args, parse_key_values
+from denoiserlab.atomic import atomic_folder
+from denoiserlab.cli.common import add_data_arguments, check_data_arguments, data_from_args, parse_key_values
 from denoiserlab.data import float_to_uint8
 from denoiserlab.denoisers import REGISTRY, create, load_masks, load_schedule
 from denoiserlab.diffusion import edm_sigmas, sample_euler, sample_heun, standard_noise
+from denoiserlab.diffusion.sigmas import check_steps
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.outputs import check_replaceable_folder
 from denoiserlab.report import save_image_grid
+from denoiserlab.validation import check_count, check_memory, check_seed
 
 SAMPLERS = {"heun": sample_heun, "euler": sample_euler}
+OUTPUTS = ("samples.png", "samples.npz")  # what `sample` writes into --out, as one unit
+WORKING_COPIES = 8  # images the sampler holds at once per sample (x, denoised, slopes, ...) plus the denoiser's own
 
 
 def add_parser(subparsers) -> None:
@@ -48,9 +54,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.n < 1 or args.steps < 1:
-        raise DenoiserLabError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
+    check_arguments(args)
     denoiser, image_shape, metadata = network_from_args(args) if args.network else denoiser_from_args(args)
+    check_memory(WORKING_COPIES * 4 * args.n * math.prod(image_shape), f"sampling {args.n} images of shape"
+                 f" {list(image_shape)}")
     noise = standard_noise((args.n, *image_shape), args.seed)
     sigmas = edm_sigmas(args.steps, sigma_max=min(80.0, getattr(denoiser, "sigma_max", 80.0)))
     with torch.no_grad():
@@ -59,13 +66,24 @@ def run(args: argparse.Namespace) -> None:
     write_samples(args.out, result.images, metadata)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before any file is read: counts, seeds and the output folder."""
+    if args.n < 1 or args.steps < 1:
+        raise DenoiserLabError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
+    check_count(args.n, "--n")
+    check_steps(args.steps, "--steps")
+    check_seed(args.seed, "--seed")
+    check_data_arguments(args)
+    check_replaceable_folder(args.out, OUTPUTS)
+
+
 def denoiser_from_args(args: argparse.Namespace):
-    """The analytical denoiser named by --denoiser, built on the --data training set."""
-    train = data_from_args(args)
+    """The analytical denoiser named by --denoiser, built on the --data training set (its files read first)."""
     options = parse_key_values(args.option, "--option")
     if args.xflip:
         options["xflip"] = True
-    options.update(pspc_options(args))
+    options.update(pspc_options(args))  # masks and schedule files parse before the data is loaded
+    train = data_from_args(args)
     metadata = dict(denoiser=args.denoiser, options={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                      for k, v in options.items()},
                     schedule=args.schedule, masks=args.masks, lam=args.lam, data=train.load_options)
@@ -77,7 +95,9 @@ def pspc_options(args: argparse.Namespace) -> dict:
     if args.denoiser == "pspc_square":
         if (args.patch_size is None) == (args.schedule is None):
             raise DenoiserLabError("pspc_square needs exactly one of --patch-size N and --schedule NAME|FILE")
-        return {"patch_size": args.patch_size or load_schedule(args.schedule, kind="patch_size")}
+        if args.patch_size is not None:
+            return {"patch_size": args.patch_size}  # checked by PSPC-Square (0 is an error, not "no patch size")
+        return {"patch_size": load_schedule(args.schedule, kind="patch_size")}
     if args.denoiser == "pspc_flex":
         if args.masks is None:
             raise DenoiserLabError("pspc_flex needs --masks FILE (bool masks, or a heatmap with --lam or --schedule)")
@@ -101,12 +121,19 @@ def network_from_args(args: argparse.Namespace):
 
 
 def write_samples(out: Path, images, metadata: dict) -> None:
-    """samples.png (grid), samples.npz (float32 [-1, 1] and uint8 images, metadata as JSON)."""
-    grid = save_image_grid(images, out / "samples.png")
+    """samples.png (grid) and samples.npz (float32 [-1, 1] and uint8 images, metadata as JSON), written as one
+    unit: both into a temporary folder that is then renamed to `out`, so an interrupted run leaves the previous
+    pair (or nothing), never a new grid beside old arrays."""
     arrays = dict(images=images.float().numpy(), uint8=float_to_uint8(images).numpy(),
                   metadata=np.array(json.dumps(metadata)))
-    atomic_write(out / "samples.npz", lambda temp: _save_npz(temp, arrays))
-    print(f"wrote {grid} and {out / 'samples.npz'}")
+
+    def fill(folder: Path) -> None:
+        save_image_grid(images, folder / "samples.png")
+        _save_npz(folder / "samples.npz", arrays)
+
+    check_replaceable_folder(out, OUTPUTS)  # again: the folder may have changed while sampling
+    atomic_folder(out, fill)
+    print(f"wrote {out / 'samples.png'} and {out / 'samples.npz'}")
 
 
 def _save_npz(path: Path, arrays: dict) -> None:

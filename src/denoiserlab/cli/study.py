@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from denoiserlab.config import load_toml
+from denoiserlab.outputs import check_output_folder
 from denoiserlab.studies.locality import run_locality_study
 from denoiserlab.studies.locality_config import LocalityStudyConfig
 
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    check_output_folder(args.out)
     config = load_toml(LocalityStudyConfig, args.config)
     names = ", ".join(network.name for network in config.networks)
     data = config.data.source if config.data else "the networks' training set"

@@ -32,20 +32,23 @@ e.g. "optimal", "pspc_square", or "network:<other network>"):
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import tomli_w
 import torch
 from torch import Tensor
 
 from denoiserlab.analysis.feature_model import feature_encoder
-from denoiserlab.atomic import atomic_write, write_json
+from denoiserlab.atomic import write_json
 from denoiserlab.config import to_dict
+from denoiserlab.denoisers import load_schedule
+from denoiserlab.denoisers.gaussian import check_rank
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.outputs import check_output_folder, check_resolved_config, write_resolved_config
 from denoiserlab.studies.cache import StageCache
 from denoiserlab.studies.locality_config import SCHEDULED_DENOISERS, LocalityStudyConfig
 from denoiserlab.studies.locality_fitting import (
@@ -55,11 +58,12 @@ from denoiserlab.studies.locality_fitting import (
     save_schedule,
     schedule_from_values,
 )
-from denoiserlab.studies.locality_heatmaps import READINGS, save_heatmaps_file
+from denoiserlab.studies.locality_heatmaps import READINGS, heatmaps_on_grid, read_heatmaps_file, save_heatmaps_file
 from denoiserlab.studies.locality_inputs import (
     LoadedNetwork,
     build_denoiser,
     check_image_shape,
+    heatmaps_path,
     load_network,
     load_training_data,
     study_data_options,
@@ -96,12 +100,12 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
     """Run (or resume) the study; writes results.json, config.toml, schedules, heatmaps and (unless write_report
     is False, e.g. in programmatic sweeps) the figures and report.html. Returns the results.json table."""
     started = time.perf_counter()
+    features = feature_encoder(feature_model or config.similarity.feature_model, config.device)  # fails early
     ctx = open_study(config, Path(out))
     forward, fit = stage_forward_set(ctx), stage_forward_set(ctx, fitting=True)
     shared = shared_methods(ctx)
     per_network = {name: study_network(ctx, network, forward, fit, shared) for name, network in ctx.networks.items()}
     samples = {name: network_samples(ctx, name, per_network[name]) for name in ctx.networks}
-    features = feature_encoder(feature_model or config.similarity.feature_model, config.device)
     numbers = sample_numbers(samples, ctx.data.images, config.similarity.ssim_window, features)
     results = assemble_results(ctx, per_network, numbers, feature_model or config.similarity.feature_model,
                                command or " ".join(sys.argv), time.perf_counter() - started)
@@ -116,13 +120,26 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
 
 
 def open_study(config: LocalityStudyConfig, out: Path) -> StudyContext:
-    """Load the data and networks, open the stage cache and write the resolved config."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.toml", lambda temp: temp.write_text(tomli_w.dumps(to_dict(config))))
+    """Check every input, load the data and networks, then (nothing is written before) open the stage cache and
+    write the resolved config. A config.toml in `out` that denoiserlab did not write (say, the config given) is
+    never replaced: the study refuses to start instead."""
+    check_output_folder(out)
+    check_resolved_config(out / "config.toml", to_dict(config))
+    for name in SCHEDULED_DENOISERS:
+        if name in config.denoisers and config.denoisers[name].get("schedule", "fitted") != "fitted":
+            load_schedule(config.denoisers[name]["schedule"], SCHEDULE_KINDS[name])  # the file parses
     networks = {network.name: load_network(network, config.device) for network in config.networks}
     data = load_training_data(study_data_options(config.data, networks))
+    image_shape = tuple(data.images.shape[1:])
     for network in networks.values():
-        check_image_shape(network, tuple(data.images.shape[1:]))
+        check_image_shape(network, image_shape)
+        if network.config.heatmaps is not None:  # the file reads and covers the grid
+            heatmaps_on_grid(read_heatmaps_file(heatmaps_path(network.config.heatmaps)), config.sigmas.grid(),
+                             image_shape, network.config.heatmaps)
+    rank = config.denoisers.get("gaussian", {}).get("rank")
+    if rank is not None:
+        check_rank(rank, math.prod(image_shape))
+    write_resolved_config(out / "config.toml", to_dict(config))
     return StudyContext(config, out, StageCache(out), data, config.sigmas.grid(), networks)
 
 

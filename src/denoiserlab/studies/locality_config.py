@@ -11,6 +11,7 @@ from typing import Literal
 from torch import Tensor
 
 from denoiserlab.denoisers import REGISTRY
+from denoiserlab.denoisers.options import check_denoiser_options
 from denoiserlab.diffusion.sigmas import edm_sigmas
 from denoiserlab.errors import DenoiserLabError
 
@@ -145,3 +146,17 @@ class LocalityStudyConfig:
             schedule = self.denoisers.get(name, {}).get("schedule", "fitted")
             require(isinstance(schedule, str), f"denoisers.{name}.schedule", schedule,
                     "'fitted', 'cifar10' or a schedule file path")
+        for name, options in self.denoisers.items():
+            check_study_denoiser_options(name, options)
+
+
+def check_study_denoiser_options(name: str, options: dict) -> None:
+    """A [denoisers.NAME] table holds that denoiser's options (checked now, before any stage runs); PSPC tables
+    may add `schedule`, and leave patch_size / masks to the study, which sets them from the schedule."""
+    scheduled = name in SCHEDULED_DENOISERS
+    supplied = {"pspc_square": ("patch_size",), "pspc_flex": ("masks",)}.get(name, ())
+    try:
+        check_denoiser_options(name, {k: v for k, v in options.items() if not (scheduled and k == "schedule")},
+                               supplied)
+    except DenoiserLabError as error:
+        raise DenoiserLabError(f"denoisers.{name}: {error}") from None
