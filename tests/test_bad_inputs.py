@@ -3,8 +3,6 @@
 Categories (see the closing note of issue 15): untrusted files are recomputed or refused, never executed; silent wrong
 answers are now errors or the correct limit; values that overflowed or files that broke a reader are one
 DenoiserLabError naming the problem; nothing of the user's is replaced; the compiled kernel fails over to PyTorch.
-Tests marked xfail(strict=True) wait for a change in a file owned elsewhere (named in the reason); they flip when the
-proposal from issue 15's report is applied.
 """
 
 import json
@@ -456,10 +454,9 @@ def test_study_denoiser_options_are_checked_when_the_config_loads(tmp_path, deno
         load_toml(LocalityStudyConfig, path)
 
 
-# --- pending: changes in files owned elsewhere (proposals in issue 15's report) ------------------------------------
+# --- training and Gaussian-study configs and run folders ------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="pending: src/denoiserlab/studies/gaussian_structure_config.py", strict=True)
 def test_gaussian_study_denoiser_options_are_checked_when_the_config_loads():
     from denoiserlab.config import from_dict
     from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
@@ -469,7 +466,6 @@ def test_gaussian_study_denoiser_options_are_checked_when_the_config_loads():
                                         "denoisers": {"gaussian": {"rank": -3}}}, "gaussian.toml")
 
 
-@pytest.mark.xfail(reason="pending: src/denoiserlab/studies/gaussian_structure.py", strict=True)
 def test_gaussian_study_refuses_to_replace_the_config_it_was_given(tmp_path):
     from denoiserlab.config import load_toml
     from denoiserlab.studies.gaussian_structure import run_gaussian_study
@@ -482,7 +478,6 @@ def test_gaussian_study_refuses_to_replace_the_config_it_was_given(tmp_path):
     assert (tmp_path / "config.toml").read_text() == text
 
 
-@pytest.mark.xfail(reason="pending: src/denoiserlab/networks/training_config.py", strict=True)
 @pytest.mark.parametrize("options", [dict(seed=2**70), dict(seed=-1), dict(data_seed=2**70),
                                      dict(checkpoint_kimg=math.inf), dict(log_kimg=math.inf)])
 def test_train_config_refuses_values_that_overflow(options):
@@ -500,7 +495,6 @@ def tiny_train_config(out: pathlib.Path):
                        network=dict(hidden_size=8, depth=1, patch_size=7))
 
 
-@pytest.mark.xfail(reason="pending: src/denoiserlab/networks/training.py", strict=True)
 def test_training_into_a_checkpoint_folder_keeps_its_files(tmp_path):
     from denoiserlab.assets import shipped_path
     from denoiserlab.networks.training import run_training
@@ -513,7 +507,6 @@ def test_training_into_a_checkpoint_folder_keeps_its_files(tmp_path):
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
 
 
-@pytest.mark.xfail(reason="pending: src/denoiserlab/networks/training.py", strict=True)
 def test_truncated_training_state_is_one_clear_error(tmp_path):
     from denoiserlab.networks.training import run_training
 

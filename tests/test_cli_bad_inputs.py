@@ -7,8 +7,7 @@ A process costs ~2-3 s of imports (torch), so most cases share a few driver proc
 script's entry point `denoiserlab.cli.main(args)` once per case, in the case's folder, with that call's stdout and
 stderr captured apart and any escaping exception recorded as a traceback, so the assertion stays exact per case.
 Cases that need a process of their own (a FIFO that could block, the usage error of the real console script, Ctrl-C)
-get one. Cases with `pending` wait for a change in a file owned elsewhere (xfail, strict) and flip when the proposal
-is applied.
+get one.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ class Case:
     args: list[str]  # after `denoiserlab`, run in the case's own folder
     expect: str  # regex the error line must contain
     setup: Callable[[Path], None] | None = None  # writes the case's input files into its folder
-    pending: str | None = None  # xfail reason: the file whose change this case waits for
     needs: Callable[[], bool] = lambda: True  # whether this machine can run the case
     own_process: bool = False  # run as the real console script in a process of its own
 
@@ -180,20 +178,18 @@ CASES = [
     Case("gaussian-study-out-holds-its-config", ["gaussian-study", "X/config.toml", "--out", "X"],
          r"X/config.toml is not a config that denoiserlab wrote", write("X/config.toml", GAUSSIAN)),
     Case("gaussian-study-bad-rank", ["gaussian-study", "g.toml", "--out", "out"], r"rank must be",
-         write("g.toml", GAUSSIAN + "[denoisers.gaussian]\nrank = -3\n"),
-         pending="src/denoiserlab/studies/gaussian_structure_config.py"),
+         write("g.toml", GAUSSIAN + "[denoisers.gaussian]\nrank = -3\n")),
     # heatmaps, train, demo
     Case("heatmaps-out-under-a-file", ["heatmaps", "--network", "shipped:unet-small-fashion-mnist", "--out", "f/h.npz"],
          r"--out f/h.npz: f is a file, not a folder", write("f", "mine")),
     Case("heatmaps-n-samples-0", ["heatmaps", "--network", "shipped:unet-small-fashion-mnist", "--n-samples", "0",
                                   "--out", "h.npz"], r"--n-samples must be an integer >= 1"),
     Case("train-out-is-a-file", ["train", *TINY_TRAIN, "--out", "run"], r"--out run is a file", write("run", "mine")),
-    Case("train-seed-overflow", ["train", *TINY_TRAIN, "--seed", str(2**70), "--out", "run"], r"seed",
-         pending="src/denoiserlab/networks/training_config.py"),
+    Case("train-seed-overflow", ["train", *TINY_TRAIN, "--seed", str(2**70), "--out", "run"], r"seed"),
     Case("train-checkpoint-kimg-inf", ["train", *TINY_TRAIN, "--checkpoint-kimg", "inf", "--out", "run"],
-         r"checkpoint_kimg", pending="src/denoiserlab/networks/training_config.py"),
+         r"checkpoint_kimg"),
     Case("train-into-a-checkpoint-folder", ["train", *TINY_TRAIN, "--out", "checkpoint"], r"not a run folder",
-         checkpoint_folder, pending="src/denoiserlab/networks/training.py"),
+         checkpoint_folder),
     Case("demo-n-0", ["demo", "--quick", "--n", "0", "--out", "out"], r"--n must be an integer >= 1"),
 ]
 
@@ -307,7 +303,6 @@ def message_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("case", [
     pytest.param(case, id=case.id, marks=[
-        *([pytest.mark.xfail(reason=f"pending: {case.pending}", strict=True)] if case.pending else []),
         *([] if case.needs() else [pytest.mark.skip(reason="needs a user without root rights")])])
     for case in CASES])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, outcomes):

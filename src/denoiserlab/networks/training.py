@@ -37,6 +37,7 @@ from denoiserlab.networks.loaders import load as load_network
 from denoiserlab.networks.loss import edm_loss
 from denoiserlab.networks.precond import EDMPrecond
 from denoiserlab.networks.training_config import TrainConfig
+from denoiserlab.outputs import check_run_folder
 from denoiserlab.networks.training_outputs import plot_loss, save_image_grid, write_loss_csv
 
 STATE_FILE = "training-state.pt"
@@ -154,16 +155,21 @@ def save_state(path: Path, run: TrainingRun) -> None:
 
 
 def load_state(path: Path, run: TrainingRun) -> None:
-    """Restore a saved state into `run` (weights_only loading: no code is unpickled)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    run.denoiser.load_state_dict(state["model"])
-    run.ema.load_state_dict(state["ema"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.generator.set_state(state["generator"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    run.step, run.nimg, run.history = state["step"], state["nimg"], state["history"]
+    """Restore a saved state into `run` (weights_only loading: no code is unpickled); a damaged or foreign state
+    file is one error naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        run.denoiser.load_state_dict(state["model"])
+        run.ema.load_state_dict(state["ema"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        run.step, run.nimg, run.history = state["step"], state["nimg"], state["history"]
+    except Exception as error:  # torch, zip and key errors alike: the file cannot be resumed from
+        raise DenoiserLabError(f"cannot resume from {path}: it is damaged or not a training state"
+                               f" ({type(error).__name__}); move it away to start the run over") from None
 
 
 def check_same_run(out: Path, config: TrainConfig) -> None:
@@ -213,6 +219,7 @@ def start_or_resume(config: TrainConfig, out: Path, run: TrainingRun) -> None:
 def run_training(config: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) the run of `config` until config.kimg; returns the folder of the last EMA network."""
     out, device = Path(config.out), resolve_device(config.device)
+    check_run_folder(out, CONFIG_FILE)  # new, empty or a run folder: never write over another folder's files
     images = data.load(**config.data_options())
     train_images = images.as_float().to(device)  # [N, C, H, W] in [-1, 1]
     run = new_run(config, images.image_shape, images.load_options, device)

@@ -13,6 +13,7 @@ from pathlib import Path
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.build import resolve_preset
 from denoiserlab.networks.loss import P_MEAN, P_STD, SigmaDistribution
+from denoiserlab.validation import SEED_LIMIT
 
 DEVICES = ("auto", "cpu", "cuda")
 TARGETS = ("sample", "posterior")  # regression target of the loss (networks.loss.edm_loss)
@@ -75,6 +76,11 @@ class TrainConfig:
         for name in ("adam_beta1", "adam_beta2"):
             _require(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
         _require(math.isfinite(self.kimg), "kimg", self.kimg, "a finite number > 0")
+        for name in ("lr", "lr_rampup_kimg", "lr_decay_kimg", "adam_eps", "grad_clip_norm", "ema_halflife_kimg",
+                     "ema_rampup_ratio", "p_mean", "p_std", "checkpoint_kimg", "log_kimg"):
+            _require(math.isfinite(getattr(self, name)), name, getattr(self, name), "a finite number")
+        for name in ("seed", "data_seed", "sample_seed"):  # torch and numpy generators take [0, 2**63)
+            _require(0 <= getattr(self, name) < SEED_LIMIT, name, getattr(self, name), "an integer in [0, 2**63 - 1]")
         _require(self.p_std > 0, "p_std", self.p_std, "a number > 0")
         _require(0 <= self.sigma_loguniform_fraction <= 1, "sigma_loguniform_fraction",
                  self.sigma_loguniform_fraction, "a number in [0, 1]")

@@ -56,13 +56,13 @@ import sys
 import time
 from pathlib import Path
 
-import tomli_w
 import torch
 from tqdm.auto import tqdm
 
 from denoiserlab.analysis.feature_model import feature_encoder
 from denoiserlab.atomic import atomic_write, write_json
 from denoiserlab.config import to_dict
+from denoiserlab.outputs import check_output_folder, write_resolved_config
 from denoiserlab.studies.cache import StageCache, key_hash
 from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
 from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork, load_study_network
@@ -116,9 +116,10 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
 
 
 def open_study(config: GaussianStudyConfig, out: Path, progress: bool) -> GaussianStudyContext:
-    """Create the output folder, write the resolved config and open the stage cache."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.toml", lambda temp: temp.write_text(tomli_w.dumps(to_dict(config))))
+    """Write the resolved config (never over a config.toml that denoiserlab did not write, such as the one given)
+    and open the stage cache."""
+    check_output_folder(out)
+    write_resolved_config(out / "config.toml", to_dict(config))
     return GaussianStudyContext(config, out, StageCache(out), config.sigmas.grid(), progress)
 
 

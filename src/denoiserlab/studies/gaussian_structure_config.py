@@ -12,6 +12,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from denoiserlab.denoisers.options import check_denoiser_options
 from denoiserlab.diffusion.sigmas import edm_sigmas
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.locality_config import DataConfig
@@ -174,6 +175,11 @@ class GaussianStudyConfig:
         require(len(set(names)) == len(names), "networks.name", names, "unique labels")
         labels = [entry.name() for entry in self.sweeps.entries]
         require(len(set(labels)) == len(labels), "sweeps.entries labels", labels, "unique labels")
+        for name, options in self.denoisers.items():  # checked now, not after minutes of other stages
+            try:
+                check_denoiser_options(name, options)
+            except DenoiserLabError as error:
+                raise DenoiserLabError(f"denoisers.{name}: {error}") from None
         for pair in self.strong_generalization.pairs:
             require(all(name in names + labels for name in pair) and pair[0] != pair[1],
                     "strong_generalization.pairs", list(pair),
