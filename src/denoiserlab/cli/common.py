@@ -6,6 +6,7 @@ import argparse
 import json
 
 from denoiserlab.data import ImageSet, load
+from denoiserlab.data.builtin import BUILTIN_NAMES
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.outputs import check_output_folder
 from denoiserlab.validation import check_seed
@@ -15,7 +16,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "f
     """--data SOURCE and the dataset options of denoiserlab.data.load."""
     group = parser.add_argument_group("dataset")
     group.add_argument("--data", default=default, required=default is None,
-                       help="built-in name (fashion-mnist, fashion-mnist-full) or a path (default: %(default)s)")
+                       help=f"built-in name ({', '.join(BUILTIN_NAMES)}) or a path (default: %(default)s)")
     group.add_argument("--split", default="train", choices=["train", "test"])
     group.add_argument("--subset", type=int, default=None, help="use N images chosen by a seeded permutation")
     group.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these labels")

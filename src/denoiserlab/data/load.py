@@ -37,7 +37,9 @@ def load(
     """Load a dataset as uint8 images [N, C, H, W].
 
     source: a built-in name ('fashion-mnist': the vendored 10k/1k subset; 'fashion-mnist-full': Debian's
-    60k/10k IDX files) or a path (formats in `denoiserlab.data.sources`). split: 'train' or 'test'.
+    60k/10k IDX files; 'emoji': 3,479/388 colour emoji, 3x32x32, vendored; 'emoji-64': the same at 3x64x64,
+    drawn from Debian's fonts-noto-color-emoji on first use, see `data.emoji`) or a path (formats in
+    `denoiserlab.data.sources`). split: 'train' or 'test'.
     Options are applied in this order: `classes` (keep these labels), `subset` (N images chosen by a
     permutation seeded with `seed`, kept in file order; `subset_offset` skips that many images of the permutation
     first, so subsets with offsets 0, N, 2N, ... and one seed are disjoint, and those with offset 0 are nested), `channels` (1: BT.601 luminance, 3: grey repeated),
