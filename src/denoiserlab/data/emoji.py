@@ -192,7 +192,10 @@ def read_emoji_64(split: str) -> tuple[np.ndarray, np.ndarray]:
 def _build_emoji_64(font_path: Path, sequences: dict[str, list[str]]) -> dict[str, np.ndarray]:
     """{'train': uint8 [N_train, 3, 64, 64], 'test': [N_test, 3, 64, 64]} drawn from the font."""
     font = open_font(font_path)
-    return {name: render_sequences(font, found, EMOJI_64_SIZE) for name, found in sequences.items()}
+    try:
+        return {name: render_sequences(font, found, EMOJI_64_SIZE) for name, found in sequences.items()}
+    finally:
+        font.close()
 
 
 def _read_emoji_64_cache(path: Path, counts: dict[str, int]) -> dict[str, np.ndarray] | None:
