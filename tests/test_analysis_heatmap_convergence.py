@@ -61,3 +61,41 @@ def test_halves_and_running_means_by_hand():
 def test_convergence_needs_two_groups_of_square_maps():
     with pytest.raises(DenoiserLabError, match="group maps"):
         heatmap_convergence(group_maps()[:1])
+
+
+def mixing_denoiser(x, sigma):
+    """Nonlinear, mixes channels and neighbouring pixels, treats samples independently."""
+    kernel = torch.randn(3, 3, 3, 3, generator=torch.Generator().manual_seed(11), dtype=x.dtype) / 4
+    return torch.tanh(torch.nn.functional.conv2d(x, kernel, padding=1)) / (1 + sigma) + x * torch.sigmoid(x)
+
+
+def test_doubling_stops_on_the_downstream_criterion_and_merges_rounds_exactly(tiny_rgb_train):
+    """tolerance 1: one doubling, the map is the mean of the two rounds' maps (seeds seed, seed + 7919) and the
+    recorded change is |MSE(half) - MSE(full)| / MSE(full) of PSPC-Flex at the fitted threshold, recomputed here;
+    tolerance 0: doubles up to max_samples and reports not converged."""
+    from denoiserlab.analysis import gradient_heatmaps
+    from denoiserlab.analysis.heatmap_convergence import (
+        flex_check_set,
+        flex_mse_to_network,
+        heatmaps_until_converged,
+    )
+
+    labels = torch.arange(len(tiny_rgb_train)) % 2
+    options = dict(labels=labels, start_samples=4, groups=2, check_pairs=3, seed=5, batch_size=3,
+                   products_per_pass=25, thresholds=(0.3, 0.7))
+    result = heatmaps_until_converged(mixing_denoiser, tiny_rgb_train, 0.5, tolerance=1.0, max_samples=64, **options)
+    rounds = [gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.5, 4, seed, 3, 25, sampling="systematic",
+                                labels=labels, groups=2) for seed in (5, 5 + 7919)]
+    assert result["n_samples"] == 8 and result["converged"] and len(result["history"]) == 1
+    assert torch.allclose(result["heatmaps"].same_channel, (rounds[0].same_channel + rounds[1].same_channel) / 2)
+    assert torch.allclose(result["heatmaps"].groups_same_channel,
+                          (rounds[0].groups_same_channel + rounds[1].groups_same_channel) / 2)
+    z, outputs = flex_check_set(mixing_denoiser, tiny_rgb_train, 0.5, 3, 5)
+    half = flex_mse_to_network(mixing_denoiser, tiny_rgb_train, 0.5, rounds[0].same_channel, (0.3, 0.7), z, outputs)
+    full = flex_mse_to_network(mixing_denoiser, tiny_rgb_train, 0.5, result["heatmaps"].same_channel, (0.3, 0.7),
+                               z, outputs)
+    fitted = int(full.argmin())
+    assert result["history"][0]["change"] == pytest.approx(abs(half[fitted] - full[fitted]).item() / full[fitted].item())
+    assert result["history"][0]["fitted_threshold"] == (0.3, 0.7)[fitted]
+    capped = heatmaps_until_converged(mixing_denoiser, tiny_rgb_train, 0.5, tolerance=0.0, max_samples=16, **options)
+    assert capped["n_samples"] == 16 and not capped["converged"] and len(capped["history"]) == 2

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from denoiserlab.denoisers.flex_masks import flex_masks
+from denoiserlab.denoisers.pspc_flex import PSPCFlex
+from denoiserlab.analysis.heatmaps import GradientHeatmaps, gradient_heatmaps
 from denoiserlab.errors import DenoiserLabError
 
 
@@ -70,3 +72,80 @@ def heatmap_convergence(group_maps: Tensor, thresholds: tuple[float, ...] = (0.3
             "half_relative_difference": relative_distance(first, second),
             "half_iou": [mask_iou(first, second, lam) for lam in thresholds],
             "thresholds": list(thresholds), "running_counts": counts, "running_distances": distances}
+
+
+@torch.no_grad()
+def flex_mse_to_network(network, train: Tensor, sigma: float, heatmap: Tensor, thresholds: tuple[float, ...],
+                        z: Tensor, network_outputs: Tensor) -> Tensor:
+    """MSE per element of PSPC-Flex (crops flex_masks(heatmap, lam)) against the network's outputs, at each lam.
+
+    train: float [N, C, H, W]; z: [M, C, H, W] noisy inputs at sigma; network_outputs: the network at z, [M, C, H, W].
+    Returns float64 [T]. lam = 1 (full-image crops: the optimal denoiser) does not depend on the heatmap.
+    """
+    errors = []
+    for lam in thresholds:
+        composite = PSPCFlex(train, flex_masks(heatmap, lam))(z, sigma)
+        errors.append((composite.double() - network_outputs.double()).square().mean())
+    return torch.stack(errors)
+
+
+def flex_change_on_doubling(mse_half: Tensor, mse_full: Tensor) -> tuple[int, float]:
+    """The downstream convergence criterion: at the fitted threshold (index of the lowest full-estimate MSE), the
+    relative change |mse_half - mse_full| / mse_full of PSPC-Flex's MSE to the network when the z count doubles
+    (mse_half: maps from half the z). Returns (fitted index, relative change)."""
+    fitted = int(mse_full.argmin())
+    return fitted, float((mse_half[fitted] - mse_full[fitted]).abs() / mse_full[fitted])
+
+
+FLEX_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0)  # PSPC-Flex's default candidates (PSPCFlex.tunable)
+
+
+def heatmaps_until_converged(den, images: Tensor, sigma: float, labels: Tensor | None = None,
+                             start_samples: int = 16, max_samples: int = 256, tolerance: float = 0.02,
+                             groups: int = 8, check_pairs: int = 16, seed: int = 0, batch_size: int = 8,
+                             products_per_pass: int = 64, thresholds: tuple[float, ...] = FLEX_THRESHOLDS) -> dict:
+    """Gradient heatmaps of den at sigma with the z count doubled until it no longer matters downstream: PSPC-Flex's
+    MSE to den at the fitted threshold changes by less than `tolerance` (relative) when the z count doubles.
+
+    Each round draws as many new z as it has (systematic, label-stratified draws with a new seed), so the previous
+    estimate is exactly the first half of the new one. The check set is `check_pairs` forward-process inputs
+    (training image + sigma * eps, seeded apart from the z). Stops at max_samples even if not converged.
+    Returns {"heatmaps": GradientHeatmaps of all z (with per-group maps), "n_samples", "converged",
+    "history": [{"n_samples", "change", "fitted_threshold"}], "flex_mse": float64 [T] with all z,
+    "thresholds"}.
+    """
+    z_check, outputs = flex_check_set(den, images, sigma, check_pairs, seed)
+    draw = lambda n_samples, round_seed: gradient_heatmaps(
+        den, images, sigma, n_samples, round_seed, batch_size, products_per_pass, sampling="systematic",
+        labels=labels, groups=groups)
+    current = draw(start_samples, seed)
+    mse_half = flex_mse_to_network(den, images, sigma, current.same_channel, thresholds, z_check, outputs)
+    history = []
+    for round_index in range(1, 64):
+        merged = merge_equal_rounds(current, draw(current.n_samples, seed + 7919 * round_index))
+        mse_full = flex_mse_to_network(den, images, sigma, merged.same_channel, thresholds, z_check, outputs)
+        fitted, change = flex_change_on_doubling(mse_half, mse_full)
+        history.append({"n_samples": merged.n_samples, "change": change, "fitted_threshold": thresholds[fitted]})
+        if change < tolerance or 2 * merged.n_samples > max_samples:
+            break
+        current, mse_half = merged, mse_full
+    return {"heatmaps": merged, "n_samples": merged.n_samples, "converged": change < tolerance,
+            "history": history, "flex_mse": mse_full, "thresholds": list(thresholds)}
+
+
+def merge_equal_rounds(first: GradientHeatmaps, second: GradientHeatmaps) -> GradientHeatmaps:
+    """The estimate over the z of two estimates with equal z counts (and equal group counts): their mean."""
+    if first.n_samples != second.n_samples:
+        raise DenoiserLabError(f"can only merge equal z counts, got {first.n_samples} and {second.n_samples}")
+    return GradientHeatmaps((first.same_channel + second.same_channel) / 2,
+                            (first.all_channels + second.all_channels) / 2, 2 * first.n_samples,
+                            (first.groups_same_channel + second.groups_same_channel) / 2)
+
+
+@torch.no_grad()
+def flex_check_set(den, images: Tensor, sigma: float, n_pairs: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Forward-process inputs z = y0 + sigma eps (seeded apart from the heatmaps' z) and den's outputs there."""
+    generator = torch.Generator().manual_seed(seed + 104729)
+    indices = torch.randint(images.shape[0], (n_pairs,), generator=generator)
+    z = images[indices] + sigma * torch.randn((n_pairs, *images.shape[1:]), generator=generator).to(images)
+    return z, den(z, sigma)
