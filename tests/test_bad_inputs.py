@@ -439,7 +439,8 @@ def test_locality_study_refuses_to_replace_the_config_it_was_given_before_writin
 @pytest.mark.parametrize("denoisers,message", [
     ({"optimal": {}, "gaussian": {"rank": -3}}, "denoisers.gaussian: rank must be"),
     ({"optimal": {"xflip": "no"}}, "denoisers.optimal: xflip must be True or False"),
-    ({"optimal": {}, "pspc_square": {"patch_size": 3}}, "unknown option"),
+    ({"optimal": {}, "pspc_square": {"patch_sizes": 3}}, "unknown option"),  # patch_size = 3 fixes the value now
+    ({"optimal": {}, "els": {"patch_size": 4}}, "denoisers.els: patch size must be an odd int"),
     ({"optimal": {}, "pspc_flex": {"chunk_size": 0}}, "chunk_size must be"),
 ])
 def test_study_denoiser_options_are_checked_when_the_config_loads(tmp_path, denoisers, message):

@@ -3,9 +3,9 @@
 from denoiserlab.config import load_toml
 from denoiserlab.report.demo import demo_index_html
 from denoiserlab.studies.demo import GAUSSIAN_CONFIG, LOCALITY_CONFIG, demo_config_path
-from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
-from denoiserlab.studies.locality_config import LocalityStudyConfig
-from denoiserlab.studies.locality_inputs import heatmaps_path, network_path
+from denoiserlab.studies.gaussian_structure.config import GaussianStudyConfig
+from denoiserlab.studies.locality.config import LocalityStudyConfig
+from denoiserlab.studies.common.inputs import heatmaps_path, network_path
 
 
 def test_demo_configs_load_and_name_shipped_files():

@@ -24,12 +24,13 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.build import build_denoiser
 from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.loaders import load as load_network
+from denoiserlab.studies.common.cache import read_value
 from denoiserlab.studies.gaussian_structure import run_gaussian_study
 from denoiserlab.report.gaussian_structure_figures import loss_curves_figure, sweep_groups
-from denoiserlab.studies.gaussian_structure_config import DistillationConfig, GaussianStudyConfig, ScoreErrorConfig
-from denoiserlab.studies.gaussian_structure_inputs import load_study_network
-from denoiserlab.studies.gaussian_structure_measures import distill_at_sigma, samples_similarity
-from denoiserlab.studies.gaussian_structure_results import distillation_summary, plain
+from denoiserlab.studies.gaussian_structure.config import DistillationConfig, GaussianStudyConfig, ScoreErrorConfig
+from denoiserlab.studies.gaussian_structure.inputs import load_study_network
+from denoiserlab.studies.gaussian_structure.measures import distill_at_sigma, samples_similarity
+from denoiserlab.studies.gaussian_structure.results import distillation_summary, plain
 
 TINY_UNET = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], channels_per_head=8,
                  dropout=0.0)
@@ -232,7 +233,7 @@ def test_trajectory_nmse_matches_a_float64_recomputation(study):
 
 
 def test_generalization_score_matches_a_loop_over_the_training_set(study):
-    arrays = torch.load(study.out / "arrays.pt", weights_only=False)
+    arrays, _ = read_value(study.out / "arrays.safetensors")  # safetensors + JSON: nothing to unpickle
     samples = arrays["networks"]["a"]["samples"]
     assert len(samples) == study.config.generalization.k
     train = train_images(study).reshape(40, -1).double()
@@ -265,7 +266,7 @@ def test_generalization_is_calibrated_by_held_out_images(study):
 
 
 def test_strong_generalization_compares_samples_from_the_same_noise(study):
-    arrays = torch.load(study.out / "arrays.pt", weights_only=False)
+    arrays, _ = read_value(study.out / "arrays.safetensors")  # safetensors + JSON: nothing to unpickle
     a, b = (arrays["networks"][name]["samples"].reshape(8, -1).double() for name in ("a", "b"))
     cosines = [float(x @ y / (x.norm() * y.norm())) for x, y in zip(a, b)]
     nmse = [float((x - y).pow(2).sum() / y.pow(2).sum()) for x, y in zip(a, b)]

@@ -24,11 +24,11 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.build import build_denoiser
 from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.loaders import load as load_network
-from denoiserlab.studies import cache as cache_module
-from denoiserlab.studies import locality_stages
-from denoiserlab.studies.cache import read_stage
+from denoiserlab.studies.common import cache as cache_module
+from denoiserlab.studies.locality import stages as locality_stages
+from denoiserlab.studies.common.cache import read_stage
 from denoiserlab.studies.locality import run_locality_study
-from denoiserlab.studies.locality_config import LocalityStudyConfig
+from denoiserlab.studies.locality.config import LocalityStudyConfig
 
 STEPS, PAIRS, TRAJECTORIES = 3, 4, 4
 CONTRACT_KEYS = {"sigmas", "forward", "reverse", "network_vs_optimal", "fitted_schedules", "similarity",
@@ -283,8 +283,8 @@ def test_config_errors_name_the_file_and_key(setup, tmp_path):
 def test_training_set_defaults_to_the_one_the_networks_record():
     from types import SimpleNamespace
 
-    from denoiserlab.studies.locality_config import DataConfig, NetworkConfig
-    from denoiserlab.studies.locality_inputs import LoadedNetwork, study_data_options
+    from denoiserlab.studies.common.config import DataConfig, NetworkConfig
+    from denoiserlab.studies.common.inputs import LoadedNetwork, study_data_options
 
     def network(name: str, recorded: dict | None) -> LoadedNetwork:
         return LoadedNetwork(NetworkConfig(name, "unused"), SimpleNamespace(training_data=recorded), {})
@@ -308,7 +308,7 @@ def test_shipped_study_configs_load(name):
 
 
 def test_shipped_names_resolve_inside_the_package_assets():
-    from denoiserlab.studies.locality_inputs import heatmaps_path, network_path
+    from denoiserlab.studies.common.inputs import heatmaps_path, network_path
 
     assert network_path("runs/a") == Path("runs/a")
     with pytest.raises(DenoiserLabError, match="nothing shipped as shipped:no-such-net .*assets/checkpoints"):

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from denoiserlab.config import load_toml
 from denoiserlab.outputs import check_output_folder, check_replaceable_config
-from denoiserlab.studies.gaussian_structure import run_gaussian_study
-from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
+from denoiserlab.studies.gaussian_structure import GaussianStudyConfig, run_gaussian_study
 
 
 def add_parser(subparsers) -> None:

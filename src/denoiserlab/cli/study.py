@@ -9,8 +9,7 @@ from pathlib import Path
 
 from denoiserlab.config import load_toml
 from denoiserlab.outputs import check_output_folder
-from denoiserlab.studies.locality import run_locality_study
-from denoiserlab.studies.locality_config import LocalityStudyConfig
+from denoiserlab.studies.locality import LocalityStudyConfig, run_locality_study
 
 
 def add_parser(subparsers) -> None:

@@ -69,6 +69,44 @@ class HeatmapMasks:
         return self._masks[lam]
 
 
+class GridHeatmapMasks:
+    """sigma -> PSPC-Flex crops flex_masks(heatmaps[i], thresholds(sigma)), i the grid point nearest in sigma.
+
+    heatmaps: float [L, H, W, H, W] on the grid `sigmas` [L]; thresholds: a callable sigma -> lambda (e.g. a
+    ThresholdSchedule or a ConstantThreshold). Masks are made once per (grid point, lambda).
+    """
+
+    def __init__(self, heatmaps: Tensor, sigmas: Tensor, thresholds: Callable[[float], float]):
+        self.heatmaps_ = heatmaps
+        self.sigmas_ = sigmas.double()
+        self.thresholds = thresholds
+        self._masks = {}
+
+    def __call__(self, sigma: float) -> Tensor:
+        level = int((self.sigmas_ - float(sigma)).abs().argmin())
+        lam = check_threshold(self.thresholds(sigma))
+        if (level, lam) not in self._masks:
+            self._masks[(level, lam)] = flex_masks(self.heatmaps_[level], lam)
+        return self._masks[(level, lam)]
+
+
+class ConstantThreshold:
+    """The threshold schedule sigma -> lam for every sigma (a named class, so it shows in reprs and keys)."""
+
+    def __init__(self, lam: float):
+        self.lam = lam
+
+    def __call__(self, sigma: float) -> float:
+        return self.lam
+
+
+def masks_from_heatmaps(thresholds: float | Callable[[float], float], inputs: dict) -> GridHeatmapMasks:
+    """PSPC-Flex's `masks` option from a threshold (or schedule sigma -> threshold) and a network's heatmaps:
+    inputs {"heatmaps": float [L, H, W, H, W], "heatmap_sigmas": float64 [L]} (PSPCFlex.tunable.realise)."""
+    schedule = thresholds if callable(thresholds) else ConstantThreshold(check_threshold(thresholds))
+    return GridHeatmapMasks(inputs["heatmaps"], inputs["heatmap_sigmas"], schedule)
+
+
 def read_array(path: str | Path) -> Tensor:
     """The one array in a .npy, .npz (a single array, or the key 'masks' or 'heatmap') or .pt file, as a tensor."""
     path = Path(path)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
+from denoiserlab.denoisers.flex_masks import masks_from_heatmaps
 from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
 from denoiserlab.denoisers.schedules import Tunable
 from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
@@ -105,8 +106,9 @@ class PSPCFlex:
     """PSPC-Flex denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their mask tensor)."""
 
     config_class = PSPCFlexConfig
-    # the heatmap threshold lambda (flex_masks) that a study turns into `masks` per sigma
-    tunable = Tunable("threshold", "threshold", (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0))
+    # the heatmap threshold lambda (flex_masks) that a study turns into `masks` per sigma from a network's heatmaps
+    tunable = Tunable("threshold", "threshold", (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0), option="masks",
+                      needs=("heatmaps",), realise=masks_from_heatmaps, legacy_names=("thresholds", "flex"))
 
     def __init__(self, train: Tensor | ImageSet, masks: Tensor | Callable[[float], Tensor], xflip: bool = False,
                  kernel: str = "auto", chunk_size: int | None = None):

@@ -75,7 +75,8 @@ class PSPCSquare:
     """PSPC-Square denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their patch size)."""
 
     config_class = PSPCSquareConfig
-    tunable = Tunable("patch_size", "patch_size", (1, 3, 5, 7, 9, 11, 15, 19, 23, 28, 32))  # clamped to the image
+    tunable = Tunable("patch_size", "patch_size", (1, 3, 5, 7, 9, 11, 15, 19, 23, 28, 32),  # clamped to the image
+                      legacy_names=("patch_sizes", "square"))
 
     def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], xflip: bool = False,
                  kernel: str = "auto", chunk_size: int | None = None):

@@ -14,7 +14,7 @@ import json
 import math
 import tomllib
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -137,16 +137,51 @@ class Tunable:
     """The option of a denoiser that a study fits per sigma (a class attribute `tunable` of the denoiser).
 
     The option takes one value or a schedule sigma -> value; fitted values are stored as a schedule of `kind`.
+    Everything a study needs to fit, build and report the method lives here, so studies never name a method.
     """
 
-    name: str  # the tuned quantity; the constructor option of that name, except PSPC-Flex (masks made from it)
+    name: str  # the tuned quantity; also the constructor option unless `option` names another
     kind: str  # key of SCHEDULE_KINDS: the schedule class that holds fitted values
     candidates: tuple  # default sweep, in sweep order
+    option: str | None = None  # constructor option that takes the value or schedule (None: `name`)
+    needs: tuple[str, ...] = ()  # study inputs `realise` turns the value into the option with ("heatmaps")
+    realise: Callable[[object, dict], object] | None = None  # (value or schedule, inputs) -> option; None: as is
+    default: object = None  # value used where nothing is fitted (None: the config's default, else the middle candidate)
+    legacy_names: tuple[str, str] | None = None  # ([fitting] key of the sweep, results.json prefix) of older versions
 
     def __post_init__(self):
         if self.kind not in SCHEDULE_KINDS:
             raise DenoiserLabError(f"kind must be one of {list(SCHEDULE_KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "candidates", tuple(SCHEDULE_KINDS[self.kind].check_value(v) for v in self.candidates))
+        if len(self.candidates) == 0:
+            raise DenoiserLabError(f"a tunable needs at least one candidate value, got none for {self.name!r}")
+
+    @property
+    def option_name(self) -> str:
+        """The constructor option set from the tuned value."""
+        return self.option or self.name
+
+    def check_value(self, value: object) -> object:
+        """A single value of the tuned quantity, checked as its schedule kind does."""
+        return SCHEDULE_KINDS[self.kind].check_value(value)
+
+    def default_value(self, config_class: type | None = None) -> object:
+        """The value a study uses where it fits nothing: `default`, else the default of the option in the method's
+        config dataclass, else the middle candidate."""
+        if self.default is not None:
+            return self.check_value(self.default)
+        defaults = {field.name: field.default for field in fields(config_class)} if config_class else {}
+        if self.name in defaults and defaults[self.name] is not MISSING and not callable(defaults[self.name]):
+            return self.check_value(defaults[self.name])
+        return self.candidates[len(self.candidates) // 2]
+
+    def options(self, value: object, inputs: dict | None = None) -> dict:
+        """Constructor options that give the method the value (or schedule) `value`; `inputs` holds what `needs`
+        names (e.g. {"heatmaps": float [L, H, W, H, W], "heatmap_sigmas": float64 [L]})."""
+        missing = [need for need in self.needs if need not in (inputs or {})]
+        if missing:
+            raise DenoiserLabError(f"the tuned {self.name!r} needs {missing} to build its {self.option_name!r} option")
+        return {self.option_name: self.realise(value, inputs or {}) if self.realise else value}
 
 
 def value_at(option: object | Callable[[float], object], sigma: float) -> object:

@@ -13,10 +13,8 @@ from pathlib import Path
 from denoiserlab.assets import shipped_path
 from denoiserlab.config import load_toml
 from denoiserlab.report.demo import write_demo_index
-from denoiserlab.studies.gaussian_structure import run_gaussian_study
-from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
-from denoiserlab.studies.locality import run_locality_study
-from denoiserlab.studies.locality_config import LocalityStudyConfig
+from denoiserlab.studies.gaussian_structure import GaussianStudyConfig, run_gaussian_study
+from denoiserlab.studies.locality import LocalityStudyConfig, run_locality_study
 
 LOCALITY_CONFIG = "demo-locality.toml"
 GAUSSIAN_CONFIG = "demo-gaussian.toml"

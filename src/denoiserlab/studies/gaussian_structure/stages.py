@@ -4,7 +4,7 @@ it depends on (a rerun loads finished stages, a changed setting recomputes only 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,10 +12,10 @@ from torch import Tensor
 
 from denoiserlab.config import to_dict
 from denoiserlab.diffusion import standard_noise
-from denoiserlab.studies.cache import StageCache, key_hash
-from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
-from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork
-from denoiserlab.studies.gaussian_structure_measures import (
+from denoiserlab.studies.common.cache import StageCache, key_hash
+from denoiserlab.studies.gaussian_structure.config import GaussianStudyConfig, LinearityConfig
+from denoiserlab.studies.gaussian_structure.inputs import StudyData, StudyNetwork
+from denoiserlab.studies.gaussian_structure.measures import (
     distill_at_sigma,
     generalization_table,
     generate_samples,
@@ -41,11 +41,21 @@ class GaussianStudyContext:
 
 
 def stage_linearity(ctx: GaussianStudyContext, label: str, den_key: dict, data: StudyData,
-                    make_denoiser: Callable) -> dict:
-    """Linearity scores [L] (and the alpha sweep [A, L]) of one network or analytical denoiser."""
+                    make_denoiser: Callable, config: LinearityConfig | None = None) -> dict:
+    """Linearity scores [L] (and the alpha sweep [A, L]) of one network or analytical denoiser (under `config`,
+    default the study's linearity section)."""
+    config = config or ctx.config.linearity
     key = ctx.key("linearity", den_key, data.key)
+    if config != ctx.config.linearity:
+        key["effective"] = to_dict(config)
     return ctx.cache.run(f"linearity-{label}", key, lambda: linearity_per_sigma(
-        make_denoiser(), data.images, ctx.sigmas, ctx.config.linearity, ctx.progress, label))
+        make_denoiser(), data.images, ctx.sigmas, config, ctx.progress, label))
+
+
+def denoiser_linearity_config(config: LinearityConfig) -> LinearityConfig:
+    """The linearity settings of the analytical denoisers: denoiser_pairs pairs, the alpha sweep unless off."""
+    return replace(config, n_pairs=config.denoiser_pairs or config.n_pairs,
+                   alphas=config.alphas if config.denoiser_sweep else ())
 
 
 def stage_distillation(ctx: GaussianStudyContext, network: StudyNetwork, level: int) -> dict:

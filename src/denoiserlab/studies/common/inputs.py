@@ -1,22 +1,20 @@
-"""Inputs of the locality study: the training set, the networks (incl. `shipped:NAME`) and the analytical denoisers."""
+"""Inputs of both studies: the training set, the networks (incl. `shipped:NAME`) and the analytical denoisers."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from denoiserlab.data import ImageSet, load
-from denoiserlab.denoisers import REGISTRY, create
 from denoiserlab.denoisers.training_set import dataset_fingerprint, training_images
 from denoiserlab import assets
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loaders import load as load_network_file
-from denoiserlab.studies.cache import file_fingerprint
-from denoiserlab.studies.locality_config import DataConfig, NetworkConfig
+from denoiserlab.studies.common.cache import file_fingerprint
+from denoiserlab.studies.common.config import DataConfig, NetworkConfig
+
 
 @dataclass(frozen=True)
 class TrainingData:
@@ -86,24 +84,3 @@ def check_image_shape(network: LoadedNetwork, image_shape: tuple[int, int, int])
     if shape != (image_shape[0], image_shape[1]) or image_shape[1] != image_shape[2]:
         raise DenoiserLabError(f"network {network.config.name!r} ({network.config.path}) takes images [C, H, W] ="
                                f" [{shape[0]}, {shape[1]}, {shape[1]}] but the training set has {list(image_shape)}")
-
-
-def denoiser_options(name: str, options: dict, xflip: bool) -> dict:
-    """Registry options of one configured denoiser: the study's `schedule` key removed; xflip from the data
-    config unless given (for denoisers that take it)."""
-    if name not in REGISTRY:
-        raise DenoiserLabError(f"unknown denoiser {name!r} in [denoisers]; valid names: {', '.join(sorted(REGISTRY))}")
-    options = {key: value for key, value in options.items() if key != "schedule"}
-    if "xflip" not in options and "xflip" in inspect.signature(REGISTRY[name]).parameters:
-        options["xflip"] = xflip
-    return options
-
-
-def build_denoiser(name: str, options: dict, data: TrainingData, **extra):
-    """The registered denoiser `name` on the (unflipped) training set, flips as the study's; `extra` adds
-    schedule objects for PSPC."""
-    return create(name, data.imageset.as_float(), **denoiser_options(name, options, data.xflip), **extra)
-
-
-def to_cpu(tensor: Tensor) -> Tensor:
-    return tensor.detach().to("cpu", torch.float32)

@@ -30,7 +30,7 @@ from denoiserlab import data
 from denoiserlab.denoisers import GaussianDenoiser
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.diffusion import append_zero, sample_euler, sample_heun, standard_noise
-from denoiserlab.studies.gaussian_structure_config import (
+from denoiserlab.studies.gaussian_structure.config import (
     DistillationConfig,
     GeneralizationConfig,
     LinearityConfig,

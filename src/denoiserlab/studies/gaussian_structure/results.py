@@ -11,6 +11,7 @@ from torch import Tensor
 from denoiserlab import __version__
 from denoiserlab.analysis.memorization import MEMORIZED_RATIO, calibrated_score, memorization_verdict
 from denoiserlab.config import to_dict
+from denoiserlab.studies.common.results import plain
 
 # Li et al. 2024 ("Understanding generalizability of diffusion models requires rethinking the hidden Gaussian
 # structure"), the numbers our results are read against.
@@ -22,19 +23,6 @@ PAPER = {
     "generalization_score_threshold": 0.6,  # appendix B.1: a score above ~0.6 means generalization
     "sigmas": [80.0, 42.415, 21.108, 9.723, 4.06, 1.501, 0.469, 0.116, 0.020, 0.002],  # sec. 3.1, EDM 10 steps
 }
-
-
-def plain(value):
-    """Tensors and nested containers as JSON-able lists / floats; non-finite floats as None."""
-    if isinstance(value, Tensor):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def stacked(per_sigma: list[dict], key: str) -> Tensor:
@@ -125,7 +113,11 @@ def assemble_results(config, sigmas: Tensor, networks: dict, studies: dict, deno
         "linearity": {"alpha": linearity.alpha, "beta": math.sqrt(1 - linearity.alpha**2),
                       "alphas": list(linearity.alphas), "betas": [math.sqrt(1 - a**2) for a in linearity.alphas],
                       "scores": {**{name: block["linearity"] for name, block in blocks.items()},
-                                 **{f"denoiser:{name}": table for name, table in denoiser_linearity.items()}}},
+                                 **{f"denoiser:{name}": table
+                                    for name, table in denoiser_linearity.get("scores", {}).items()}},
+                      "denoiser_pairs": linearity.denoiser_pairs or linearity.n_pairs,
+                      "denoiser_values": denoiser_linearity.get("values", {}),
+                      "skipped": denoiser_linearity.get("skipped", {})},
         **{section: {name: block[section] for name, block in blocks.items()}
            for section in ("distillation", "score_error", "sampling", "generalization")},
         "strong_generalization": strong,

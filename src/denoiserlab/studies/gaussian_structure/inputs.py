@@ -1,5 +1,5 @@
 """Inputs of the Gaussian-structure study: networks (incl. `shipped:NAME`), each one's training set, and the
-analytical denoisers (Gaussian, optimal, ...) built on it; loading itself is the locality study's (shared)."""
+analytical denoisers (Gaussian, optimal, ...) built on it; loading itself is shared with the locality study."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from denoiserlab.denoisers import create
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.studies.locality_config import DataConfig, NetworkConfig
-from denoiserlab.studies.locality_inputs import check_image_shape, load_network, load_training_data
+from denoiserlab.studies.common.config import DataConfig, NetworkConfig
+from denoiserlab.studies.common.inputs import TrainingData, check_image_shape, load_network, load_training_data
 
 
 @dataclass
@@ -19,6 +19,7 @@ class StudyData:
     images: Tensor  # float32 [N, C, H, W] in [-1, 1] on the study's device (flips included when loaded with xflip)
     load_options: dict  # the denoiserlab.data.load keyword arguments that give it back
     key: dict  # cache key: load options and a content fingerprint
+    training: TrainingData | None = None  # the set as loaded (unflipped images, flips flag), for study methods
     denoisers_: dict = field(default_factory=dict)  # registry name -> denoiser built on these images, once
 
     def denoiser(self, name: str, options: dict | None = None):
@@ -43,7 +44,7 @@ def load_dataset(options: dict, device: str, cache: dict[str, StudyData]) -> Stu
     label = repr(sorted(options.items()))
     if label not in cache:
         training = load_training_data(options)
-        cache[label] = StudyData(training.imageset.name, training.images.to(device), options, training.key)
+        cache[label] = StudyData(training.imageset.name, training.images.to(device), options, training.key, training)
     return cache[label]
 
 

@@ -16,15 +16,20 @@ EDM 10-step grid. Steps, each cached under DIR/stages/ (studies.cache; a rerun r
 6. strong generalization: similarity of two networks' samples from the same noise (pairs from the config);
 7. sweeps: for each checkpoint (training-set size, width or kimg), generalization score and score errors vs the
    Gaussian and optimal denoisers at the middle sigma (or configured grid indices);
-8. DIR/results.json, DIR/config.toml (resolved), DIR/arrays.pt (images for figures), DIR/figures/*.png and
-   DIR/report.html.
+8. DIR/results.json, DIR/config.toml (resolved), DIR/arrays.safetensors (images for figures, written by
+   studies.common.cache.write_value: safetensors plus JSON, no pickle), DIR/figures/*.png and DIR/report.html.
 
 results.json keys ([L]: one value per grid sigma, high -> low; [A]: per swept alpha; <net>: a network name):
     study, version, command, config (resolved table), sigmas [L]
     networks: {<net>: {path, n_parameters, dataset: {name, n_images, image_shape, load_options}}}
     linearity: {alpha, beta, alphas [A], betas [A],
                 scores: {<net> | "denoiser:<registry name>": {cosine [L], nmse [L], sweep_cosine [A][L],
-                                                              sweep_nmse [A][L]}}}
+                                                              sweep_nmse [A][L] (empty for a denoiser when
+                                                              linearity.denoiser_sweep is false)}},
+                denoiser_pairs (pairs per sigma of the analytical denoisers),
+                denoiser_values: {<registry name>: {option, value, source}} (the tuned value each was measured
+                at: "fixed", a named schedule, or the method's "default"),
+                skipped: {<registry name>: why it was not measured}}
     distillation: {<net>: {method, weight_nmse [L], weight_nmse_split_half [L] (the NMSE without least-squares
                            noise, from fits on two halves of the draw; NaN for "gd" or too few samples),
                            alignment [L][k] (|cos| of the i-th singular vectors),
@@ -47,7 +52,8 @@ results.json keys ([L]: one value per grid sigma, high -> low; [A]: per swept al
              score_error_gaussian [S], score_error_optimal [S]}]}
     paper: the paper's reference numbers;  checks: {<net>: the paper's claims on our numbers}
     timings_s: {<stage>: seconds (computed now or when first computed), total};
-    stages: {computed: [stage names computed by this run], loaded: [stage names loaded from DIR/stages]}
+    stages: {computed: [stage names computed by this run], loaded: [stage names loaded from DIR/stages],
+             cpu_seconds: {<stage>: process CPU seconds when computed, or null if not recorded}}
 """
 
 from __future__ import annotations
@@ -55,40 +61,57 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from denoiserlab.analysis.feature_model import feature_encoder
-from denoiserlab.atomic import atomic_write, write_json
+from denoiserlab.atomic import write_json
 from denoiserlab.config import to_dict
 from denoiserlab.outputs import check_output_folder, write_resolved_config
-from denoiserlab.studies.cache import StageCache, key_hash
-from denoiserlab.studies.gaussian_structure_config import GaussianStudyConfig
-from denoiserlab.studies.gaussian_structure_inputs import StudyData, StudyNetwork, load_study_network
-from denoiserlab.studies.gaussian_structure_measures import samples_similarity
-from denoiserlab.studies.gaussian_structure_results import (
+from denoiserlab.studies.common.cache import StageCache, file_fingerprint, key_hash, write_value
+from denoiserlab.studies.common.inputs import heatmaps_path
+from denoiserlab.studies.common.methods import (
+    FITTED_SOURCES,
+    MethodSpec,
+    build_method,
+    default_value,
+    method_data_key,
+    method_spec,
+    named_schedule,
+)
+from denoiserlab.studies.gaussian_structure.config import GaussianStudyConfig
+from denoiserlab.studies.gaussian_structure.inputs import StudyData, StudyNetwork, load_study_network
+from denoiserlab.studies.gaussian_structure.measures import samples_similarity
+from denoiserlab.studies.gaussian_structure.results import (
     assemble_results,
     network_arrays,
     shown_samples,
     strong_generalization_row,
     sweep_row,
 )
-from denoiserlab.studies.gaussian_structure_stages import (
+from denoiserlab.studies.gaussian_structure.stages import (
     GaussianStudyContext,
+    denoiser_linearity_config,
     stage_distillation,
     stage_generalization,
     stage_linearity,
     stage_score_errors,
     stage_trajectory,
 )
+from denoiserlab.studies.locality.heatmaps import read_heatmaps_file
+
+ARRAYS_FILE = "arrays.safetensors"  # images the report draws (studies.common.cache.write_value: no pickle)
+HEATMAP_READING = "same_channel"  # the heatmap reading that builds masks for the analytical denoisers
 
 
 def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: str | None = None,
-                       progress: bool = True) -> dict:
-    """Run (or resume) the study; writes results.json, config.toml, arrays.pt, figures and report.html."""
+                       progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Run (or resume) the study; writes results.json, config.toml, arrays.safetensors, figures and report.html.
+    `log` gets one line per stage computed."""
     started = time.perf_counter()
-    ctx = open_study(config, Path(out), progress)
+    ctx = open_study(config, Path(out), progress, log)
     datasets: dict[str, StudyData] = {}
     networks = {entry.name: load_study_network(entry.name, entry.path, entry.trust_pickle, entry.options,
                                                config.data, config.device, datasets) for entry in config.networks}
@@ -103,24 +126,26 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
     results = assemble_results(config, ctx.sigmas, networks, studies, denoiser_linearity, strong, sweeps, timings,
                                command or " ".join(sys.argv))
     results["stages"] = {"computed": list(ctx.cache.computed),
-                         "loaded": [stage for stage, record in ctx.cache.timings.items() if record["cached"]]}
+                         "loaded": [stage for stage, record in ctx.cache.timings.items() if record["cached"]],
+                         "cpu_seconds": {stage: record["cpu_seconds"] for stage, record in ctx.cache.timings.items()}}
     write_json(ctx.out / "results.json", results)
     arrays = {"networks": {name: network_arrays(studies[name], network.data.images,
                                                 tuple(network.data.images.shape[1:]))
                            for name, network in networks.items()}, "sweeps": sweep_images}
-    atomic_write(ctx.out / "arrays.pt", lambda temp: torch.save(arrays, temp))
+    write_value(ctx.out / ARRAYS_FILE, arrays)
     from denoiserlab.report.gaussian_structure import write_gaussian_report
 
     write_gaussian_report(results, arrays, ctx.out)
     return results
 
 
-def open_study(config: GaussianStudyConfig, out: Path, progress: bool) -> GaussianStudyContext:
+def open_study(config: GaussianStudyConfig, out: Path, progress: bool,
+               log: Callable[[str], None] | None = None) -> GaussianStudyContext:
     """Write the resolved config (never over a config.toml that denoiserlab did not write, such as the one given)
     and open the stage cache."""
     check_output_folder(out)
     write_resolved_config(out / "config.toml", to_dict(config))
-    return GaussianStudyContext(config, out, StageCache(out), config.sigmas.grid(), progress)
+    return GaussianStudyContext(config, out, StageCache(out, log), config.sigmas.grid(), progress)
 
 
 def study_network(ctx: GaussianStudyContext, network: StudyNetwork) -> dict:
@@ -136,10 +161,56 @@ def study_network(ctx: GaussianStudyContext, network: StudyNetwork) -> dict:
 
 
 def analytical_linearity(ctx: GaussianStudyContext, data: StudyData) -> dict:
-    """Step 1 for every configured analytical denoiser, on `data`."""
-    return {name: stage_linearity(ctx, f"denoiser-{name}", {"denoiser": name, "options": options}, data,
-                                  lambda n=name, o=options: data.denoiser(n, o))
-            for name, options in ctx.config.denoisers.items()}
+    """Step 1 for every configured analytical denoiser, on `data` (the first network's training set):
+    {"scores": {name: linearity tables}, "values": {name: the tuned value used}, "skipped": {name: reason}}."""
+    scores, values, skipped = {}, {}, {}
+    heatmaps = first_network_heatmaps(ctx)
+    config = denoiser_linearity_config(ctx.config.linearity)
+    for name, options in ctx.config.methods().items():
+        spec = method_spec(name, options)
+        if spec.tunable is not None and spec.tunable.needs and heatmaps is None:
+            skipped[name] = (f"needs {list(spec.tunable.needs)}: give the first [[networks]] table a heatmaps file")
+            continue
+        value, source = linearity_value(spec)
+        inputs, inputs_key = heatmaps if spec.tunable is not None and spec.tunable.needs else ({}, {})
+        key = {**spec.key, "data": method_data_key(data.training, spec), "value": value_key(value), **inputs_key}
+        scores[name] = stage_linearity(ctx, f"denoiser-{name}", key, data, method_factory(spec, data, value, inputs),
+                                       config)
+        if spec.tunable is not None:
+            values[name] = {"option": spec.tunable.name, "value": value_key(value), "source": source}
+    return {"scores": scores, "values": values, "skipped": skipped}
+
+
+def linearity_value(spec: MethodSpec) -> tuple[object, str]:
+    """(tuned value or schedule, source) of a method in this study, which fits nothing: the fixed value, the
+    schedule the config names, else the method's default value. (None, "") for methods without a tunable."""
+    if spec.tunable is None:
+        return None, ""
+    if spec.fixed is not None:
+        return spec.fixed, "fixed"
+    if spec.schedule not in FITTED_SOURCES:
+        return named_schedule(spec), spec.schedule
+    return default_value(spec), "default"
+
+
+def value_key(value: object) -> object:
+    """A tuned value or schedule as plain data (for cache keys and results.json)."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def method_factory(spec: MethodSpec, data: StudyData, value: object, inputs: dict) -> Callable:
+    return lambda: build_method(spec, data.training, value, inputs)
+
+
+def first_network_heatmaps(ctx: GaussianStudyContext) -> tuple[dict, dict] | None:
+    """(inputs, cache key) of the first network's heatmap file for methods built from heatmaps, or None."""
+    spec = ctx.config.networks[0].heatmaps if ctx.config.networks else None
+    if spec is None:
+        return None
+    path = heatmaps_path(spec)
+    table = read_heatmaps_file(path)
+    return ({"heatmaps": table[HEATMAP_READING].float(), "heatmap_sigmas": table["sigmas"].double()},
+            {"heatmaps": {"file": file_fingerprint(path)}, "reading": HEATMAP_READING})
 
 
 def gaussian_samples(network: StudyNetwork, ctx: GaussianStudyContext, count: int) -> torch.Tensor:

@@ -1,0 +1,114 @@
+"""Gradient heatmaps of a network over the study's sigma grid (step 3) and heatmap files.
+
+Heatmaps come from `denoiserlab.analysis.gradient_heatmaps` (PSPC paper eq. 8), one call per sigma, stacked to
+float32 [L, H, W, H, W] (indexed [sigma, y, x, y', x'], output pixel first) in both readings.
+
+Heatmap files (to ship precomputed heatmaps instead of recomputing them): `.npz` or `.pt` holding
+`sigmas` float64 [L] (high -> low), `same_channel` float16 [L, H, W, H, W], optionally `all_channels` (same shape),
+`n_samples` (z per sigma) and `command` (the command line that made them); for one-channel images, where both
+readings coincide, only `same_channel` is stored, with `readings_equal` = True. A study reads such a file when a
+network's `heatmaps` key names it; its sigmas must contain every sigma of the study grid (relative tolerance 1e-6).
+Other arrays in a file (e.g. convergence statistics) are ignored, never loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from denoiserlab.analysis import gradient_heatmaps
+from denoiserlab.atomic import atomic_write
+from denoiserlab.denoisers.flex_masks import ConstantThreshold, GridHeatmapMasks  # noqa: F401 (re-exported)
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.studies.locality.config import HeatmapConfig
+
+READINGS = ("same_channel", "all_channels")
+FILE_KEYS = ("sigmas", *READINGS, "readings_equal", "n_samples", "command")  # what a heatmap file is read for
+
+
+def compute_heatmaps(den, train: Tensor, sigmas: Tensor, config: HeatmapConfig, seed: int,
+                     device: str = "cpu") -> dict:
+    """Both readings at every sigma: {"sigmas": float64 [L], reading: float32 [L, H, W, H, W], "n_samples"}."""
+    maps = {reading: [] for reading in READINGS}
+    for level, sigma in enumerate(tqdm(sigmas.tolist(), desc="heatmaps", leave=False)):
+        result = gradient_heatmaps(den, train.to(device), sigma, config.n_samples, seed + level, config.batch_size,
+                                   config.products_per_pass)
+        for reading in READINGS:
+            maps[reading].append(getattr(result, reading).float().cpu())
+    return {"sigmas": sigmas.clone(), **{reading: torch.stack(maps[reading]) for reading in READINGS},
+            "n_samples": config.n_samples}
+
+
+def save_heatmaps_file(path: str | Path, heatmaps: dict, command: str) -> Path:
+    """Write heatmaps (as from compute_heatmaps) as a float16 .npz or .pt heatmap file (module docstring)."""
+    path = Path(path)
+    arrays = {"sigmas": heatmaps["sigmas"].double(), "n_samples": torch.tensor(heatmaps["n_samples"]),
+              **{reading: heatmaps[reading].half() for reading in READINGS if reading in heatmaps}}
+    if "all_channels" in arrays and torch.equal(arrays["all_channels"], arrays["same_channel"]):
+        del arrays["all_channels"]  # one-channel images: the readings coincide, stored once
+        arrays["readings_equal"] = torch.tensor(True)
+    if path.suffix == ".npz":
+        numpy_arrays = {key: value.numpy() for key, value in arrays.items()}
+        return atomic_write(path, lambda temp: write_npz(temp, command=np.array(command), **numpy_arrays))
+    if path.suffix == ".pt":
+        return atomic_write(path, lambda temp: torch.save({**arrays, "command": command}, temp))
+    raise DenoiserLabError(f"heatmap files end in .npz or .pt, got {str(path)!r}")
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez_compressed to exactly `path` (through a handle, so numpy adds no .npz suffix)."""
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def read_heatmaps_file(path: str | Path) -> dict:
+    """The content of a heatmap file: {"sigmas", "same_channel", ["all_channels"], "n_samples", "command"}."""
+    path = Path(path)
+    if not path.is_file():
+        raise DenoiserLabError(f"heatmap file {str(path)!r} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            table = {key: archive[key] for key in archive.files if key in FILE_KEYS}
+        table = {key: (str(value) if key == "command" else torch.from_numpy(value)) for key, value in table.items()}
+    elif path.suffix == ".pt":
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(loaded, dict):
+            raise DenoiserLabError(f"heatmap file {str(path)!r} must hold a table of arrays, got"
+                                   f" {type(loaded).__name__}")
+        table = {key: value for key, value in loaded.items() if key in FILE_KEYS}
+    else:
+        raise DenoiserLabError(f"heatmap files end in .npz or .pt, got {str(path)!r}")
+    for key in ("sigmas", "same_channel"):
+        if key not in table:
+            raise DenoiserLabError(f"heatmap file {str(path)!r} lacks the array {key!r} (has {sorted(table)})")
+    if bool(table.pop("readings_equal", False)):
+        table["all_channels"] = table["same_channel"]
+    table["n_samples"] = int(table["n_samples"]) if "n_samples" in table else None
+    table["command"] = str(table.get("command", "unknown"))
+    return table
+
+
+def heatmaps_on_grid(table: dict, sigmas: Tensor, image_shape: tuple[int, int, int], path: str) -> dict:
+    """The rows of a heatmap file at the study's sigmas [L], as float32, checked against the image size."""
+    file_sigmas = table["sigmas"].double()
+    rows = []
+    for sigma in sigmas.tolist():
+        match = ((file_sigmas - sigma).abs() <= 1e-6 * sigma).nonzero().flatten()
+        if len(match) == 0:
+            raise DenoiserLabError(f"heatmap file {path!r} has no heatmap at sigma = {sigma:.6g} (its sigmas:"
+                                   f" {[round(s, 6) for s in file_sigmas.tolist()]})")
+        rows.append(int(match[0]))
+    side = tuple(image_shape[1:])
+    result = {"sigmas": sigmas.clone(), "n_samples": table["n_samples"], "command": table["command"]}
+    for reading in READINGS:
+        if reading in table:
+            maps = table[reading][rows].float()
+            if tuple(maps.shape[1:]) != side + side:
+                raise DenoiserLabError(f"heatmap file {path!r}: {reading} has maps of shape {tuple(maps.shape[1:])},"
+                                       f" expected {side + side} for these images")
+            result[reading] = maps
+    return result
