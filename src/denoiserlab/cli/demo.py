@@ -19,6 +19,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="only the sampling demo (samples from shared noise)")
     parser.add_argument("--n", type=int, default=SamplingDemoConfig.n_samples, help="samples per method (--quick)")
+    parser.add_argument("--jobs", type=int, default=None, choices=(1, 2),
+                        help="studies run at once (default: 2, side by side, on a machine with two or more cores)")
     parser.set_defaults(func=run)
 
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> None:
     if args.quick:
         run_quick(args)
         return
-    run_demo(args.out)
+    run_demo(args.out, jobs=args.jobs)
     print(f"report: {args.out / 'index.html'} (links {args.out / 'locality/report.html'} and "
           f"{args.out / 'gaussian/report.html'})")
 

@@ -1,5 +1,5 @@
 """report.html of the Gaussian-structure study: figures (DIR/figures/*.png, embedded), the paper's numbers beside
-ours, and the note on the affine Gaussian denoiser's linearity score. Reads results.json and arrays.pt only."""
+ours, and the note on the affine Gaussian denoiser's linearity score. Reads results.json and the arrays only."""
 
 from __future__ import annotations
 
@@ -84,6 +84,20 @@ def denoiser_rows(results: dict) -> list[list]:
             for label, table in results["linearity"]["scores"].items()]
 
 
+def denoiser_values_html(results: dict) -> str:
+    """Which tuned value each analytical denoiser was measured at, how many pairs, and what was skipped."""
+    linearity = results["linearity"]
+    rows = [[name, used["option"], str(used["value"]), used["source"]]
+            for name, used in linearity.get("denoiser_values", {}).items()]
+    parts = [text_html(f"Analytical denoisers: {linearity.get('denoiser_pairs', '')} pairs per sigma, on the first"
+                       " network's training set; this study fits nothing, so a tunable method runs at its fixed"
+                       " value, the schedule the config names, or its default value.", note=True)]
+    if rows:
+        parts.append(table_html(["denoiser", "tuned option", "value", "source"], rows))
+    parts += [text_html(f"{name} not measured: {reason}") for name, reason in linearity.get("skipped", {}).items()]
+    return "".join(parts)
+
+
 def network_sections(results: dict, arrays: dict, folder: Path) -> list[tuple[str, str]]:
     """Per-network figures: spectra, singular vectors, trajectories, samples, loss curves."""
     sections = []
@@ -155,6 +169,7 @@ def write_gaussian_report(results: dict, arrays: dict, out: str | Path) -> Path:
                                       "Linearity score vs sigma (cosine and NMSE forms)")
              + text_html(affine_note(alpha, beta), note=True)
              + table_html(["denoiser", "min cosine", "max cosine", "min NMSE", "max NMSE"], denoiser_rows(results))
+             + denoiser_values_html(results)
              + figure_html(figures.linearity_sweep_figure(results, folder / "linearity-sweep.png"),
                            "Cosine linearity for each swept alpha (beta = sqrt(1 - alpha^2))")),
             ("Linear distillation vs the Gaussian denoiser",

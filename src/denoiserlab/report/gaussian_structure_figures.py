@@ -26,19 +26,25 @@ def spread_indices(count: int, wanted: int) -> list[int]:
     return sorted(set(np.linspace(0, count - 1, min(wanted, count)).round().astype(int).tolist()))
 
 
+def nan_for_none(values: list) -> list[float]:
+    return [np.nan if value is None else value for value in values]
+
+
 def linearity_figure(results: dict, path: Path) -> Path:
     """Cosine and NMSE linearity scores vs sigma at the default alpha, every network and denoiser."""
     sigmas, paper = results["sigmas"], results["paper"]["linearity_cosine_min"]
-    figure, (cosine_axis, nmse_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, table in results["linearity"]["scores"].items():
-        style = "--" if label.startswith("denoiser:") else "-"
-        cosine_axis.plot(sigmas, table["cosine"], style, marker="o", markersize=3, label=label)
-        nmse_axis.plot(sigmas, table["nmse"], style, marker="o", markersize=3, label=label)
+    figure, (cosine_axis, nmse_axis) = plt.subplots(1, 2, figsize=(12, 4.4))
+    colours = plt.get_cmap("tab20").colors
+    for index, (label, table) in enumerate(results["linearity"]["scores"].items()):
+        style = dict(linestyle="--" if label.startswith("denoiser:") else "-", color=colours[index % len(colours)],
+                     marker="o", markersize=3, label=label)
+        cosine_axis.plot(sigmas, nan_for_none(table["cosine"]), **style)
+        nmse_axis.plot(sigmas, nan_for_none(table["nmse"]), **style)
     cosine_axis.axhline(paper, color="grey", linestyle=":", label=f"paper's lowest ({paper})")
     sigma_axis(cosine_axis, "linearity score (cosine, eq. 11)")
     sigma_axis(nmse_axis, "linearity NMSE (eq. 12)")
     nmse_axis.set_yscale("log")
-    cosine_axis.legend(fontsize=8)
+    cosine_axis.legend(fontsize=7, ncol=2)
     alpha, beta = results["linearity"]["alpha"], results["linearity"]["beta"]
     figure.suptitle(f"Linearity of the denoisers (alpha = {alpha:.3f}, beta = {beta:.3f})")
     return save_figure(figure, path)
@@ -46,13 +52,18 @@ def linearity_figure(results: dict, path: Path) -> Path:
 
 def linearity_sweep_figure(results: dict, path: Path) -> Path:
     """Cosine linearity vs sigma for each swept alpha, one panel per network / denoiser (paper fig. 10)."""
-    scores, sigmas = results["linearity"]["scores"], results["sigmas"]
-    figure, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 3.6), squeeze=False)
-    for axis, (label, table) in zip(axes[0], scores.items()):
+    scores = {label: table for label, table in results["linearity"]["scores"].items() if table["sweep_cosine"]}
+    sigmas = results["sigmas"]
+    columns = min(4, max(1, len(scores)))
+    rows = max(1, -(-len(scores) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat[len(scores):]:
+        axis.set_visible(False)
+    for axis, (label, table) in zip(axes.flat, scores.items()):
         for alpha, beta, values in zip(results["linearity"]["alphas"], results["linearity"]["betas"],
                                        table["sweep_cosine"]):
-            axis.plot(sigmas, values, marker="o", markersize=3, label=f"a={alpha:.2f}, b={beta:.2f}")
-        axis.plot(sigmas, table["cosine"], "k--", label="default alpha")
+            axis.plot(sigmas, nan_for_none(values), marker="o", markersize=3, label=f"a={alpha:.2f}, b={beta:.2f}")
+        axis.plot(sigmas, nan_for_none(table["cosine"]), "k--", label="default alpha")
         sigma_axis(axis, "linearity score (cosine)")
         axis.set_title(label, fontsize=10)
     axes[0, 0].legend(fontsize=7)

@@ -22,7 +22,10 @@ from denoiserlab.report.locality_figures import (
 PAPER = {
     "peak_sigma_forward": "near sigma = 3 (every architecture)",
     "rise_and_fall_forward": "yes: small at the largest and smallest sigma",
-    "ranking_at_peak_forward": "pspc_flex < pspc_square < gaussian < optimal",
+    "ranking_at_peak_forward": "pspc_flex < pspc_square < gaussian < cfdm, optimal (methods they compared)",
+    "ranking_at_peak_reverse": "same order on the reverse process (fig. 7)",
+    "closest_by_range": "PSPC-Flex closest over most sigma (Niedoba); ELS / LS after calibration (Kamb & Ganguli, "
+                        "convolutional networks); Gaussian at high and middle noise (Wang & Vastola)",
     "pspc_deviates_like_network_at_peak": "yes: MSE(PSPC, net) below MSE(PSPC, optimal) and MSE(net, optimal)",
     "networks_closer_to_each_other_than_to_optimal_at_peak": "yes (same sigma, same direction)",
     "pspc_samples_closer_than_optimal_samples": "yes (SSCD cosine, fig. 9); optimal samples copy training images",
@@ -35,6 +38,8 @@ def write_locality_report(results: dict, arrays: dict, out: str | Path) -> Path:
     out = Path(out)
     figures = write_figures(results, arrays, out / "figures")
     sections = [("Headline numbers", headline_section(results)),
+                ("Which method is closest to each network", ranking_section(results)),
+                ("Samples: Pearson r to the network's (Kamb & Ganguli, Table 1)", pearson_section(results)),
                 ("Our numbers beside the paper's", paper_section(results)),
                 *figure_sections(figures),
                 ("Fitted and used schedules", schedules_section(results)),
@@ -72,11 +77,14 @@ def write_figures(results: dict, arrays: dict, folder: Path) -> list[tuple[str, 
             ("Similarity of samples (paper fig. 9)", figure_similarity(results, name, folder / f"similarity-{name}.png"),
              f"Per-sample similarity of each method's samples to {name}'s"),
         ]
-        if results["fitting"][name]:
+        if results["fitting"][name].get("methods", results["fitting"][name]):
+            process = results["fitting"][name].get("process", "forward")
             figures.append(("Schedule fitting (paper figs. 4, 10, 12)",
                             figure_fitting(results, name, folder / f"fitting-{name}.png"),
-                            f"log10 MSE of PSPC composites on the fitting set against the optimal denoiser and"
-                            f" {name}; red dots: fitted value per sigma"))
+                            f"Every tunable method swept on {name}'s fitting sets: log10 MSE against the optimal"
+                            f" denoiser and {name} ({process} process), and the median cosine between the method's"
+                            f" and {name}'s scores on {name}'s own reverse trajectories; red dots: the MSE fit"
+                            " per sigma, white crosses: the cosine fit (Kamb & Ganguli's calibration)"))
     return figures
 
 
@@ -93,7 +101,9 @@ def headline_section(results: dict) -> str:
     for name in results["networks"]:
         checks = results["checks"][name]
         peak = results["sigmas"].index(checks["peak_sigma_forward"])
-        rows = [[label, results["forward"]["mse"][name][label][peak],
+        order = results.get("ranking", {}).get("forward", {}).get(name, {}).get("at_peak", [])
+        rank = {label: index + 1 for index, label in enumerate(order)}
+        rows = [[label, rank.get(label, ""), results["forward"]["mse"][name][label][peak],
                  results["forward"]["mse_vs_optimal"][name][label][peak],
                  results["forward"]["r2"][name][label]["mean"][peak],
                  results["forward"]["r2"][name][label]["median"][peak],
@@ -102,7 +112,7 @@ def headline_section(results: dict) -> str:
         parts.append(text_html(f"Network {name}: largest forward MSE to the optimal denoiser at sigma ="
                                f" {checks['peak_sigma_forward']:.4g} (MSE"
                                f" {results['network_vs_optimal']['forward'][name][peak]:.4g}). Numbers at that sigma:"))
-        parts.append(table_html(["method", "MSE vs network (fwd)", "MSE vs optimal (fwd)", "r2 mean (fwd)",
+        parts.append(table_html(["method", "rank", "MSE vs network (fwd)", "MSE vs optimal (fwd)", "r2 mean (fwd)",
                                  "r2 median (fwd)", "Pearson r mean (fwd)", "MSE vs network (rev)"], rows))
     return "".join(parts)
 
@@ -130,12 +140,19 @@ def schedules_section(results: dict) -> str:
     parts = []
     for denoiser, by_network in results["schedules_used"].items():
         for name, used in by_network.items():
-            fitted = results["fitted_schedules"][denoiser][name]
-            rows = [[sigma, fit, value] for sigma, fit, value in zip(results["sigmas"], fitted, used_values(used, results))]
-            parts.append(text_html(f"{denoiser} for {name}: the comparison uses the {used['source']} schedule;"
-                                   f" fitted schedule file: {used['fitted_file']}"))
-            parts.append(table_html(["sigma", "fitted", "used"], rows))
-    return "".join(parts) or text_html("No PSPC denoiser configured.")
+            fitted = results["fitted_schedules"].get(denoiser, {}).get(name)
+            fits = results.get("fits", {}).get(denoiser, {}).get(name, {})
+            columns = {"fitted (MSE, forward)": fits.get("mse_forward"),
+                       "fitted (MSE, reverse)": fits.get("mse_reverse"),
+                       "calibrated (score cosine, reverse)": fits.get("cosine_reverse")}
+            columns = {title: values for title, values in columns.items() if values} or {"fitted": fitted}
+            columns = {title: values for title, values in columns.items() if values}
+            rows = [[sigma, *[values[level] for values in columns.values()], value]
+                    for level, (sigma, value) in enumerate(zip(results["sigmas"], used_values(used, results)))]
+            where = f"; fitted schedule file: {used['fitted_file']}" if used.get("fitted_file") else ""
+            parts.append(text_html(f"{denoiser} for {name}: the comparison uses the {used['source']} schedule{where}"))
+            parts.append(table_html(["sigma", *columns, "used"], rows))
+    return "".join(parts) or text_html("No tunable denoiser configured.")
 
 
 def used_values(used: dict, results: dict) -> list:
@@ -152,14 +169,77 @@ def samples_section(results: dict) -> str:
     else:
         parts.append(text_html(f"Feature model: {results['feature_model']}"))
     metrics = list(results["similarity"])
+    copies = results.get("memorized_fraction", {})
     for name in results["networks"]:
         labels = list(results["nearest_neighbour"][name])
         rows = [[label, *[results["similarity"][metric][name].get(label) for metric in metrics],
-                 results["nearest_neighbour"][name][label]] for label in labels]
+                 results["nearest_neighbour"][name][label], copies.get(name, {}).get(label)] for label in labels]
         parts.append(text_html(f"Samples of every method against {name}'s samples from the same noise (means over"
-                               f" samples); distance to the nearest training image in the [-1, 1] scale:"))
-        parts.append(table_html(["method", *metrics, "nearest training image"], rows))
+                               f" samples); distance to the nearest training image in the [-1, 1] scale, and the"
+                               f" share of samples that copy one (nearest / second-nearest distance < 1/3):"))
+        parts.append(table_html(["method", *metrics, "nearest training image", "share of copies"], rows))
     return "".join(parts)
+
+
+def range_label(span: str, table: dict) -> str:
+    low, high = table["sigmas"]
+    return f"{span} sigma ({low:g} <= sigma{'' if high is None else f' < {high:g}'})"
+
+
+def closest_sentence(results: dict, name: str) -> str:
+    """One plain sentence per network: the closest denoiser per sigma range, forward and reverse."""
+    parts = []
+    for process in ("forward", "reverse"):
+        ranges = results["ranking"][process][name]["by_range"]
+        said = ", ".join(f"{table['order'][0]} at {span} sigma" for span, table in ranges.items() if table["order"])
+        parts.append(f"{process} process: {said}")
+    return f"Closest to {name} on our data ({results['dataset']['name']}) by MSE: " + "; ".join(parts) + "."
+
+
+def ranking_section(results: dict) -> str:
+    """Per network: the plain answer per sigma range, the order per range and at the peak, and per sigma."""
+    if "ranking" not in results:
+        return text_html("This results.json predates the ranking.")
+    claims = results.get("papers", {})
+    parts = [text_html("Denoisers ranked by MSE per element against each network (other networks are not ranked);"
+                       " per sigma range by the geometric mean of the MSE over the range's grid points. The papers'"
+                       " claims: " + " ".join(f"{paper['title']}: {paper['claim']}." for paper in claims.values()),
+                       note=True)]
+    for name in results["networks"]:
+        parts.append(text_html(closest_sentence(results, name)))
+        rows = []
+        for process in ("forward", "reverse"):
+            ranking = results["ranking"][process][name]
+            for span, table in ranking["by_range"].items():
+                rows.append([process, range_label(span, table), " < ".join(table["order"])])
+            rows.append([process, f"peak sigma {ranking['peak_sigma']:.3g}", " < ".join(ranking["at_peak"])])
+        parts.append(table_html(["process", "sigma", "closest first"], rows))
+        per_sigma = [[sigma, results["ranking"]["forward"][name]["closest"][level],
+                      results["ranking"]["reverse"][name]["closest"][level]]
+                     for level, sigma in enumerate(results["sigmas"])]
+        parts.append(table_html(["sigma", f"closest to {name} (forward)", f"closest to {name} (reverse)"], per_sigma))
+    return "".join(parts)
+
+
+def pearson_section(results: dict) -> str:
+    """Median over seeds of Pearson r (and r^2) between each method's final sample and the network's from the
+    same noise, with Kamb & Ganguli's Fashion-MNIST U-Net numbers beside."""
+    if "sample_pearson_r" not in results:
+        return text_html("This results.json predates the sample Pearson r.")
+    paper = results.get("papers", {}).get("kamb_ganguli_2025", {})
+    theirs = paper.get("sample_pearson_r_fashion_mnist_unet", {})
+    names = results["networks"]
+    labels = list(dict.fromkeys(label for name in names for label in results["sample_pearson_r"][name]))
+    rows = [[label, *[value for name in names for value in (
+        results["sample_pearson_r"][name].get(label, {}).get("median"),
+        results["sample_pearson_r"][name].get(label, {}).get("r2_median"))], theirs.get(label, "")]
+        for label in labels]
+    count = next(iter(results["sample_pearson_r"][names[0]].values()), {}).get("n")
+    header = ["method", *[f"{name}: {what}" for name in names for what in ("median r", "median r^2")],
+              "Kamb & Ganguli (Fashion-MNIST U-Net)"]
+    note = text_html(f"Median over {count} seeds. {paper.get('claim', '')}. Their networks are convolution-only"
+                     " U-Nets and ResNets trained to convergence; ours are the shipped small networks.", note=True)
+    return note + table_html(header, rows)
 
 
 def heatmaps_section(results: dict) -> str:

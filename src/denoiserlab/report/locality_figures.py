@@ -30,13 +30,15 @@ def figure_network_vs_optimal(results: dict, path: Path) -> Path:
 
 def figure_comparison(results: dict, name: str, path: Path) -> Path:
     """Fig. 7: MSE of every method against network `name` per sigma, forward and reverse."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+    colours = plt.get_cmap("tab20").colors
     for axis, process in zip(axes, ("forward", "reverse")):
-        for label, values in results[process]["mse"][name].items():
-            axis.plot(results["sigmas"], nan_for_none(values), marker="o", markersize=3, label=label)
+        for index, (label, values) in enumerate(results[process]["mse"][name].items()):
+            axis.plot(results["sigmas"], nan_for_none(values), ":" if label.startswith("network:") else "-",
+                      color=colours[index % len(colours)], marker="o", markersize=3, label=label)
         log_axes(axis, f"MSE vs {name} per element")
         axis.set_title(f"{process} process")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, ncol=2)
     return save_figure(figure, path)
 
 
@@ -77,25 +79,53 @@ def figure_heatmap_extent(results: dict, path: Path) -> Path:
 
 
 def figure_fitting(results: dict, name: str, path: Path) -> Path:
-    """Figs. 4 / 10 / 12: log10 MSE over (sigma, swept value) against the optimal and the network; dots = fitted."""
+    """Figs. 4 / 10 / 12 for every fitted method: log10 MSE over (sigma, swept value) against the optimal
+    denoiser and the network on the fitting process, and the median score cosine on the reverse process; red dots:
+    the MSE fit per sigma, white crosses: the cosine (Kamb & Ganguli) fit."""
     fitting = results["fitting"][name]
-    panels = [(f"{prefix}_mse_vs_{reference}", values_key, f"{title} vs {reference}", denoiser)
-              for values_key, prefix, title, denoiser in (("patch_sizes", "square", "PSPC-Square", "pspc_square"),
-                                                          ("thresholds", "flex", "PSPC-Flex", "pspc_flex"))
-              if values_key in fitting for reference in ("optimal", "network")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for axis, (table_key, values_key, title, denoiser) in zip(axes[0], panels):
-        table = np.log10(np.maximum(np.array(nan_for_none_2d(fitting[table_key])), 1e-12))
-        image = axis.imshow(table, aspect="auto", cmap="viridis")
-        axis.set_yticks(range(len(fitting[values_key])), [f"{v:g}" for v in fitting[values_key]], fontsize=7)
+    methods = fitting.get("methods") or legacy_methods(fitting)
+    process = fitting.get("process", "forward")
+    panels = [(denoiser, table, key, f"{denoiser}: {title}")
+              for denoiser, table in methods.items()
+              for key, title in ((f"{process}:mse_vs_optimal", f"MSE vs optimal ({process})"),
+                                 (f"{process}:mse_vs_network", f"MSE vs network ({process})"),
+                                 ("reverse:score_cosine_median", "score cosine (reverse)"))
+              if key.split(":")[0] in table]
+    columns = 3
+    rows = max(1, -(-len(panels) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, (denoiser, table, key, title) in zip(axes.flat, panels):
+        part, metric = key.split(":")
+        values = np.array(nan_for_none_2d(table[part][metric]), dtype=float)
+        is_cosine = metric.startswith("score_cosine")
+        shown = values if is_cosine else np.log10(np.maximum(values, 1e-12))
+        image = axis.imshow(shown, aspect="auto", cmap="viridis")
+        axis.set_yticks(range(len(table["values"])), [f"{v:g}" for v in table["values"]], fontsize=7)
         ticks = list(range(0, len(results["sigmas"]), max(1, len(results["sigmas"]) // 6)))
         axis.set_xticks(ticks, [f"{results['sigmas'][i]:.2g}" for i in ticks], fontsize=7)
-        axis.set_xlabel("sigma (high -> low)")
-        fitted = results["fitted_schedules"][denoiser][name]
-        axis.plot(range(len(fitted)), [fitting[values_key].index(v) for v in fitted], "r.", markersize=6)
-        axis.set_title(title, fontsize=10)
-        figure.colorbar(image, ax=axis, label="log10 MSE")
+        axis.set_xlabel("sigma (high -> low)", fontsize=8)
+        fits = results.get("fits", {}).get(denoiser, {}).get(name, {})
+        fitted = results["fitted_schedules"].get(denoiser, {}).get(name)
+        if fitted:
+            axis.plot(range(len(fitted)), [table["values"].index(v) for v in fitted], "r.", markersize=6)
+        if fits.get("cosine_reverse"):
+            axis.plot(range(len(fits["cosine_reverse"])), [table["values"].index(v) for v in fits["cosine_reverse"]],
+                      "wx", markersize=4)
+        axis.set_title(title, fontsize=9)
+        figure.colorbar(image, ax=axis, label="median cosine" if is_cosine else "log10 MSE")
     return save_figure(figure, path)
+
+
+def legacy_methods(fitting: dict) -> dict:
+    """The per-method layout from the flat PSPC keys of results.json files written before it existed."""
+    methods = {}
+    for values_key, prefix, denoiser in (("patch_sizes", "square", "pspc_square"), ("thresholds", "flex", "pspc_flex")):
+        if values_key in fitting:
+            methods[denoiser] = {"values": fitting[values_key], "forward": {
+                f"mse_vs_{reference}": fitting[f"{prefix}_mse_vs_{reference}"] for reference in ("network", "optimal")}}
+    return methods
 
 
 def figure_samples(samples: dict[str, Tensor], name: str, path: Path, n_columns: int = 8) -> Path:

@@ -15,11 +15,11 @@ With `all_denoisers = true` every registered denoiser runs, the table then only 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
-from torch import Tensor
 
+from denoiserlab.data import ImageSet
 from denoiserlab.denoisers import REGISTRY, create, load_schedule, tunable
 from denoiserlab.denoisers.options import check_denoiser_options
 from denoiserlab.denoisers.schedules import Tunable
@@ -132,13 +132,16 @@ def named_schedule(spec: MethodSpec):
     return load_schedule(spec.schedule, spec.tunable.kind)
 
 
-def method_images(data: TrainingData, spec: MethodSpec) -> Tensor:
-    """The (unflipped) training images a method is built on: all of them, or a seeded subset of train_subset."""
-    images = data.imageset.as_float()
+def method_images(data: TrainingData, spec: MethodSpec) -> ImageSet:
+    """The (unflipped) training images a method is built on, with their labels: all of them, or a seeded subset of
+    train_subset (the same images for every method with that count)."""
+    images = data.imageset
     if spec.train_subset is None or spec.train_subset >= len(images):
         return images
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))
-    return images[order[: spec.train_subset].sort().values]
+    keep = order[: spec.train_subset].sort().values
+    return replace(images, uint8=images.uint8[keep], labels=None if images.labels is None else images.labels[keep],
+                   name=f"{images.name} (subset of {spec.train_subset})", load_options={})
 
 
 def method_data_key(data: TrainingData, spec: MethodSpec) -> dict:

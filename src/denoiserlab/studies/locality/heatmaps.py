@@ -31,10 +31,10 @@ FILE_KEYS = ("sigmas", *READINGS, "readings_equal", "n_samples", "command")  # w
 
 
 def compute_heatmaps(den, train: Tensor, sigmas: Tensor, config: HeatmapConfig, seed: int,
-                     device: str = "cpu") -> dict:
+                     device: str = "cpu", progress: bool = True) -> dict:
     """Both readings at every sigma: {"sigmas": float64 [L], reading: float32 [L, H, W, H, W], "n_samples"}."""
     maps = {reading: [] for reading in READINGS}
-    for level, sigma in enumerate(tqdm(sigmas.tolist(), desc="heatmaps", leave=False)):
+    for level, sigma in enumerate(tqdm(sigmas.tolist(), desc="heatmaps", leave=False, disable=not progress)):
         result = gradient_heatmaps(den, train.to(device), sigma, config.n_samples, seed + level, config.batch_size,
                                    config.products_per_pass)
         for reading in READINGS:

@@ -36,28 +36,29 @@ def shared_noise(n_images: int, image_shape: tuple[int, ...], seed: int) -> Tens
 
 
 @torch.no_grad()
-def reverse_set(network: Denoiser, noise: Tensor, sigmas: Tensor, device: str = "cpu") -> dict[str, Tensor]:
+def reverse_set(network: Denoiser, noise: Tensor, sigmas: Tensor, device: str = "cpu",
+                progress: bool = True) -> dict[str, Tensor]:
     """The network's Heun trajectory from noise * sigmas[0] on grid sigmas [L] (then 0).
 
     Returns {"z": [L, R, C, H, W] inputs at sigmas[i], "network": [L, R, C, H, W] its outputs there,
     "samples": [R, C, H, W] the final images}, float32 on CPU.
     """
-    result = sample_heun(network, noise.to(device), sigmas, return_trajectory=True, progress=True)
+    result = sample_heun(network, noise.to(device), sigmas, return_trajectory=True, progress=progress)
     return {"z": result.x_t[:-1].cpu().float(), "network": result.denoised.cpu().float(),
             "samples": result.images.cpu().float()}
 
 
 @torch.no_grad()
 def outputs_on(den: Denoiser, z: Tensor, sigmas: Tensor, batch_size: int, device: str = "cpu",
-               label: str = "") -> Tensor:
+               label: str = "", progress: bool = True) -> Tensor:
     """den evaluated at every input of a set: z [L, M, C, H, W] at sigmas [L] -> float32 [L, M, C, H, W] (CPU)."""
     outputs = torch.empty_like(z, dtype=torch.float32)
-    for level in tqdm(range(len(sigmas)), desc=label or "denoising", leave=False):
+    for level in tqdm(range(len(sigmas)), desc=label or "denoising", leave=False, disable=not progress):
         outputs[level] = denoise_in_batches(den, z[level].to(device), float(sigmas[level]), batch_size).cpu()
     return outputs
 
 
 @torch.no_grad()
-def samples_from(den: Denoiser, noise: Tensor, sigmas: Tensor, device: str = "cpu") -> Tensor:
+def samples_from(den: Denoiser, noise: Tensor, sigmas: Tensor, device: str = "cpu", progress: bool = True) -> Tensor:
     """Heun PF-ODE samples of den from the shared noise on grid sigmas (then 0): float32 [R, C, H, W] (CPU)."""
-    return sample_heun(den, noise.to(device), sigmas, progress=True).images.cpu().float()
+    return sample_heun(den, noise.to(device), sigmas, progress=progress).images.cpu().float()

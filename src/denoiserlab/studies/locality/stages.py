@@ -31,6 +31,7 @@ class StudyContext:
     data: TrainingData
     sigmas: Tensor  # float64 [L], high -> low
     networks: dict[str, LoadedNetwork]  # by label
+    progress: bool = True  # show progress bars
 
     @property
     def grid_key(self) -> dict:
@@ -76,7 +77,7 @@ def stage_reverse_set(ctx: StudyContext, network: LoadedNetwork, fitting: bool =
     key = reverse_set_key(ctx, network, fitting)
     name = f"{'fit_reverse_set' if fitting else 'reverse_set'}-{network.config.name}"
     return ctx.cache.run(name, key, lambda: reverse_set(network.module, initial_noise(ctx, fitting), ctx.sigmas,
-                                                        ctx.config.device))
+                                                        ctx.config.device, ctx.progress))
 
 
 def stage_outputs(ctx: StudyContext, set_name: str, set_key: dict, z: Tensor, label: str, method_key: dict,
@@ -86,7 +87,7 @@ def stage_outputs(ctx: StudyContext, set_name: str, set_key: dict, z: Tensor, la
 
     def compute() -> Tensor:
         return outputs_on(make_denoiser(), z, ctx.sigmas, ctx.config.evaluation.batch_size, ctx.config.device,
-                          f"{label} on {set_name}")
+                          f"{label} on {set_name}", ctx.progress)
 
     return ctx.cache.run(f"outputs-{set_name}-{label}", key, compute)
 
@@ -101,7 +102,8 @@ def stage_heatmaps(ctx: StudyContext, network: LoadedNetwork) -> dict:
     config = ctx.config.heatmaps
     key = {**ctx.grid_key, "network": network.key, "heatmaps": to_dict(config), "seed": ctx.config.evaluation.seed}
     computed = ctx.cache.run(f"heatmaps-{network.config.name}", key, lambda: compute_heatmaps(
-        network.module, ctx.data.images, ctx.sigmas, config, ctx.config.evaluation.seed, ctx.config.device))
+        network.module, ctx.data.images, ctx.sigmas, config, ctx.config.evaluation.seed, ctx.config.device,
+        ctx.progress))
     return {**computed, "source": "computed", "command": "denoiserlab study", "key": key}
 
 
@@ -109,4 +111,4 @@ def stage_samples(ctx: StudyContext, label: str, method_key: dict, make_denoiser
     """Step 6: a denoiser's Heun samples [R, C, H, W] from the shared initial noise."""
     key = {**noise_key(ctx), "method": method_key}
     return ctx.cache.run(f"samples-{label}", key, lambda: samples_from(
-        make_denoiser(), initial_noise(ctx), ctx.sigmas, ctx.config.device))
+        make_denoiser(), initial_noise(ctx), ctx.sigmas, ctx.config.device, ctx.progress))

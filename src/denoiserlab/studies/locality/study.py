@@ -105,13 +105,13 @@ class Method:
 
 def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_model: str | None = None,
                        command: str | None = None, write_report: bool = True,
-                       log: Callable[[str], None] | None = None) -> dict:
+                       log: Callable[[str], None] | None = None, progress: bool = True) -> dict:
     """Run (or resume) the study; writes results.json, config.toml, schedules, heatmaps and (unless write_report
-    is False, e.g. in programmatic sweeps) the figures and report.html. `log` gets one line per stage computed.
-    Returns the results.json table."""
+    is False, e.g. in programmatic sweeps) the figures and report.html. `log` gets one line per stage computed;
+    `progress` shows progress bars. Returns the results.json table."""
     started = time.perf_counter()
     features = feature_encoder(feature_model or config.similarity.feature_model, config.device)  # fails early
-    ctx = open_study(config, Path(out), log)
+    ctx = open_study(config, Path(out), log, progress)
     specs = {name: method_spec(name, options) for name, options in config.methods().items()}
     forward, fit = stage_forward_set(ctx), stage_forward_set(ctx, fitting=True)
     shared = {name: shared_method(ctx, spec) for name, spec in specs.items() if not spec.per_network}
@@ -131,7 +131,8 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
     return results
 
 
-def open_study(config: LocalityStudyConfig, out: Path, log: Callable[[str], None] | None = None) -> StudyContext:
+def open_study(config: LocalityStudyConfig, out: Path, log: Callable[[str], None] | None = None,
+               progress: bool = True) -> StudyContext:
     """Check every input, load the data and networks, then (nothing is written before) open the stage cache and
     write the resolved config. A config.toml in `out` that denoiserlab did not write (say, the config given) is
     never replaced: the study refuses to start instead."""
@@ -153,7 +154,7 @@ def open_study(config: LocalityStudyConfig, out: Path, log: Callable[[str], None
         if "rank" in spec.options and spec.options["rank"] is not None:
             check_rank(spec.options["rank"], image_shape[0] * image_shape[1] * image_shape[2])
     write_resolved_config(out / "config.toml", to_dict(config))
-    return StudyContext(config, out, StageCache(out, log), data, config.sigmas.grid(), networks)
+    return StudyContext(config, out, StageCache(out, log), data, config.sigmas.grid(), networks, progress)
 
 
 def shared_method(ctx: StudyContext, spec: MethodSpec) -> Method:
