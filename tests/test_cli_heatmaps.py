@@ -9,7 +9,7 @@ from denoiserlab.data import load
 from denoiserlab.diffusion import edm_sigmas
 from denoiserlab.networks import save_checkpoint
 from denoiserlab.networks.build import build_denoiser
-from denoiserlab.studies.locality_heatmaps import heatmaps_on_grid, read_heatmaps_file
+from denoiserlab.studies.locality.heatmaps import heatmaps_on_grid, read_heatmaps_file
 
 TRAINING_DATA = {"source": "fashion-mnist", "subset": 12, "seed": 0}
 
@@ -57,3 +57,42 @@ def test_network_without_training_data_is_refused(tmp_path, capsys):
 def test_out_must_be_npz_or_pt(tmp_path, capsys):
     assert main(["heatmaps", "--network", "shipped:unet-small-fashion-mnist", "--out", str(tmp_path / "m.txt")]) == 2
     assert "--out must end in .npz or .pt" in capsys.readouterr().err
+
+
+def test_until_converged_chooses_z_per_sigma_and_stores_its_evidence(tmp_path):
+    """--until-converged: each sigma's map and counts equal analysis.heatmaps_until_converged with the same options;
+    the file carries per-sigma counts and the convergence evidence, and a study's grid reading keeps it per sigma."""
+    from denoiserlab.analysis.heatmap_convergence import heatmaps_until_converged
+    from denoiserlab.networks import load as load_network
+
+    path = tiny_checkpoint(tmp_path)
+    out = tmp_path / "maps.npz"
+    assert main(["heatmaps", "--network", str(path), "--out", str(out), "--steps", "2", "--n-samples", "16",
+                 "--until-converged", "0.5", "--start-samples", "4", "--groups", "2", "--check-pairs", "2",
+                 "--batch-size", "4", "--seed", "3"]) == 0
+    table = read_heatmaps_file(out)
+    network = load_network(path).eval().requires_grad_(False)
+    imageset = load(**TRAINING_DATA)
+    for level, sigma in enumerate(edm_sigmas(2).tolist()):
+        expected = heatmaps_until_converged(network, imageset.as_float(), sigma, imageset.labels, 4, 16, 0.5, 2, 2,
+                                            3 + level, 4, 64)
+        assert table["n_samples"][level] == expected["n_samples"]
+        torch.testing.assert_close(table["same_channel"][level].float(),
+                                   expected["heatmaps"].same_channel.float().half().float())
+        assert bool(table["convergence"]["converged"][level]) == expected["converged"]
+        assert float(table["convergence"]["flex_change"][level]) == pytest.approx(expected["history"][-1]["change"])
+    convergence = table["convergence"]
+    assert convergence["half_iou"].shape == (2, 3) and convergence["running_distances"].shape == (2, 1)
+    on_grid = heatmaps_on_grid(table, edm_sigmas(2)[1:], (1, 28, 28), str(out))
+    assert on_grid["n_samples"] == table["n_samples"][1:]
+    assert on_grid["convergence"]["flex_change"].shape == (1,)
+
+
+def test_until_converged_options_are_checked_first(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path)
+    for options, message in ((["--until-converged", "2"], "relative change"),
+                             (["--until-converged", "0.02", "--start-samples", "10", "--groups", "4"], "multiple"),
+                             (["--until-converged", "0.02", "--n-samples", "16", "--start-samples", "16"], "doubling")):
+        assert main(["heatmaps", "--network", str(path), "--out", str(tmp_path / "m.npz"), *options]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()

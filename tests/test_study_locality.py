@@ -241,6 +241,39 @@ def test_crash_mid_stage_leaves_no_corrupt_file_and_resumes(setup, tmp_path, mon
     assert resumed["heatmaps"]["dit"]["extent"] == setup["results"]["heatmaps"]["dit"]["extent"]
 
 
+def test_heatmap_convergence_evidence_reaches_results_and_report(setup, tmp_path):
+    """A heatmap file with per-sigma z counts and convergence arrays: results.json carries them per study sigma and
+    the report shows the criterion table and the convergence figure."""
+    from denoiserlab.studies.locality.heatmaps import read_heatmaps_file, save_heatmaps_file
+
+    source = read_heatmaps_file(setup["out"] / "heatmaps" / "mixer.npz")
+    levels = len(source["sigmas"])
+    convergence = {"converged": torch.tensor([True] * (levels - 1) + [False]),
+                   "flex_change": torch.linspace(0.001, 0.03, levels, dtype=torch.float64),
+                   "flex_fitted_threshold": torch.full((levels,), 0.3, dtype=torch.float64),
+                   "relative_se": torch.full((levels,), 0.05, dtype=torch.float64),
+                   "half_iou": torch.full((levels, 3), 0.9, dtype=torch.float64),
+                   "iou_thresholds": torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64),
+                   "running_counts": torch.tensor([1, 2, 4]),
+                   "running_distances": torch.full((levels, 3), 0.1, dtype=torch.float64),
+                   "reference_sigma": torch.tensor(1.5, dtype=torch.float64), "reference_n_samples": torch.tensor(256),
+                   "reference_distance": torch.tensor(0.04, dtype=torch.float64),
+                   "reference_iou": torch.tensor([0.95, 0.93, 0.97], dtype=torch.float64)}
+    path = tmp_path / "converged.npz"
+    save_heatmaps_file(path, {"sigmas": source["sigmas"], "same_channel": source["same_channel"].float(),
+                              "n_samples": torch.arange(16, 16 + levels), "convergence": convergence}, "test")
+    table = dict(setup["table"], networks=[{"name": "mixer", "path": setup["table"]["networks"][0]["path"],
+                                            "heatmaps": str(path)}], denoisers={"optimal": {}})
+    results = run_locality_study(from_dict(LocalityStudyConfig, table), tmp_path / "out")
+    block = results["heatmaps"]["mixer"]
+    assert block["n_samples"] == list(range(16, 16 + levels))
+    assert block["convergence"]["flex_change"] == pytest.approx(convergence["flex_change"].tolist())
+    assert block["convergence"]["converged"] == [True] * (levels - 1) + [False]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "met at %d of %d sigmas" % (levels - 1, levels) in page and "256-z reference" in page
+    assert (tmp_path / "out" / "figures" / "heatmap-convergence-mixer.png").is_file()
+
+
 def test_heatmap_file_and_fixed_schedule(setup, tmp_path):
     heatmap_file = setup["out"] / "heatmaps" / "mixer.npz"
     with np.load(heatmap_file) as archive:

@@ -1,8 +1,13 @@
 """`denoiserlab heatmaps`: a network's gradient heatmaps over an EDM sigma grid, written as a heatmap file.
 
 The file is what a study's `heatmaps = "PATH"` reads instead of recomputing (see
-denoiserlab.studies.locality_heatmaps). Each sigma is stored as soon as it is done (in OUT's `.parts` folder), so
+denoiserlab.studies.locality.heatmaps). Each sigma is stored as soon as it is done (in OUT's `.parts` folder), so
 rerunning the same command after a kill resumes at the first unfinished sigma.
+
+With --until-converged TOL the z count is a measured choice per sigma (analysis.heatmaps_until_converged): starting
+from --start-samples z (label-stratified systematic draws), it doubles until PSPC-Flex's MSE to the network at the
+fitted threshold changes by less than TOL, at most up to --n-samples; the file then carries the evidence
+(criterion, bootstrap standard error, half-split crop IoU, running-mean convergence) that the study's report shows.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from denoiserlab.analysis import gradient_heatmaps
+from denoiserlab.analysis.heatmap_convergence import heatmap_convergence, heatmaps_until_converged
 from denoiserlab.assets import resolve
 from denoiserlab.data import load
 from denoiserlab.diffusion import edm_sigmas
@@ -23,8 +29,8 @@ from denoiserlab.diffusion.sigmas import check_steps
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load as load_network
 from denoiserlab.outputs import check_output_file, check_output_folder
-from denoiserlab.studies.cache import StageCache, file_fingerprint
-from denoiserlab.studies.locality_heatmaps import READINGS, save_heatmaps_file
+from denoiserlab.studies.common.cache import StageCache, file_fingerprint
+from denoiserlab.studies.locality.heatmaps import READINGS, save_heatmaps_file
 from denoiserlab.validation import check_count, check_seed
 
 
@@ -38,6 +44,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="z at grid point i use seed + i (as in the study)")
     parser.add_argument("--batch-size", type=int, default=8, help="z per forward pass")
     parser.add_argument("--products-per-pass", type=int, default=64, help="vector-Jacobian products at a time")
+    parser.add_argument("--until-converged", type=float, default=None, metavar="TOL",
+                        help="double z per sigma until PSPC-Flex's MSE to the network changes by < TOL (e.g. 0.02);"
+                             " --n-samples is then the most z per sigma")
+    parser.add_argument("--start-samples", type=int, default=16, help="z of the first round (--until-converged)")
+    parser.add_argument("--groups", type=int, default=8, help="groups of z for standard errors (--until-converged)")
+    parser.add_argument("--check-pairs", type=int, default=16,
+                        help="forward-process inputs of the PSPC-Flex check (--until-converged)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.set_defaults(func=run)
 
@@ -50,27 +63,43 @@ def run(args: argparse.Namespace) -> None:
     for flag in ("n_samples", "batch_size", "products_per_pass"):
         check_count(getattr(args, flag), "--" + flag.replace("_", "-"))
     check_seed(args.seed, "--seed")
+    if args.until_converged is not None:
+        check_adaptive_options(args)
     sigmas = edm_sigmas(check_steps(args.steps, "--steps"))
     network = load_network(args.network, trust_pickle=args.trust_pickle, device=args.device)
     network.eval().requires_grad_(False)
     if network.training_data is None:
         raise DenoiserLabError(f"{args.network} does not record its training set (training_data is None), so the"
                                " noisy inputs z = y0 + sigma * eps cannot be drawn from it")
-    train = load(**network.training_data).as_float().to(args.device)
+    imageset = load(**network.training_data)
+    train = imageset.as_float().to(args.device)
     cache = StageCache(parts_folder(args.out))
     key = {"network": file_fingerprint(resolve(args.network)),
            "n_samples": args.n_samples, "seed": args.seed, "batch_size": args.batch_size, "steps": args.steps}
-    maps = {reading: [] for reading in READINGS}
+    if args.until_converged is not None:
+        key.update(until_converged=args.until_converged, start_samples=args.start_samples, groups=args.groups,
+                   check_pairs=args.check_pairs, sampling="systematic")
+    levels = []
     for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}")):
-        result = cache.run(f"level-{level:02d}", {**key, "sigma": sigma}, lambda: _both_readings(
-            network, train, sigma, args, args.seed + level))
-        for reading in READINGS:
-            maps[reading].append(result[reading])
-    heatmaps = {"sigmas": sigmas, "n_samples": args.n_samples,
-                **{reading: torch.stack(maps[reading]) for reading in READINGS}}
+        if args.until_converged is None:
+            compute = lambda: _both_readings(network, train, sigma, args, args.seed + level)  # noqa: E731
+        else:
+            compute = lambda: _converged_level(network, train, imageset.labels, sigma, args,  # noqa: E731
+                                               args.seed + level)
+        levels.append(cache.run(f"level-{level:02d}", {**key, "sigma": sigma}, compute))
+    heatmaps = {"sigmas": sigmas, **{reading: torch.stack([table[reading] for table in levels])
+                                     for reading in READINGS}}
+    if args.until_converged is None:
+        heatmaps["n_samples"] = args.n_samples
+    else:
+        heatmaps["n_samples"] = torch.tensor([int(table["n_samples"]) for table in levels])
+        heatmaps["convergence"] = stacked_convergence(levels)
     command = "denoiserlab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["heatmaps"] else "denoiserlab heatmaps"
     save_heatmaps_file(args.out, heatmaps, command)
-    print(f"heatmaps [{args.steps}, H, W, H, W] of {args.network} ({args.n_samples} z per sigma) in {args.out}")
+    counts = heatmaps["n_samples"]
+    described = (f"{int(counts.min())}-{int(counts.max())} z per sigma" if isinstance(counts, torch.Tensor)
+                 else f"{counts} z per sigma")
+    print(f"heatmaps [{args.steps}, H, W, H, W] of {args.network} ({described}) in {args.out}")
 
 
 def parts_folder(out: Path) -> Path:
@@ -81,3 +110,43 @@ def parts_folder(out: Path) -> Path:
 def _both_readings(network, train, sigma: float, args: argparse.Namespace, seed: int) -> dict:
     result = gradient_heatmaps(network, train, sigma, args.n_samples, seed, args.batch_size, args.products_per_pass)
     return {reading: getattr(result, reading).float().cpu() for reading in READINGS}
+
+
+IOU_THRESHOLDS = (0.3, 0.6, 0.9)  # crop IoU between half estimates is reported at these PSPC-Flex thresholds
+
+
+def check_adaptive_options(args: argparse.Namespace) -> None:
+    """--until-converged's options, checked before any work."""
+    if not 0 < args.until_converged < 1:
+        raise DenoiserLabError(f"--until-converged must be a relative change in (0, 1), e.g. 0.02; got "
+                               f"{args.until_converged}")
+    for flag in ("start_samples", "groups", "check_pairs"):
+        check_count(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.groups < 2 or args.start_samples % args.groups:
+        raise DenoiserLabError(f"--start-samples ({args.start_samples}) must be a multiple of --groups "
+                               f"({args.groups}), and --groups at least 2")
+    if args.n_samples < 2 * args.start_samples:
+        raise DenoiserLabError(f"--n-samples ({args.n_samples}) must allow one doubling of --start-samples "
+                               f"({args.start_samples})")
+
+
+def _converged_level(network, train, labels, sigma: float, args: argparse.Namespace, seed: int) -> dict:
+    """One sigma with the z count doubled until the PSPC-Flex criterion holds, and its convergence evidence."""
+    result = heatmaps_until_converged(network, train, sigma, labels, args.start_samples, args.n_samples,
+                                      args.until_converged, args.groups, args.check_pairs, seed, args.batch_size,
+                                      args.products_per_pass)
+    maps, last = result["heatmaps"], result["history"][-1]
+    summary = heatmap_convergence(maps.groups_same_channel, IOU_THRESHOLDS)
+    return {"same_channel": maps.same_channel.float().cpu(), "all_channels": maps.all_channels.float().cpu(),
+            "n_samples": torch.tensor(result["n_samples"]), "converged": torch.tensor(result["converged"]),
+            "flex_change": torch.tensor(last["change"]), "flex_fitted_threshold": torch.tensor(last["fitted_threshold"]),
+            "relative_se": torch.tensor(summary["relative_se"]), "half_iou": torch.tensor(summary["half_iou"]),
+            "running_counts": torch.tensor(summary["running_counts"]),
+            "running_distances": torch.tensor(summary["running_distances"])}
+
+
+def stacked_convergence(levels: list[dict]) -> dict:
+    """The per-sigma convergence evidence of every level as the heatmap file's arrays."""
+    per_sigma = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "running_distances")
+    return {**{key: torch.stack([table[key] for table in levels]) for key in per_sigma},
+            "iou_thresholds": torch.tensor(IOU_THRESHOLDS), "running_counts": levels[0]["running_counts"]}

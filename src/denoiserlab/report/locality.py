@@ -11,6 +11,7 @@ from denoiserlab.report.html import figure_html, page_html, pre_html, table_html
 from denoiserlab.report.locality_figures import (
     figure_comparison,
     figure_fitting,
+    figure_heatmap_convergence,
     figure_heatmap_extent,
     figure_heatmaps,
     figure_network_vs_optimal,
@@ -44,7 +45,7 @@ def write_locality_report(results: dict, arrays: dict, out: str | Path) -> Path:
                 *figure_sections(figures),
                 ("Fitted and used schedules", schedules_section(results)),
                 ("Samples: similarity and memorization", samples_section(results)),
-                ("Heatmaps", heatmaps_section(results)),
+                ("Heatmaps", heatmaps_section(results, out / "figures")),
                 ("Configuration (resolved)", pre_html(tomli_w.dumps(results["config"]))),
                 ("Versions and command", versions_section(results)),
                 ("Timings per stage", timings_section(results))]
@@ -242,9 +243,51 @@ def pearson_section(results: dict) -> str:
     return note + table_html(header, rows)
 
 
-def heatmaps_section(results: dict) -> str:
-    rows = [[name, table["source"], table["n_samples"], table["command"]] for name, table in results["heatmaps"].items()]
-    return table_html(["network", "source", "z per sigma", "command"], rows)
+def heatmaps_section(results: dict, folder: Path) -> str:
+    """Where each network's heatmaps came from and, when their file carries it, the evidence that their z count
+    is enough: per sigma, the PSPC-Flex criterion, bootstrap standard error, half-split crop IoU, and a figure."""
+    def count(value):
+        return f"{min(value)}-{max(value)} (chosen per sigma)" if isinstance(value, list) else value
+
+    parts = [table_html(["network", "source", "z per sigma", "command"],
+                        [[name, table["source"], count(table["n_samples"]), table["command"]]
+                         for name, table in results["heatmaps"].items()])]
+    for name, table in results["heatmaps"].items():
+        convergence = table.get("convergence") or {}
+        if "flex_change" not in convergence:
+            continue
+        parts.append(text_html(convergence_note(name, convergence), note=True))
+        parts.append(table_html(*convergence_rows(results["sigmas"], table)))
+        parts.append(figure_html(figure_heatmap_convergence(results["sigmas"], table, name,
+                                                            folder / f"heatmap-convergence-{name}.png"),
+                                 f"Convergence of {name}'s heatmaps"))
+    return "".join(parts)
+
+
+def convergence_note(name: str, convergence: dict) -> str:
+    """How the z count was chosen, and the high-z reference comparison when there is one."""
+    met = sum(bool(value) for value in convergence["converged"])
+    note = (f"{name}: z doubled per sigma until PSPC-Flex's MSE to the network at the fitted threshold changed by "
+            f"less than 2 % (met at {met} of {len(convergence['converged'])} sigmas).")
+    if "reference_distance" in convergence:
+        ious = ", ".join(f"{iou:.2f}" for iou in convergence["reference_iou"])
+        note += (f" At sigma = {convergence['reference_sigma']:.3g} the shipped map is "
+                 f"{100 * convergence['reference_distance']:.1f} % (relative norm) from a "
+                 f"{convergence['reference_n_samples']}-z reference; crop IoU with it {ious} at thresholds "
+                 f"{', '.join(f'{t:g}' for t in convergence['iou_thresholds'])}.")
+    return note
+
+
+def convergence_rows(sigmas: list[float], table: dict) -> tuple[list[str], list[list]]:
+    """Header and one row per sigma of the convergence evidence."""
+    convergence, counts = table["convergence"], table["n_samples"]
+    thresholds = convergence["iou_thresholds"]
+    header = ["sigma", "z", "PSPC-Flex MSE change on doubling", "fitted threshold", "criterion < 2 %",
+              "bootstrap SE / |map|", *[f"half-split crop IoU at {t:g}" for t in thresholds]]
+    rows = [[sigma, counts[level] if isinstance(counts, list) else counts, convergence["flex_change"][level],
+             convergence["flex_fitted_threshold"][level], bool(convergence["converged"][level]),
+             convergence["relative_se"][level], *convergence["half_iou"][level]] for level, sigma in enumerate(sigmas)]
+    return header, rows
 
 
 def versions_section(results: dict) -> str:

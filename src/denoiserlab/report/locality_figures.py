@@ -78,6 +78,33 @@ def figure_heatmap_extent(results: dict, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def figure_heatmap_convergence(sigmas: list[float], table: dict, name: str, path: Path) -> Path:
+    """Convergence of one network's heatmaps: left, the PSPC-Flex criterion and the bootstrap standard error per
+    sigma, with the z count chosen there; right, the running-mean distance against the number of groups of z
+    (each line one sigma; the dashed line is the 1/sqrt(count) fall of independent noise)."""
+    convergence = table["convergence"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(sigmas, convergence["flex_change"], "o-", label="PSPC-Flex MSE change on doubling z")
+    left.plot(sigmas, convergence["relative_se"], "s-", label="bootstrap SE / |map|")
+    left.axhline(0.02, color="gray", linestyle=":", label="2 % criterion")
+    counts = table["n_samples"] if isinstance(table["n_samples"], list) else [table["n_samples"]] * len(sigmas)
+    for sigma, count, change in zip(sigmas, counts, convergence["flex_change"]):
+        left.annotate(str(count), (sigma, change), fontsize=6, textcoords="offset points", xytext=(0, 4))
+    left.set(xscale="log", yscale="log", xlabel="sigma", title=f"{name}: z per sigma (numbers) and criteria")
+    left.legend(fontsize=7)
+    groups = np.array(convergence["running_counts"], dtype=float)
+    distances = np.array(convergence["running_distances"], dtype=float)  # [L, K]
+    for level, sigma in enumerate(sigmas):
+        right.plot(groups, distances[level], color=plt.cm.viridis(level / max(len(sigmas) - 1, 1)), alpha=0.8,
+                   label=f"{sigma:.3g}" if level % 3 == 0 else None)
+    if len(groups):
+        right.plot(groups, distances[:, 0].max() / np.sqrt(groups), "k--", linewidth=1)
+    right.set(xscale="log", yscale="log", xlabel="groups of z averaged (of all)",
+              ylabel="relative distance to the all-z map", title="running mean")
+    right.legend(fontsize=6, title="sigma", title_fontsize=7)
+    return save_figure(figure, path)
+
+
 def figure_fitting(results: dict, name: str, path: Path) -> Path:
     """Figs. 4 / 10 / 12 for every fitted method: log10 MSE over (sigma, swept value) against the optimal
     denoiser and the network on the fitting process, and the median score cosine on the reverse process; red dots:

@@ -5,10 +5,19 @@ float32 [L, H, W, H, W] (indexed [sigma, y, x, y', x'], output pixel first) in b
 
 Heatmap files (to ship precomputed heatmaps instead of recomputing them): `.npz` or `.pt` holding
 `sigmas` float64 [L] (high -> low), `same_channel` float16 [L, H, W, H, W], optionally `all_channels` (same shape),
-`n_samples` (z per sigma) and `command` (the command line that made them); for one-channel images, where both
-readings coincide, only `same_channel` is stored, with `readings_equal` = True. A study reads such a file when a
-network's `heatmaps` key names it; its sigmas must contain every sigma of the study grid (relative tolerance 1e-6).
-Other arrays in a file (e.g. convergence statistics) are ignored, never loaded.
+`n_samples` (z per sigma: one number, or int64 [L] when the count was chosen per sigma) and `command` (the
+command line that made them); for one-channel images, where both readings coincide, only `same_channel` is stored,
+with `readings_equal` = True. A study reads such a file when a network's `heatmaps` key names it; its sigmas must
+contain every sigma of the study grid (relative tolerance 1e-6).
+
+Optional convergence evidence (`denoiserlab heatmaps --until-converged`; analysis.heatmap_convergence), per sigma
+[L]: `converged` (bool: the downstream criterion held), `flex_change` (relative change of PSPC-Flex's MSE to the
+network at the fitted threshold when the z count doubled), `flex_fitted_threshold`, `relative_se` (bootstrap
+standard error of the map over its norm), `half_iou` [L, T] (crop IoU of two half estimates at `iou_thresholds`
+[T]), `running_distances` [L, K] (distance of the mean over the first `running_counts` [K] groups of z to the
+mean over all); and, where a high-z reference was computed at one sigma, `reference_sigma`, `reference_n_samples`,
+`reference_distance` (relative distance of the map at that sigma to the reference) and `reference_iou` [T].
+Other arrays in a file are ignored, never loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +36,11 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.locality.config import HeatmapConfig
 
 READINGS = ("same_channel", "all_channels")
-FILE_KEYS = ("sigmas", *READINGS, "readings_equal", "n_samples", "command")  # what a heatmap file is read for
+CONVERGENCE_KEYS = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "iou_thresholds",
+                    "running_counts", "running_distances", "reference_sigma", "reference_n_samples",
+                    "reference_distance", "reference_iou")
+PER_SIGMA_KEYS = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "running_distances")
+FILE_KEYS = ("sigmas", *READINGS, "readings_equal", "n_samples", "command", *CONVERGENCE_KEYS)  # what is read
 
 
 def compute_heatmaps(den, train: Tensor, sigmas: Tensor, config: HeatmapConfig, seed: int,
@@ -46,8 +59,9 @@ def compute_heatmaps(den, train: Tensor, sigmas: Tensor, config: HeatmapConfig, 
 def save_heatmaps_file(path: str | Path, heatmaps: dict, command: str) -> Path:
     """Write heatmaps (as from compute_heatmaps) as a float16 .npz or .pt heatmap file (module docstring)."""
     path = Path(path)
-    arrays = {"sigmas": heatmaps["sigmas"].double(), "n_samples": torch.tensor(heatmaps["n_samples"]),
-              **{reading: heatmaps[reading].half() for reading in READINGS if reading in heatmaps}}
+    arrays = {"sigmas": heatmaps["sigmas"].double(), "n_samples": torch.as_tensor(heatmaps["n_samples"]),
+              **{reading: heatmaps[reading].half() for reading in READINGS if reading in heatmaps},
+              **{key: torch.as_tensor(value) for key, value in heatmaps.get("convergence", {}).items()}}
     if "all_channels" in arrays and torch.equal(arrays["all_channels"], arrays["same_channel"]):
         del arrays["all_channels"]  # one-channel images: the readings coincide, stored once
         arrays["readings_equal"] = torch.tensor(True)
@@ -66,7 +80,8 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def read_heatmaps_file(path: str | Path) -> dict:
-    """The content of a heatmap file: {"sigmas", "same_channel", ["all_channels"], "n_samples", "command"}."""
+    """The content of a heatmap file: {"sigmas", "same_channel", ["all_channels"], "n_samples" (int, list per
+    sigma or None), "command", "convergence" (its optional evidence, {} when absent)}."""
     path = Path(path)
     if not path.is_file():
         raise DenoiserLabError(f"heatmap file {str(path)!r} does not exist")
@@ -87,9 +102,19 @@ def read_heatmaps_file(path: str | Path) -> dict:
             raise DenoiserLabError(f"heatmap file {str(path)!r} lacks the array {key!r} (has {sorted(table)})")
     if bool(table.pop("readings_equal", False)):
         table["all_channels"] = table["same_channel"]
-    table["n_samples"] = int(table["n_samples"]) if "n_samples" in table else None
+    table["n_samples"] = n_samples_value(table["n_samples"]) if "n_samples" in table else None
     table["command"] = str(table.get("command", "unknown"))
+    table["convergence"] = {key: table.pop(key) for key in CONVERGENCE_KEYS if key in table}
     return table
+
+
+def n_samples_value(value: Tensor) -> int | list[int]:
+    """A file's z count: one int, or a list of ints (one per sigma)."""
+    if value.ndim == 0:
+        return int(value)
+    if value.ndim != 1 or value.dtype.is_floating_point or bool((value < 1).any()):
+        raise DenoiserLabError(f"a heatmap file's n_samples must be a count or one count per sigma, got {value}")
+    return [int(count) for count in value]
 
 
 def heatmaps_on_grid(table: dict, sigmas: Tensor, image_shape: tuple[int, int, int], path: str) -> dict:
@@ -103,7 +128,10 @@ def heatmaps_on_grid(table: dict, sigmas: Tensor, image_shape: tuple[int, int, i
                                    f" {[round(s, 6) for s in file_sigmas.tolist()]})")
         rows.append(int(match[0]))
     side = tuple(image_shape[1:])
-    result = {"sigmas": sigmas.clone(), "n_samples": table["n_samples"], "command": table["command"]}
+    n_samples = table["n_samples"]
+    result = {"sigmas": sigmas.clone(), "command": table["command"],
+              "n_samples": [n_samples[row] for row in rows] if isinstance(n_samples, list) else n_samples,
+              "convergence": convergence_on_grid(table.get("convergence", {}), rows, len(file_sigmas))}
     for reading in READINGS:
         if reading in table:
             maps = table[reading][rows].float()
@@ -112,3 +140,12 @@ def heatmaps_on_grid(table: dict, sigmas: Tensor, image_shape: tuple[int, int, i
                                        f" expected {side + side} for these images")
             result[reading] = maps
     return result
+
+
+def convergence_on_grid(convergence: dict, rows: list[int], n_levels: int) -> dict:
+    """A file's convergence evidence with its per-sigma arrays at the study's grid rows (others unchanged)."""
+    picked = {}
+    for key, value in convergence.items():
+        per_sigma = key in PER_SIGMA_KEYS and value.ndim >= 1 and value.shape[0] == n_levels
+        picked[key] = value[rows] if per_sigma else value
+    return picked

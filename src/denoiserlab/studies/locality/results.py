@@ -188,10 +188,13 @@ def fitting_table(fitting: dict, process: str) -> dict:
 
 
 def heatmap_summary(heatmaps: dict) -> dict:
-    """Where the heatmaps came from and their spatial extent (pixels holding 90% of the mass) per sigma."""
+    """Where the heatmaps came from, their spatial extent (pixels holding 90% of the mass) per sigma, and the
+    evidence of their convergence when the heatmap file carries it (plain lists; see studies.locality.heatmaps)."""
     return {"source": heatmaps["source"], "command": heatmaps["command"], "n_samples": heatmaps["n_samples"],
             "extent": {reading: heatmap_extent(heatmaps[reading]).tolist()
-                       for reading in READINGS if reading in heatmaps}}
+                       for reading in READINGS if reading in heatmaps},
+            "convergence": {key: value.tolist() if hasattr(value, "tolist") else value
+                            for key, value in heatmaps.get("convergence", {}).items()}}
 
 
 def paper_checks(results: dict, name: str) -> dict:
