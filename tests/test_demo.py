@@ -35,3 +35,28 @@ def test_index_page_shows_headline_numbers_and_links():
     for text in ('href="locality/report.html"', 'href="gaussian/report.html"', "pspc_flex &lt; gaussian &lt; optimal",
                  "0.962", "N=64", "9.5", "computed in 300 s", "generalizes", "memorizes", "score 0.36"):
         assert text in page
+
+
+def test_index_page_shows_the_ranking_the_pearson_r_and_the_time_per_stage():
+    by_range = {span: {"sigmas": sigmas, "order": order, "geometric_mean_mse": {}} for span, sigmas, order in (
+        ("high", [10.0, None], ["gaussian", "els"]), ("middle", [0.5, 10.0], ["els", "gaussian"]),
+        ("low", [0.0, 0.5], ["optimal", "els"]))}
+    ranking = {"per_sigma": [], "closest": [], "at_peak": ["els", "gaussian", "optimal"], "peak_sigma": 1.92,
+               "by_range": by_range}
+    locality = {"networks": ["unet"], "dataset": {"name": "fashion-mnist/train"},
+                "checks": {"unet": {"peak_sigma_forward": 1.92, "rise_and_fall_forward": True,
+                                    "ranking_at_peak_forward": ["els", "gaussian", "optimal"]}},
+                "ranking": {"forward": {"unet": ranking}, "reverse": {"unet": ranking}},
+                "papers": {"kamb_ganguli_2025": {"title": "Kamb & Ganguli 2025, x", "claim": "c",
+                                                 "sample_pearson_r_fashion_mnist_unet": {"els": 0.93}}},
+                "sample_pearson_r": {"unet": {"els": {"median": 0.871, "mean": 0.8, "r2_median": 0.76, "n": 8}}},
+                "nearest_neighbour": {"unet": {"network": 9.5}}}
+    gaussian = {"checks": {}, "sweeps": {"entries": []}}
+    stage_timings = {"locality: fitting sweeps: els": {"seconds": 61.5, "cpu_seconds": 60.2, "count": 9}}
+    page = demo_index_html({"locality": locality, "gaussian": gaussian, "stage_timings": stage_timings,
+                            "timings_s": {"locality": 300.0, "gaussian": 100.0, "total": 310.0},
+                            "cpu_seconds": {"locality": 290.0, "gaussian": 95.0}})
+    for text in ("Closest to unet on our data (fashion-mnist/train) by MSE: forward process: gaussian at high sigma,"
+                 " els at middle sigma, optimal at low sigma", "els &lt; gaussian &lt; optimal", "0.871", "0.93",
+                 "fitting sweeps: els", "61.5", "Where the time went"):
+        assert text in page, text

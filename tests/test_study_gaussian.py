@@ -394,3 +394,17 @@ def test_sweep_groups_hold_the_other_quantity_fixed():
     assert {name: [row["value"] for row in group] for name, group in groups.items()} == {"N=16": [8, 32],
                                                                                          "N=64": [16]}
     assert list(sweep_groups(rows, "n_train")) == ["0.44 M parameters"]
+
+
+def test_sweeps_take_their_own_sample_count_and_pairs_compare_the_shared_noise(study, tmp_path):
+    table = {"networks": [{"name": "a", "path": str(study.root / "a")}], "sigmas": {"steps": 2},
+             "linearity": {"n_pairs": 2, "alphas": [0.3]}, "distillation": {"n_samples": 70, "top_k": 2},
+             "score_error": {"n_samples": 4}, "sampling": {"n_samples": 2},
+             "generalization": {"k": 4, "steps": 2, "sampler": "euler"},
+             "sweeps": {"k": 2, "entries": [{"path": str(study.root / "b"), "kind": "n_train", "value": 20}]},
+             "strong_generalization": {"pairs": [["a", "n_train=20"]]}}
+    results = run_gaussian_study(from_dict(GaussianStudyConfig, table), tmp_path, progress=False)
+    assert results["generalization"]["a"]["k"] == 4
+    assert results["strong_generalization"][0]["n_samples"] == 2  # the first two samples of the shared noise
+    sweep_samples = read_value(tmp_path / "arrays.safetensors")[0]["sweeps"][0]["samples"]
+    assert len(sweep_samples) == 2

@@ -333,7 +333,8 @@ def test_training_set_defaults_to_the_one_the_networks_record():
         study_data_options(None, {"a": network("a", recorded), "b": network("b", None)})
 
 
-@pytest.mark.parametrize("name", ["locality-fashion-mnist.toml", "paper-cifar10.toml", "fashion-mnist-full.toml"])
+@pytest.mark.parametrize("name", ["locality-fashion-mnist.toml", "locality-all-methods.toml", "paper-cifar10.toml",
+                                  "fashion-mnist-full.toml"])
 def test_shipped_study_configs_load(name):
     path = Path(__file__).resolve().parents[1] / "configs" / name  # locality-fashion-mnist.toml: the demo config
     config = load_toml(LocalityStudyConfig, path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from denoiserlab.atomic import atomic_write_text
 from denoiserlab.report.html import page_html, table_html, text_html
+from denoiserlab.report.locality import closest_sentence
 
 
 def locality_rows(results: dict) -> list[list]:
@@ -41,6 +42,7 @@ def ranking_html(results: dict) -> str:
     claims = results.get("papers", {})
     return (text_html("Which analytical denoiser is closest to each network (MSE per element; per sigma range the"
                       " geometric mean over the range's grid points):")
+            + "".join(text_html(closest_sentence(results, name)) for name in results["networks"])
             + table_html(header, closest_rows(results))
             + text_html("The papers' claims: " + " ".join(f"{paper['title'].split(',')[0]}: {paper['claim']}."
                                                           for paper in claims.values()), note=True))
@@ -72,13 +74,15 @@ def stage_group(name: str) -> str:
     kind, _, rest = name.partition("-")
     if kind == "outputs":
         set_name, _, label = rest.partition("-")
-        if set_name.startswith("fit_reverse"):
+        if set_name in ("reverse", "fit_reverse"):  # set names "reverse-<network>", "fit_reverse-<network>"
             label = label.partition("-")[2]
         method = label.split("@")[0].split("=")[0]
         method = "networks" if method.startswith("network:") else method
         is_sweep = "=" in label
         return f"{'fitting sweeps' if is_sweep else 'evaluation outputs'}: {method}"
     if kind == "samples":
+        if rest.startswith("sweep-"):  # the Gaussian study's sweep checkpoints, named by a hash
+            return "samples: sweep checkpoints"
         method = rest.split("@")[0]
         return f"samples: {'networks' if method.startswith('network:') else method}"
     if kind == "linearity" and rest.startswith("denoiser-"):

@@ -1,5 +1,5 @@
 """Figures of the Gaussian-structure study (Li et al. 2024 figs. 1, 2, 4, 6-10 in our setting): results.json and
-arrays.pt in, PNG files out; nothing is computed beyond layout and display scaling."""
+the arrays (arrays.safetensors) in, PNG files out; nothing is computed beyond layout and display scaling."""
 
 from __future__ import annotations
 

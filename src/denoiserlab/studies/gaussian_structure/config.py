@@ -130,9 +130,11 @@ class SweepConfig:
     entries: tuple[SweepEntry, ...] = ()  # checkpoints of the memorization -> generalization sweeps
     sigma_indices: tuple[int, ...] | None = None  # grid indices of the score errors (None: the middle index)
     n_samples_shown: int = 8  # samples per entry kept for the figure
+    k: int | None = None  # samples per sweep checkpoint for its generalization score (None: generalization.k)
 
     def __post_init__(self):
         require_positive(self, "sweeps", ("n_samples_shown",))
+        require(self.k is None or self.k >= 1, "sweeps.k", self.k, "an integer >= 1")
 
 
 @dataclass(frozen=True)

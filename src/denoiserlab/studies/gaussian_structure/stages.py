@@ -13,7 +13,7 @@ from torch import Tensor
 from denoiserlab.config import to_dict
 from denoiserlab.diffusion import standard_noise
 from denoiserlab.studies.common.cache import StageCache, key_hash
-from denoiserlab.studies.gaussian_structure.config import GaussianStudyConfig, LinearityConfig
+from denoiserlab.studies.gaussian_structure.config import GaussianStudyConfig, GeneralizationConfig, LinearityConfig
 from denoiserlab.studies.gaussian_structure.inputs import StudyData, StudyNetwork
 from denoiserlab.studies.gaussian_structure.measures import (
     distill_at_sigma,
@@ -89,19 +89,28 @@ def stage_trajectory(ctx: GaussianStudyContext, network: StudyNetwork) -> dict:
 
 
 def stage_samples(ctx: GaussianStudyContext, name: str, network_key: dict, module,
-                  image_shape: tuple[int, int, int]) -> Tensor:
-    """config.generalization.k samples [K, C, H, W] of a network from the shared seeded noise."""
-    key = ctx.key("generalization", network_key, {"shape": list(image_shape)})
+                  image_shape: tuple[int, int, int], config: GeneralizationConfig | None = None) -> Tensor:
+    """config.k samples [K, C, H, W] of a network from the shared seeded noise (config: the study's
+    generalization section unless given, e.g. with the sweeps' own k)."""
+    config = config or ctx.config.generalization
+    key = {**ctx.key("generalization", network_key, {"shape": list(image_shape)}), **effective(ctx, config)}
     return ctx.cache.run(f"samples-{name}", key, lambda: generate_samples(
-        module, image_shape, ctx.config.generalization, ctx.config.device, ctx.progress, name))
+        module, image_shape, config, ctx.config.device, ctx.progress, name))
+
+
+def effective(ctx: GaussianStudyContext, config: GeneralizationConfig) -> dict:
+    """The key part of generalization settings that differ from the study's section (none when equal)."""
+    return {} if config == ctx.config.generalization else {"effective": to_dict(config)}
 
 
 def stage_generalization(ctx: GaussianStudyContext, name: str, network_key: dict, module,
-                         data: StudyData) -> dict:
+                         data: StudyData, config: GeneralizationConfig | None = None) -> dict:
     """{"samples" [K, ...], "score" (eq. 14), "nearest_distance" [K], "nearest_index" [K], "nearest_ratio" [K],
     "heldout_score" (the score of held-out images against the same training set)} of one network."""
-    samples = stage_samples(ctx, name, network_key, module, tuple(data.images.shape[1:]))
-    key = {**ctx.key("generalization", network_key, data.key), "measures": "with-nearest-ratio"}
+    config = config or ctx.config.generalization
+    samples = stage_samples(ctx, name, network_key, module, tuple(data.images.shape[1:]), config)
+    key = {**ctx.key("generalization", network_key, data.key), "measures": "with-nearest-ratio",
+           **effective(ctx, config)}
     table = ctx.cache.run(f"generalization-{name}", key, lambda: generalization_table(samples, data.images))
     return {"samples": samples, **table, "heldout_score": stage_heldout_score(ctx, data)}
 

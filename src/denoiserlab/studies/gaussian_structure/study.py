@@ -4,7 +4,7 @@ requires rethinking the hidden Gaussian structure") on trained networks: `run_ga
 
 Each network is compared with the Gaussian denoiser (empirical mean and covariance, eq. 6) and the optimal
 denoiser (eq. 5) of its own training set (the [data] table, else the network's recorded training_data), on the
-EDM 10-step grid. Steps, each cached under DIR/stages/ (studies.cache; a rerun resumes where it stopped):
+EDM 10-step grid. Steps, each cached under DIR/stages/ (studies.common.cache; a rerun resumes where it stopped):
 1. linearity score per sigma (eqs. 11-12, cosine and NMSE, default alpha and an alpha sweep) of every network and
    of every configured analytical denoiser (those on the first network's training set);
 2. linear distillation per sigma (eq. 9; exact least squares by default, Adam as in the paper with a loss curve)
@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -218,7 +219,7 @@ def gaussian_samples(network: StudyNetwork, ctx: GaussianStudyContext, count: in
     from denoiserlab.diffusion import append_zero, edm_sigmas, standard_noise
 
     generalization = ctx.config.generalization
-    noise = standard_noise((generalization.k, *network.data.images.shape[1:]), generalization.seed)[:count]
+    noise = standard_noise((count, *network.data.images.shape[1:]), generalization.seed)  # as generate_samples drew
     grid = append_zero(edm_sigmas(generalization.steps))
     return network.data.denoiser("gaussian").ode_trajectory(noise, grid)[-1].float()
 
@@ -233,6 +234,8 @@ def strong_generalization(ctx: GaussianStudyContext, networks: dict[str, StudyNe
     rows = []
     for a, b in pairs:
         samples_a, samples_b = (studies[name]["generalization"]["samples"] for name in (a, b))
+        count = min(len(samples_a), len(samples_b))  # a sweep entry may have fewer (sweeps.k); the noise is shared
+        samples_a, samples_b = samples_a[:count], samples_b[:count]
         gaussian_a, gaussian_b = (gaussian_samples(networks[name], ctx, len(samples_a)) for name in (a, b))
         gaussian_similarity = {
             "a_vs_gaussian": samples_similarity(samples_a, gaussian_a, None)["pixel_cosine"],
@@ -248,12 +251,13 @@ def study_sweeps(ctx: GaussianStudyContext, datasets: dict[str, StudyData]) -> t
     Returns the results table, the images for figures, and {"networks": {label: StudyNetwork}, "studies":
     {label: {"generalization": ...}}} for strong-generalization pairs that name sweep entries."""
     levels = list(ctx.config.sweep_sigma_indices())
+    config = replace(ctx.config.generalization, k=ctx.config.sweeps.k or ctx.config.generalization.k)
     rows, images, by_label = [], [], {"networks": {}, "studies": {}}
     for index, entry in enumerate(tqdm(ctx.config.sweeps.entries, desc="sweeps", disable=not ctx.progress)):
         network = load_study_network(f"sweep{index}", entry.path, entry.trust_pickle, entry.options,
                                      ctx.config.data, ctx.config.device, datasets, prefer_recorded=True)
         name = f"sweep-{key_hash(network.key)}"  # entries sharing a checkpoint share its cached stages
-        generalization = stage_generalization(ctx, name, network.key, network.module, network.data)
+        generalization = stage_generalization(ctx, name, network.key, network.module, network.data, config)
         errors = stage_score_errors(ctx, name, network.key, network.module, network.data, levels)
         rows.append(sweep_row(entry, network, generalization, errors))
         images.append(shown_samples(generalization, network.data.images, ctx.config.sweeps.n_samples_shown))

@@ -52,8 +52,8 @@ PAPERS = {
         "title": "Niedoba et al. 2024, Nearest neighbour score estimators for diffusion generative models",
         "claim": "an estimator of the optimal denoiser: it should rank with it, not with the networks",
     },
-    "scarvelis_2023": {
-        "title": "Scarvelis, Borde & Solomon, Closed-form diffusion models",
+    "scarvelis_2025": {
+        "title": "Scarvelis, Sáez de Ocáriz Borde & Solomon 2025, Closed-form diffusion models",
         "claim": "smoothing the closed-form score yields new samples near barycenters of training points",
     },
 }
