@@ -120,7 +120,7 @@ def figure_fitting(results: dict, name: str, path: Path) -> Path:
               if key.split(":")[0] in table]
     columns = 3
     rows = max(1, -(-len(panels) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.6 * rows), squeeze=False)
     for axis in axes.flat[len(panels):]:
         axis.set_visible(False)
     for axis, (denoiser, table, key, title) in zip(axes.flat, panels):
@@ -142,6 +142,7 @@ def figure_fitting(results: dict, name: str, path: Path) -> Path:
                       "wx", markersize=4)
         axis.set_title(title, fontsize=9)
         figure.colorbar(image, ax=axis, label="median cosine" if is_cosine else "log10 MSE")
+    figure.tight_layout()
     return save_figure(figure, path)
 
 

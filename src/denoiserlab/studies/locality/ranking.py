@@ -53,10 +53,18 @@ def ranking_by_range(mse: dict[str, list], sigmas: list[float]) -> dict:
     return table
 
 
-def ranking_table(mse: dict[str, list], network_vs_optimal: list, sigmas: list[float]) -> dict:
-    """One process and network: {"per_sigma", "closest", "at_peak", "peak_sigma", "by_range"}."""
-    per_sigma = ranking_per_sigma(mse)
+def peak_level(network_vs_optimal: list) -> int:
+    """Grid index where the network departs most from the optimal denoiser (non-finite values ignored)."""
     finite = [value if value is not None and math.isfinite(value) else -math.inf for value in network_vs_optimal]
-    peak = max(range(len(finite)), key=lambda level: finite[level])
+    return max(range(len(finite)), key=lambda level: finite[level])
+
+
+def ranking_table(mse: dict[str, list], network_vs_optimal: list, sigmas: list[float]) -> dict:
+    """One process and network: {"per_sigma", "closest", "at_peak", "peak_sigma", "by_range"}; the peak is that of
+    `network_vs_optimal` (the study passes the forward process's, the paper's peak sigma, for both processes: on
+    the reverse process a generalizing network's states end far from every training image, so its MSE to the
+    optimal denoiser grows to the last step)."""
+    per_sigma = ranking_per_sigma(mse)
+    peak = peak_level(network_vs_optimal)
     return {"per_sigma": per_sigma, "closest": [order[0] if order else None for order in per_sigma],
             "at_peak": per_sigma[peak], "peak_sigma": sigmas[peak], "by_range": ranking_by_range(mse, sigmas)}

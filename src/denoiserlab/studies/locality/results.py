@@ -128,7 +128,7 @@ def assemble_results(ctx, specs: dict, per_network: dict, numbers: dict, feature
     }
     results = plain(results)
     results["ranking"] = {process: {name: ranking_table(results[process]["mse"][name],
-                                                        results["network_vs_optimal"][process][name],
+                                                        results["network_vs_optimal"]["forward"][name],
                                                         results["sigmas"]) for name in names}
                           for process in PROCESSES}
     results["checks"] = {name: paper_checks(results, name) for name in names}

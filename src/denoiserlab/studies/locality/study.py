@@ -33,7 +33,7 @@ e.g. "optimal", "els", or "network:<other network>"; `<denoiser>` a tunable one)
               plus older flat keys of the PSPC methods ("patch_sizes", "square_mse_vs_network" [S][L],
               "square_mse_vs_optimal", "thresholds", "flex_mse_vs_network", "flex_mse_vs_optimal"; on fitting.process)}}
     ranking: {"forward" | "reverse": {<network>: {"per_sigma": [L][denoisers, closest first], "closest": [L],
-              "at_peak": [...], "peak_sigma", "by_range": {<range>: {"sigmas": [low, high], "order": [...],
+              "at_peak": [...] (at the forward process's peak sigma), "peak_sigma", "by_range": {<range>: {"sigmas": [low, high], "order": [...],
               "geometric_mean_mse": {<method>: value}}}}}}
     heatmaps: {<network>: {"source", "command", "n_samples", "extent": {<reading>: [L]}}}
     similarity: {<metric>: {<network>: {<method>: mean}}}  (metrics pixel_cosine, ssim, feature_cosine if a model)
