@@ -179,3 +179,118 @@ def test_options_are_checked():
         ELS(train, PatchSchedule((4,)))(torch.zeros(1, 1, 8, 8), 1.0)
     assert create("els", train, patch_size=31).patch_size_at(1.0) == 15  # clamped where windows hold everything
     assert create("els", train, patch_size=31, padding="circular").patch_size_at(1.0) == 31
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("padding,size", [("zeros", 3), ("circular", 3), ("zeros", 5), ("circular", 7)])
+def test_many_training_blocks_and_a_nearer_image_late_in_the_set(kernel, padding, size):
+    # 75 images: four full blocks of 16 lanes and a partial one (11 lanes, the rest padding that must weigh 0); the
+    # first query lies near image 70, in the last block, so every share sees much nearer candidates late and moves
+    # its references (the compiled kernel's rebase), the others are far from every image
+    train, generator = random_set(75, (1, 7, 7), 7)
+    x = torch.cat([train[70:71] + 0.05 * torch.randn(1, 1, 7, 7, generator=generator),
+                   torch.randn(2, 1, 7, 7, generator=generator)])
+    sigmas = torch.tensor([0.3, 0.05, 3.0])
+    dtype, tolerance = (torch.float64, 1e-10) if kernel == "eager" else (torch.float32, 1e-4)
+    out = ELS(train, size, padding, kernel=kernel)(x.to(dtype), sigmas)
+    reference = local_reference(train, x, sigmas.tolist(), size, padding)
+    assert out.dtype == dtype and torch.allclose(out.double(), reference, atol=tolerance)
+
+
+def test_compiled_kernel_shares_and_threads_agree_with_one_share():
+    train, generator = random_set(90, (2, 6, 6), 8)
+    x = torch.randn(3, 2, 6, 6, generator=generator)
+    if not kernel_available():
+        pytest.skip("no C compiler")
+    den = ELS(train, 3, "circular", kernel="compiled")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = den(x, SIGMAS)
+        torch.set_num_threads(3)  # three threads: the training set in several shares, merged in float64
+        several = den(x, SIGMAS)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(one, several, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_many_channels(kernel):
+    train, generator = random_set(20, (70, 4, 4), 9)  # more channels than a SIMD register holds numerators for
+    x = train[:2] + 0.3 * torch.randn(2, 70, 4, 4, generator=generator)
+    dtype, tolerance = (torch.float64, 1e-10) if kernel == "eager" else (torch.float32, 1e-4)
+    out = LS(train, 3, kernel=kernel)(x.to(dtype), 0.5)
+    reference = local_reference(train, x, [0.5, 0.5], 3, "co-located")
+    assert torch.allclose(out.double(), reference, atol=tolerance)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_queries_whose_distances_overflow_are_an_error_not_nan(kernel):
+    train, _ = random_set(20, (1, 6, 6), 10)
+    x = torch.full((1, 1, 6, 6), 3e38)  # finite, but every squared difference overflows float32
+    for den, name in [(ELS(train, 3, kernel=kernel), "ELS"), (LS(train, 3, kernel=kernel), "LS")]:
+        with pytest.raises(DenoiserLabError, match=f"{name} returned NaN or inf"):
+            den(x, 1.0)
+
+
+def test_bad_options_are_one_clear_error_at_config_time():
+    from denoiserlab.denoisers.options import check_denoiser_options
+
+    cases = [({"xflip": "no"}, "xflip must be True or False"), ({"xflip": 1}, "xflip must be True or False"),
+             ({"chunk_size": 0}, "chunk_size"), ({"chunk_size": 2.5}, "chunk_size"),
+             ({"chunk_size": True}, "chunk_size"),
+             ({"patch_size": 4}, "odd int"), ({"patch_size": True}, "odd int"), ({"kernel": "gpu"}, "kernel")]
+    for name in ("els", "ls"):
+        for options, message in cases:
+            with pytest.raises(DenoiserLabError, match=message):
+                check_denoiser_options(name, {"patch_size": 3, **options})
+            with pytest.raises(DenoiserLabError, match=message):
+                create(name, torch.zeros(4, 1, 8, 8), **{"patch_size": 3, **options})
+    with pytest.raises(DenoiserLabError, match="padding"):
+        check_denoiser_options("els", {"patch_size": 3, "padding": "reflect"})
+
+
+# --- the compiled kernel: shipped C source, declared signature, failure remembered, PyTorch fallback ------------
+
+
+def test_kernel_source_ships_as_a_c_file():
+    import inspect
+
+    from denoiserlab.denoisers import els_kernel, pspc_kernel
+
+    assert (pspc_kernel.KERNEL_FOLDER / "els.c").is_file()
+    assert "malloc(" not in inspect.getsource(els_kernel) and "els_part" in els_kernel.ELS_SIGNATURES
+    assert not hasattr(pspc_kernel, "C_COMMON") and not hasattr(pspc_kernel, "__getattr__")
+    assert '#include "common.h"' not in pspc_kernel.kernel_source("els.c")  # the shared header is read in
+
+
+@pytest.mark.skipif(not kernel_available(), reason="no C compiler")
+def test_kernel_function_has_its_declared_ctypes_signature():
+    from denoiserlab.denoisers import els_kernel
+
+    restype, argtypes = els_kernel.ELS_SIGNATURES["els_part"]
+    function = load_library().els_part
+    assert function.restype is restype and function.argtypes == argtypes and len(argtypes) == 23
+
+
+def test_failed_build_falls_back_to_pytorch_once(monkeypatch, tmp_path):
+    import warnings
+
+    from denoiserlab.denoisers import pspc_kernel
+
+    monkeypatch.setattr(pspc_kernel, "_libraries", {})
+    monkeypatch.setattr(pspc_kernel, "_failures", {})
+    monkeypatch.setattr(pspc_kernel, "_warned", set())
+    monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    lookups = []
+    monkeypatch.setattr(pspc_kernel.shutil, "which", lambda name: lookups.append(name))  # no compiler anywhere
+    train, generator = random_set(20, (1, 6, 6), 11)
+    x = torch.randn(2, 1, 6, 6, generator=generator)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outputs = [cls(train, 3)(x, 0.5) for cls in (ELS, LS, ELS)]
+    assert len([w for w in caught if "falls back" in str(w.message)]) == 1 and lookups == ["gcc", "cc"]
+    assert torch.allclose(outputs[0], ELS(train, 3, kernel="eager")(x, 0.5))
+    with pytest.raises(DenoiserLabError, match="no C compiler"):  # kernel="compiled" asked for it: one clear error
+        ELS(train, 3, kernel="compiled")(x, 0.5)

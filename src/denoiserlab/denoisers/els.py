@@ -11,8 +11,10 @@ window around (y, x) (all channels); weights softmax(-|q_window - c_window|^2 / 
     see every fully inside patch of every image, edge pixels the patches of their edge row or column, corners the
     co-located patches. With P >= H + 1 and P >= W + 1 every pixel is an edge pixel: ELS is then LS, and with
     P >= 2 max(H, W) - 1 (where sizes are clamped) the optimal denoiser.
-Cost: B * N * (H W)^2 candidates with circular padding, one exp each; the window distances come from window sums
-(`local_score.py`), so P does not enter the cost.
+Cost: B * N * (H W)^2 candidates with circular padding (fewer with zeros), one exp each, the floor of the method;
+the window distances come from window sums (`local_score.py`), so P enters only through them (plain sums up to
+P = 5, van Herk blocks beyond), never as P^2. The C kernel runs at 3-5x that floor for P <= 5 on one core
+(benchmarks/bench_peers.py prints the floor, the time per call and the ratio to a naive per-pixel loop).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class ELSConfig:
     chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB)
 
     def __post_init__(self):
-        check_local_options(self.patch_size, self.kernel, self.chunk_size)
+        check_local_options(self.patch_size, self.xflip, self.kernel, self.chunk_size)
         if self.padding not in PADDINGS:
             raise DenoiserLabError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
 

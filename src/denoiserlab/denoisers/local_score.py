@@ -31,7 +31,14 @@ from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
 from denoiserlab.denoisers.schedules import samples_by_value, value_at
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_optional_count,
+    check_same_image_shape,
+    sigma_per_sample,
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,9 @@ class AxisCandidates:
             return coordinates % self.length
         return torch.where((coordinates >= 0) & (coordinates < self.length), coordinates, -1)
 
-    def arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """int32 (first [n], last [n], sources [n, L + 2r], query source [L + 2r]) for the C kernel."""
-        sources = torch.stack([self.source(offset) for offset in self.offsets])
-        as_int32 = lambda values: torch.as_tensor(values, dtype=torch.int32).contiguous()  # noqa: E731
-        return as_int32(self.first), as_int32(self.last), as_int32(sources), as_int32(self.source(0))
+    def arrays(self) -> tuple[Tensor, Tensor, Tensor]:
+        """int32 (offsets [n], first [n], last [n]) for the C kernel."""
+        return tuple(torch.tensor(values, dtype=torch.int32) for values in (self.offsets, self.first, self.last))
 
 
 def circular_axis(length: int, radius: int) -> AxisCandidates:
@@ -95,14 +100,14 @@ def check_odd_patch_size(patch_size: object) -> int:
     return patch_size
 
 
-def check_local_options(patch_size: object, kernel: str, chunk_size: int | None) -> None:
+def check_local_options(patch_size: object, xflip: object, kernel: str, chunk_size: int | None) -> None:
     """The options ELS and LS share (called from their configs' __post_init__)."""
     if not callable(patch_size):
         check_odd_patch_size(patch_size)
+    check_flag(xflip, "xflip")
     if kernel not in KERNELS:
         raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if chunk_size is not None and chunk_size < 1:
-        raise DenoiserLabError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_optional_count(chunk_size, "chunk_size")
 
 
 class LocalScoreMachine:
@@ -140,7 +145,7 @@ class LocalScoreMachine:
         out = torch.empty_like(x)
         for size, group in samples_by_value([self.patch_size_at(s) for s in sigma.tolist()], x.device):
             out[group] = self.posterior(x[group], sigma[group], size).to(x.dtype)
-        return out
+        return check_finite_output(out, self.name, sigma)
 
     def posterior(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
         """Posterior means for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W].
@@ -156,8 +161,9 @@ class LocalScoreMachine:
             return local_posterior(x, sigma, images, size, rows, cols, self.config.chunk_size)
         if self.lanes_ is None:
             self.lanes_ = pspc_kernel.training_lanes(self.images_)
-        return els_kernel.local_posterior_compiled(x, self.lanes_, self.images_.shape[0], sigma, size, rows.arrays(),
-                                                   cols.arrays(), torch.get_num_threads())
+        # both axes share the padding: one circular flag for the kernel
+        return els_kernel.local_posterior_compiled(x, self.lanes_, self.images_.shape[0], sigma, size, rows.circular,
+                                                   rows.arrays(), cols.arrays(), torch.get_num_threads())
 
 
 def gather_padded(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ class LSConfig:
     chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB)
 
     def __post_init__(self):
-        check_local_options(self.patch_size, self.kernel, self.chunk_size)
+        check_local_options(self.patch_size, self.xflip, self.kernel, self.chunk_size)
 
 
 class LS(LocalScoreMachine):

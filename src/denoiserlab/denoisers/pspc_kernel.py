@@ -73,16 +73,6 @@ def kernel_source(name: str) -> str:
     return "".join(kernel_source(match[1]) if (match := included.match(line)) else line for line in lines)
 
 
-def __getattr__(name: str) -> str:
-    """C_COMMON (kernels/common.h) and C_SOURCE (kernels/pspc.c) as text, read on first use, for kernels that are
-    compiled from a string that starts with the shared part."""
-    if name == "C_COMMON":
-        return kernel_source("common.h")
-    if name == "C_SOURCE":
-        return kernel_source("pspc.c")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def kernel_cache_dir() -> Path:
     """Where built kernels are kept: the `kernels` folder of the user cache (denoiserlab.user_cache)."""
     return user_cache_dir("kernels")
@@ -171,10 +161,11 @@ def warn_fallback(error: KernelUnavailable, name: str) -> None:
         warnings.warn(f"{error}; {name} falls back to the slower eager PyTorch path", stacklevel=3)
 
 
-def check_status(statuses: list, what: str) -> None:
+def check_status(statuses: list, what: str, kernel: str = "PSPC") -> None:
     """Raise a clear error when a kernel call reported that its working memory could not be allocated."""
     if any(status != 0 for status in statuses):
-        raise DenoiserLabError(f"the PSPC kernel could not allocate its working memory in {what}; use smaller batches")
+        raise DenoiserLabError(f"the {kernel} kernel could not allocate its working memory in {what}; use smaller "
+                               "batches")
 
 
 def training_lanes(images: Tensor, blocks_per_copy: int = 1024) -> Tensor:

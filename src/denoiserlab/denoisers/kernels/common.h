@@ -1,6 +1,6 @@
-/* Shared by denoiserlab's C kernels (pspc.c, and kernels compiled from strings that include this file): the lane
-   width, a vectorisable exp and cancellation-free window sums. Compiled by denoisers/pspc_kernel.py with the system
-   C compiler; see that module for the build, the cache and the fallback to PyTorch. */
+/* Shared by denoiserlab's C kernels (pspc.c, els.c): the lane width, a vectorisable exp and cancellation-free window
+   sums. Compiled by denoisers/pspc_kernel.py with the system C compiler; see that module for the build, the cache and
+   the fallback to PyTorch. */
 #ifndef DENOISERLAB_KERNEL_COMMON_H
 #define DENOISERLAB_KERNEL_COMMON_H
 #include <float.h>
