@@ -149,3 +149,22 @@ def test_exact_denoisers_on_cuda(tiny_rgb_train):
         out = den(x.cuda(), torch.tensor([0.1, 1.0, 10.0]).cuda())
         assert out.device.type == "cuda"
         assert torch.allclose(out.cpu(), den(x, torch.tensor([0.1, 1.0, 10.0])), atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [1e-170, 1e200])
+def test_gaussian_linear_map_at_extreme_sigma_uses_the_denoisers_gains(sigma):
+    train = torch.rand(6, 1, 5, 5, generator=torch.Generator().manual_seed(7)) * 2 - 1  # rank 5 in 25 dimensions
+    den = GaussianDenoiser(train, cache=False)
+    span = den.eigvecs_[:, :5]
+    expected = span @ span.T if sigma < 1 else torch.zeros(25, 25, dtype=torch.float64)  # projection, or nothing
+    matrix = den.linear_map(sigma)
+    assert torch.isfinite(matrix).all() and torch.allclose(matrix, expected, atol=1e-12)
+    x = torch.randn(2, 1, 5, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    assert torch.allclose(den.mean_ + (x.flatten(1) - den.mean_) @ matrix.T, den(x, sigma).flatten(1), atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan"), float("inf"), True])
+def test_gaussian_linear_map_refuses_a_bad_sigma(sigma):
+    den = GaussianDenoiser(torch.rand(6, 1, 5, 5) * 2 - 1, cache=False)
+    with pytest.raises(DenoiserLabError, match="sigma"):
+        den.linear_map(sigma)

@@ -28,7 +28,14 @@ from denoiserlab.denoisers.gaussian import GaussianDenoiser
 from denoiserlab.denoisers.schedules import Tunable, samples_by_value, value_at
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_optional_count,
+    check_same_image_shape,
+    sigma_per_sample,
+)
 
 MASK_CACHE_SIZE = 64  # masks kept per denoiser, keyed by (sigma, threshold); a sampler reuses one sigma grid
 
@@ -38,13 +45,14 @@ class DataLocalityConfig:
     threshold: float | Callable[[float], float] = 0.05  # relative threshold on |A| per row in [0, 1], or sigma -> it
     xflip: bool = False  # also use the horizontal flip of every training image (in the covariance too)
     chunk_size: int | None = None  # training images per chunk (None: about 32 MiB of [B, n, D] logits)
-    cache: bool = True  # cache the eigendecomposition on disk (see gaussian.cache_dir)
+    cache: bool = True  # keep the eigendecomposition in the user cache folder (the Gaussian denoiser's cache)
 
     def __post_init__(self):
         if not callable(self.threshold):
             check_threshold(self.threshold)
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        check_flag(self.xflip, "xflip")
+        check_optional_count(self.chunk_size, "chunk_size")
+        check_flag(self.cache, "cache")
 
 
 def check_threshold(threshold: object) -> float:
@@ -65,7 +73,9 @@ class DataLocality:
         self.config = DataLocalityConfig(threshold=threshold, xflip=xflip, chunk_size=chunk_size, cache=cache)
         images = training_images(train, xflip)
         self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
-        self.gaussian_ = GaussianDenoiser(images, cache=cache)  # its linear map A_sigma gives the masks
+        # its linear map A_sigma gives the masks; its eigendecomposition comes from (or goes to) the user cache
+        # folder as checked safetensors, written atomically (gaussian._cached_eigendecomposition)
+        self.gaussian_ = GaussianDenoiser(images, cache=cache)
         self.train_flat_ = images.reshape(images.shape[0], -1)  # [N, D] float32
         self.masks_ = {}  # (sigma, threshold) -> bool [D, D], filled on use
         self._device_copies = DeviceCopies(self.train_flat_)
@@ -80,8 +90,7 @@ class DataLocality:
         if key not in self.masks_:
             if len(self.masks_) >= MASK_CACHE_SIZE:
                 self.masks_.pop(next(iter(self.masks_)))
-            self.masks_[key] = threshold_mask(wiener_matrix(self.gaussian_.eigvals_, self.gaussian_.eigvecs_, key[0]),
-                                              key[1])
+            self.masks_[key] = threshold_mask(self.gaussian_.linear_map(key[0]), key[1])
         return self.masks_[key]
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -95,15 +104,7 @@ class DataLocality:
             mean = masked_posterior_mean(x[group].flatten(1), sigma[group], train_flat, self.mask(value).to(x.device),
                                          self.config.chunk_size)
             out[group] = mean.reshape(out[group].shape).to(x.dtype)
-        return out
-
-
-def wiener_matrix(eigvals: Tensor, eigvecs: Tensor, sigma: float) -> Tensor:
-    """A_sigma = U diag(lambda / (lambda + sigma^2)) U^T, float64 [D, D]; a zero eigenvalue has gain 0 at every
-    sigma (also where sigma^2 underflows), and sigma^2 = inf gives A = 0."""
-    variance = torch.tensor(float(sigma), dtype=torch.float64) ** 2
-    gains = torch.where(eigvals > 0, eigvals / (eigvals + variance), 0.0)  # [D]
-    return (eigvecs * gains) @ eigvecs.T
+        return check_finite_output(out, "DataLocality", sigma)
 
 
 def threshold_mask(linear_map: Tensor, threshold: float) -> Tensor:

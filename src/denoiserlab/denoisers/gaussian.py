@@ -67,8 +67,10 @@ class GaussianDenoiser:
         return check_finite_output(out.reshape(x.shape).to(x.dtype), "the Gaussian denoiser", sigma)
 
     def linear_map(self, sigma: float) -> Tensor:
-        """The matrix A of D(x, sigma) = mu + A (x - mu): U diag(S / (S + sigma^2)) U^T, float64 [D, D] on CPU."""
-        gains = self.eigvals_ / (self.eigvals_ + float(sigma) ** 2)  # [r]
+        """The matrix A of D(x, sigma) = mu + A (x - mu): U diag(S / (S + sigma^2)) U^T, float64 [D, D] on CPU, with
+        the gains of the denoiser itself (`wiener_gains`): finite at any sigma > 0, 0 on the null space."""
+        (sigma,) = sigma_per_sample(sigma, 1)  # a positive finite number
+        gains = wiener_gains(self.eigvals_, sigma**2)  # [r]
         return (self.eigvecs_ * gains) @ self.eigvecs_.T
 
     def ode_trajectory(self, noise: Tensor, sigmas: Tensor) -> Tensor:
