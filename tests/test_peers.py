@@ -273,6 +273,16 @@ def test_gaussian_mixture_labels_from_imageset_xflip_and_small_sigma():
                           mixture_reference(dup, dup_labels, xd, small.tolist()), atol=1e-6)
 
 
+@pytest.mark.parametrize("sigma", [1e-9, 1e-170])
+def test_gaussian_mixture_small_sigma_limit_is_the_own_component(sigma):
+    # 5 images per class in 64 dimensions: each image lies in the affine span of its own class and outside the others,
+    # so as sigma -> 0 its own class takes all the weight and projects the image onto itself
+    train, _ = random_problem((1, 8, 8), 20)
+    labels = torch.arange(20) % 4
+    out = GaussianMixture(train, labels=labels)(train[:3].double(), sigma)
+    assert torch.allclose(out, train[:3].double(), atol=1e-8)
+
+
 def test_gaussian_mixture_kmeans_finds_separated_clusters():
     generator = torch.Generator().manual_seed(15)
     centres = torch.tensor([-0.8, 0.0, 0.8])
@@ -309,6 +319,80 @@ def test_bad_options_raise_one_clear_error():
             build()
 
 
+# registry name -> [(options, what the one-line error names)], beyond test_bad_options_raise_one_clear_error
+BAD_OPTIONS = {
+    "cfdm": [({"smoothing": math.nan}, "smoothing"), ({"smoothing": math.inf}, "smoothing"),
+             ({"smoothing": True}, "smoothing"), ({"n_noise": True}, "n_noise"), ({"n_noise": 2.5}, "n_noise"),
+             ({"seed": -1}, "seed"), ({"seed": 2**70}, "seed"), ({"seed": True}, "seed"), ({"xflip": "no"}, "xflip"),
+             ({"chunk_size": 0}, "chunk_size"), ({"chunk_size": 2.5}, "chunk_size")],
+    "data_locality": [({"threshold": math.nan}, "threshold"), ({"threshold": -0.1}, "threshold"),
+                      ({"threshold": True}, "threshold"), ({"xflip": 1}, "xflip"), ({"cache": "yes"}, "cache"),
+                      ({"chunk_size": True}, "chunk_size")],
+    "knn": [({"k": True}, "k must be"), ({"k": 2.5}, "k must be"), ({"n_random": -3}, "n_random"),
+            ({"k": 0, "n_random": 0}, "k \\+ n_random"), ({"seed": -1}, "seed"), ({"xflip": "no"}, "xflip"),
+            ({"chunk_size": -2}, "chunk_size")],
+    "gaussian_mixture": [({"components": 0}, "components"), ({"components": True}, "components"),
+                         ({"components": "kmeans"}, "components"), ({"rank": True}, "rank"), ({"rank": 0}, "rank"),
+                         ({"rank": 2.5}, "rank"), ({"seed": 2**70}, "seed"), ({"xflip": None}, "xflip"),
+                         ({"cache": 1}, "cache")],
+}
+
+
+@pytest.mark.parametrize("name,options,message", [(name, options, message) for name, cases in BAD_OPTIONS.items()
+                                                  for options, message in cases])
+def test_bad_options_are_refused_when_the_config_loads_and_at_construction(name, options, message):
+    from denoiserlab.denoisers.options import check_denoiser_options
+
+    with pytest.raises(DenoiserLabError, match=message):
+        check_denoiser_options(name, options)  # before any data, as a study config is checked
+    labels = {"labels": torch.arange(6) % 2} if name == "gaussian_mixture" and "components" not in options else {}
+    with pytest.raises(DenoiserLabError, match=message) as raised:
+        REGISTRY[name](torch.zeros(6, 1, 4, 4), **options, **labels)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name,options", [("cfdm", {"n_noise": 2}), ("data_locality", {}), ("knn", {"k": 3}),
+                                          ("gaussian_mixture", {"components": 2})])
+def test_outputs_are_checked(name, options, monkeypatch):
+    train, x = random_problem((1, 6, 6), 18)
+    den = REGISTRY[name](train, **options)
+    monkeypatch.setattr(torch, "einsum", lambda *args: torch.full((3, 36), math.nan, dtype=torch.float64))
+    monkeypatch.setattr("denoiserlab.denoisers.cfdm.posterior_mean",
+                        lambda *args: torch.full((6, 36), math.nan, dtype=torch.float64))
+    monkeypatch.setattr("denoiserlab.denoisers.data_locality.masked_posterior_mean",
+                        lambda *args: torch.full((3, 36), math.nan, dtype=torch.float64))
+    with pytest.raises(DenoiserLabError, match="returned NaN or inf"):
+        den(x, 0.5)
+
+
+def test_data_locality_masks_come_from_the_gaussian_denoisers_linear_map():
+    train, _ = random_problem((1, 6, 6), 19)
+    den = DataLocality(train, threshold=0.2)
+    for sigma in (1e-170, 0.6, 1e200):  # finite gains at any sigma: a projection, a filter, nothing (the diagonal)
+        linear_map = GaussianDenoiser(train).linear_map(sigma)
+        magnitude = linear_map.abs()
+        expected = (magnitude >= 0.2 * magnitude.amax(1, keepdim=True)).fill_diagonal_(True)
+        assert torch.equal(den.mask(sigma), expected)
+    assert torch.equal(den.mask(1e200), torch.eye(36, dtype=torch.bool) | True)  # A = 0: every |A| >= 0.2 * 0
+
+
+def test_locality_and_mixture_reuse_the_gaussian_eigendecomposition_cache(tmp_path, monkeypatch):
+    # one safetensors file per eigendecomposition in the Gaussian denoiser's user-cache folder, read back as untrusted:
+    # a damaged or planted file is recomputed, never trusted or executed
+    monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path))
+    train, x = random_problem((1, 6, 6), 21)
+    labels = torch.arange(20) % 2
+    locality, mixture = DataLocality(train)(x, SIGMAS), GaussianMixture(train, labels=labels)(x, SIGMAS)
+    files = sorted((tmp_path / "gaussian").glob("*.safetensors"))
+    assert len(files) == 3  # the whole set, and each of the two classes
+    for path in files:
+        path.write_bytes(b"not safetensors")
+    assert torch.equal(DataLocality(train)(x, SIGMAS), locality)
+    assert torch.equal(GaussianMixture(train, labels=labels)(x, SIGMAS), mixture)
+    assert all(path.read_bytes() != b"not safetensors" for path in files)  # rewritten (atomically) once recomputed
+    assert torch.equal(DataLocality(train, cache=False)(x, SIGMAS), locality)
+
+
 def test_tunable_declarations():
     for name, cls in REGISTRY.items():
         declared = tunable(name)
@@ -331,7 +415,8 @@ def test_extreme_sigmas_give_finite_limits(name, options, dtype):
     # sigma -> inf: every candidate weighs the same; circular ELS takes every pixel of every image
     mean = train.double().mean((0, 2, 3), keepdim=True) if name == "els" else train.double().mean(0, keepdim=True)
     assert torch.allclose(den(x.to(dtype), 1e200).double(), mean.expand(3, 1, 6, 6), atol=1e-5)
-    assert torch.isfinite(den(x.to(dtype), 1e-20)).all()
-    if name in ("els", "ls", "knn"):  # their posteriors collapse onto the nearest candidate
-        nearest = train[:3] + 1e-3 * torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(17))
-        assert torch.allclose(den(nearest.to(dtype), 1e-20).double(), train[:3].double(), atol=1e-6)
+    for tiny in (1e-20, 1e-170):  # 1e-170: sigma^2 underflows in float64 too
+        assert torch.isfinite(den(x.to(dtype), tiny)).all()
+        if name in ("els", "ls", "knn"):  # their posteriors collapse onto the nearest candidate
+            nearest = train[:3] + 1e-3 * torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(17))
+            assert torch.allclose(den(nearest.to(dtype), tiny).double(), train[:3].double(), atol=1e-6)

@@ -24,7 +24,17 @@ from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.diffusion.noise import standard_noise
 from denoiserlab.distances import squared_norms
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_count,
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_memory,
+    check_optional_count,
+    check_same_image_shape,
+    check_seed,
+    sigma_per_sample,
+)
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,10 @@ class CFDMConfig:
     def __post_init__(self):
         if not callable(self.smoothing):
             check_smoothing(self.smoothing)
-        if isinstance(self.n_noise, bool) or not isinstance(self.n_noise, int) or self.n_noise < 1:
-            raise DenoiserLabError(f"n_noise must be an int >= 1, got {self.n_noise!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise DenoiserLabError(f"seed must be an int, got {self.seed!r}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        check_count(self.n_noise, "n_noise")
+        check_seed(self.seed)
+        check_flag(self.xflip, "xflip")
+        check_optional_count(self.chunk_size, "chunk_size")
 
 
 def check_smoothing(smoothing: object) -> float:
@@ -65,6 +73,7 @@ class CFDM:
         self.config = CFDMConfig(smoothing=smoothing, n_noise=n_noise, seed=seed, xflip=xflip, chunk_size=chunk_size)
         images = training_images(train, xflip)
         self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
+        check_memory(8 * n_noise * images[0].numel(), f"{n_noise} perturbations of {list(self.image_shape_)} images")
         self.train_flat_ = images.reshape(images.shape[0], -1).double()  # [N, D] float64, as OptimalDenoiser
         self.train_norms_ = squared_norms(self.train_flat_)  # [N]
         self.eps_ = standard_noise((n_noise, *self.image_shape_), seed).double().flatten(1)  # [K, D]
@@ -82,7 +91,7 @@ class CFDM:
         out = torch.empty_like(x)
         for smoothing, group in samples_by_value([self.smoothing_at(s) for s in sigma.tolist()], x.device):
             out[group] = self.smoothed_mean(x[group], sigma[group], smoothing).to(x.dtype)
-        return out
+        return check_finite_output(out, "CFDM", sigma)
 
     def smoothed_mean(self, x: Tensor, sigma: Tensor, smoothing: float) -> Tensor:
         """(1/K) sum_k D_opt(x + smoothing eps_k, sigma). x: [B, C, H, W]; sigma: float64 [B]; returns float64."""

@@ -5,10 +5,14 @@ Component k has the mean mu_k, biased covariance S_k = U_k diag(lambda_k) U_k^T 
 eigenpairs) and weight pi_k = n_k / N of its n_k training images. Under x = x0 + sigma eps the posterior mean is
     D(x, sigma) = sum_k w_k(x) [mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k)],
     w_k(x) proportional to pi_k N(x; mu_k, S_k + sigma^2 I),
-computed in float64 from each component's cached eigendecomposition (`gaussian.py`): in the eigenbasis the
-Mahalanobis term is sum_j p_j^2 / (lambda_j + sigma^2) + |residual|^2 / sigma^2 with p = U_k^T (x - mu_k), and
-log det(S_k + sigma^2 I) = D log sigma^2 + sum_j log(1 + lambda_j / sigma^2), whose first term all components share.
-One component is the Gaussian denoiser.
+computed in float64 from each component's eigendecomposition, which the Gaussian denoiser's cache keeps
+(`gaussian._cached_eigendecomposition`: safetensors in the user cache folder, keyed by the component's images, read
+back as untrusted and written atomically). In the eigenbasis, with p = U_k^T (x - mu_k), the Mahalanobis term is
+sum_j p_j^2 / (lambda_j + sigma^2) + |residual|^2 / sigma^2 and log det(S_k + sigma^2 I) = D log sigma^2 +
+sum_j log(1 + lambda_j / sigma^2), whose first term all components share. The weights are formed relative to the
+smallest Mahalanobis term (`mixture_weights`), so any sigma in (0, inf) gives a finite answer: as sigma -> 0 the
+component nearest to x (outside its span) takes all the weight, as sigma -> inf the weights are the pi_k. One
+component is the Gaussian denoiser.
 """
 
 from __future__ import annotations
@@ -20,11 +24,19 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.gaussian import _cached_eigendecomposition
+from denoiserlab.denoisers.gaussian import _cached_eigendecomposition, check_rank, wiener_gains
 from denoiserlab.denoisers.training_set import training_images
 from denoiserlab.distances import nearest_neighbours
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_optional_count,
+    check_same_image_shape,
+    check_seed,
+    sigma_per_sample,
+)
 
 KMEANS_MAX_ITERATIONS = 100
 
@@ -35,14 +47,16 @@ class GaussianMixtureConfig:
     rank: int | None = None  # keep the top `rank` eigenpairs of each covariance (None: all C*H*W)
     seed: int = 0  # seed of the k-means initialisation
     xflip: bool = False  # also use the horizontal flip of every training image (same label)
-    cache: bool = True  # cache the eigendecompositions on disk (see gaussian.cache_dir)
+    cache: bool = True  # keep each component's eigendecomposition in the user cache folder (as the Gaussian denoiser)
 
     def __post_init__(self):
         if self.components != "labels" and (isinstance(self.components, bool) or not isinstance(self.components, int)
                                              or self.components < 1):
             raise DenoiserLabError(f"components must be 'labels' or an int >= 1, got {self.components!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise DenoiserLabError(f"seed must be an int, got {self.seed!r}")
+        check_optional_count(self.rank, "rank")  # the upper bound C*H*W is checked once the data is known
+        check_seed(self.seed)
+        check_flag(self.xflip, "xflip")
+        check_flag(self.cache, "cache")
 
 
 @dataclass(frozen=True)
@@ -68,9 +82,7 @@ class GaussianMixture:
                  rank: int | None = None, seed: int = 0, xflip: bool = False, cache: bool = True):
         self.config = GaussianMixtureConfig(components=components, rank=rank, seed=seed, xflip=xflip, cache=cache)
         images = training_images(train, xflip)
-        dim = images[0].numel()
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= dim):
-            raise DenoiserLabError(f"rank must be an int between 1 and C*H*W = {dim}, got {rank!r}")
+        check_rank(rank, images[0].numel())
         self.image_shape_ = tuple(images.shape[1:])
         if components == "labels":
             self.labels_ = component_labels(train, labels, xflip)  # [N] int64, 0 .. K - 1
@@ -90,10 +102,9 @@ class GaussianMixture:
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         queries = x.reshape(x.shape[0], -1).double()  # [B, D]
         pieces = [component_posterior(component, queries, sigma) for component in self.components_on(x.device)]
-        log_weights = torch.stack([log_weight for log_weight, _ in pieces], 1)  # [B, K]
-        means = torch.stack([mean for _, mean in pieces], 1)  # [B, K, D]
-        mean = torch.einsum("bk,bkd->bd", log_weights.softmax(1), means)
-        return mean.reshape(x.shape).to(x.dtype)
+        offsets, spreads, means = (torch.stack(part, 1) for part in zip(*pieces))  # [B, K], [B, K], [B, K, D]
+        mean = torch.einsum("bk,bkd->bd", mixture_weights(offsets, spreads, sigma), means)
+        return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the Gaussian mixture", sigma)
 
     def components_on(self, device: torch.device) -> list[Component]:
         """The components with their tensors on `device` (copied once per device)."""
@@ -167,20 +178,38 @@ def fit_component(images: Tensor, n_total: int, rank: int | None, cache: bool) -
                      eigvecs[:, keep].contiguous())
 
 
-def component_posterior(component: Component, queries: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-    """(log pi_k + log N(x; mu_k, S_k + sigma^2 I) without the terms all components share, -D/2 log(2 pi sigma^2):
-    [B], posterior mean mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k): [B, D]). queries: float64 [B, D]; sigma: float64
-    [B]. The log-determinant enters as sum_j log(1 + lambda_j / sigma^2), finite for any sigma^2 in (0, inf]."""
-    variance = (sigma[:, None] ** 2).clamp(min=torch.finfo(torch.float64).tiny)  # [B, 1]
+def component_posterior(component: Component, queries: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One component's share of the posterior, in a form finite at any sigma in (0, inf). Returns
+      offset [B]: log pi_k - 1/2 log det(S_k + sigma^2 I) + D/2 log sigma^2 (the last term is shared by all components),
+      spread [B]: sigma^2 (x - mu_k)^T (S_k + sigma^2 I)^-1 (x - mu_k), so that log pi_k N(x; mu_k, S_k + sigma^2 I)
+        = offset - spread / (2 sigma^2) + (terms every component shares), and
+      mean [B, D]: the posterior mean mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k).
+    In the eigenbasis, with p = U_k^T (x - mu_k), r the part of x - mu_k outside the kept eigenvectors and
+    ratio_j = lambda_j / sigma^2: spread = sum_j p_j^2 / (1 + ratio_j) + |r|^2 and the log-determinant is
+    sum_j log(1 + ratio_j). Each term stays finite where sigma^2 underflows or overflows in float64 (ratio_j is then
+    formed from logarithms), and as sigma -> 0 the component nearest to x, outside its span, takes all the weight.
+    queries: float64 [B, D]; sigma: float64 [B]."""
+    log_variance = 2 * sigma.log()[:, None]  # [B, 1], finite for any sigma > 0
+    variance = sigma[:, None] ** 2  # may underflow to 0 or overflow to inf
+    plain = (variance > 0) & torch.isfinite(variance)
+    log_eigvals = component.eigvals.log()  # [r], -inf for a zero eigenvalue
+    ratio = torch.where(plain, component.eigvals / torch.where(plain, variance, 1.0),
+                        torch.exp(log_eigvals - log_variance))  # [B, r], lambda_j / sigma^2
     offset = queries - component.mean  # [B, D]
     projections = offset @ component.eigvecs  # [B, r]
-    spread = component.eigvals + variance  # [B, r], eigenvalues of S_k + sigma^2 I in the kept subspace
-    mahalanobis = (projections.square() / spread).sum(1)  # [B]
-    n_rest = offset.shape[1] - component.eigvals.shape[0]  # directions outside the kept subspace (variance sigma^2)
-    if n_rest:
+    spread = (projections.square() / (1 + ratio)).sum(1)  # [B]
+    if component.eigvals.shape[0] < offset.shape[1]:  # directions outside the kept subspace (variance sigma^2)
         residual = offset - projections @ component.eigvecs.T  # [B, D]
-        mahalanobis = mahalanobis + residual.square().sum(1) / variance[:, 0]
-    relative_log_det = torch.log1p(component.eigvals / variance).sum(1)  # [B], log det(S + sigma^2 I) - D log sigma^2
-    log_weight = component.log_weight - 0.5 * (mahalanobis + relative_log_det)
-    mean = component.mean + (projections * component.eigvals / spread) @ component.eigvecs.T
-    return log_weight, mean
+        spread = spread + residual.square().sum(1)
+    log_det = (torch.logaddexp(log_eigvals, log_variance) - log_variance).sum(1)  # [B], sum_j log(1 + ratio_j)
+    gains = wiener_gains(component.eigvals, variance)  # [B, r], lambda_j / (lambda_j + sigma^2), 0 where lambda_j = 0
+    mean = component.mean + (projections * gains) @ component.eigvecs.T
+    return component.log_weight - 0.5 * log_det, spread, mean
+
+
+def mixture_weights(offsets: Tensor, spreads: Tensor, sigma: Tensor) -> Tensor:
+    """softmax_k(offset_k - spread_k / (2 sigma^2)) relative to the smallest spread, so that no term overflows at a
+    tiny sigma (1 / (2 sigma^2) capped: exact ties keep sharing the weight). offsets, spreads: [B, K]; sigma: [B]."""
+    inv_two_var = (1.0 / (2.0 * sigma[:, None] ** 2)).clamp(max=torch.finfo(torch.float64).max)  # [B, 1]
+    gaps = spreads - spreads.amin(1, keepdim=True)  # [B, K], >= 0
+    return (offsets - gaps * inv_two_var).softmax(1)

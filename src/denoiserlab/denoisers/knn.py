@@ -27,7 +27,16 @@ from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.distances import chunked_squared_distances, default_chunk_size, squared_norms
 from denoiserlab.errors import DenoiserLabError
-from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
+from denoiserlab.validation import (
+    check_count,
+    check_finite_output,
+    check_flag,
+    check_images,
+    check_optional_count,
+    check_same_image_shape,
+    check_seed,
+    sigma_per_sample,
+)
 
 INDEXES = ("exact", "faiss")
 
@@ -42,16 +51,15 @@ class KNNConfig:
     chunk_size: int | None = None  # training images per chunk of the exact search (None: about 32 MiB)
 
     def __post_init__(self):
-        for name in ("k", "n_random", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
-                raise DenoiserLabError(f"{name} must be an int{'' if name == 'seed' else ' >= 0'}, got {value!r}")
+        check_count(self.k, "k", minimum=0)
+        check_count(self.n_random, "n_random", minimum=0)
         if self.k + self.n_random < 1:
             raise DenoiserLabError(f"k + n_random must be >= 1, got k={self.k}, n_random={self.n_random}")
+        check_seed(self.seed)
         if self.index not in INDEXES:
             raise DenoiserLabError(f"index must be one of {INDEXES}, got {self.index!r}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise DenoiserLabError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        check_flag(self.xflip, "xflip")
+        check_optional_count(self.chunk_size, "chunk_size")
 
 
 class KNNDenoiser:
@@ -88,7 +96,7 @@ class KNNDenoiser:
         inv_two_var = (1.0 / (2.0 * sigma[:, None] ** 2)).clamp(max=torch.finfo(torch.float64).max)  # no 0 * inf
         logits = -offsets * inv_two_var + log_weights
         mean = torch.einsum("bm,bmd->bd", logits.softmax(1), rows)
-        return mean.reshape(x.shape).to(x.dtype)
+        return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the kNN denoiser", sigma)
 
     def chosen_images(self, queries: Tensor) -> tuple[Tensor, Tensor]:
         """Indices [B, k + n_random] of the neighbours then the random others, and their log importance weights
