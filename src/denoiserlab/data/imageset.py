@@ -14,7 +14,8 @@ from denoiserlab.validation import check_memory
 class ImageSet:
     """Images kept as uint8 [N, C, H, W] (values 0..255); `as_float()` maps them to float32 in [-1, 1]."""
 
-    uint8: Tensor  # [N, C, H, W], dtype uint8 (may be backed by a memory-mapped .npy cache)
+    uint8: Tensor  # [N, C, H, W], dtype uint8; may be a view of a memory-mapped .npy (a cache entry or a .npy source,
+    # strided when the file is NHWC), so the set need not fit in memory: read it with as_float(start, stop) or chunks
     labels: Tensor | None  # [N] int64 class labels, or None when the source has none
     name: str  # short description, e.g. "fashion-mnist/train"
     load_options: dict = field(default_factory=dict)  # keyword arguments of data.load that rebuild this set
@@ -38,10 +39,10 @@ class ImageSet:
 
 
 def uint8_to_float(images: Tensor) -> Tensor:
-    """uint8 [..] in 0..255 -> float32 [..] in [-1, 1]."""
+    """uint8 [..] in 0..255 -> contiguous float32 [..] in [-1, 1] (x / 127.5 - 1, whatever the input's strides)."""
     images = torch.as_tensor(images)
     check_memory(4 * images.numel(), f"{tuple(images.shape)} images as float32")
-    return images.to(torch.float32) / 127.5 - 1.0
+    return images.to(torch.float32, memory_format=torch.contiguous_format) / 127.5 - 1.0
 
 
 def float_to_uint8(images: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 
 from denoiserlab.data.cache import read_source_cached
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.data.npy import is_npy_source
 from denoiserlab.data.options import check_load_options, check_source
 from denoiserlab.data.sources import read_source
 from denoiserlab.data.transforms import (
@@ -46,12 +47,14 @@ def load(
     `resolution` (square side in pixels, with `resolution_policy` 'pad' (centred, zeros) | 'crop' (centred) |
     'resize' (Lanczos)), `xflip` (append horizontal flips: image N + i is the flip of image i).
     Image folders and zips apply `resolution` to each file as it is read, so files of mixed sizes can load.
-    cache_dir: when given, the decoded source is kept there as a .npy and memory-mapped (see `data.cache`);
-    it is not part of `load_options`, as it does not change the images.
+    A uint8 `.npy` source is memory-mapped (see `data.npy`); without `classes`, `subset`, `channels`, a
+    different `resolution` or `xflip` (which copy the images into memory), the ImageSet stays a view of the file.
+    cache_dir: when given, the decoded source is kept there as a .npy and memory-mapped (see `data.cache`); a
+    .npy source needs no cache and ignores it. It is not part of `load_options`, as it does not change the images.
     """
     check_source(source)
     check_load_options(split, subset, classes, resolution, resolution_policy, channels, seed, subset_offset, xflip)
-    if cache_dir is None:
+    if cache_dir is None or is_npy_source(source):
         images, labels, name = read_source(source, split, resolution, resolution_policy)
     else:
         images, labels, name = read_source_cached(source, split, resolution, resolution_policy, cache_dir)
@@ -74,7 +77,7 @@ def load(
     if subset_offset:  # recorded only when used, so load options of earlier runs stay as they were
         options["subset_offset"] = subset_offset
     return ImageSet(
-        uint8=torch.from_numpy(np.ascontiguousarray(images)),
+        uint8=torch.from_numpy(images if isinstance(images, np.memmap) else np.ascontiguousarray(images)),
         labels=None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)),
         name=name,
         load_options=options,

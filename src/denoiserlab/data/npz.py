@@ -28,7 +28,7 @@ def read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
             labels = archive[labels_key] if labels_key else None
     except _READ_ERRORS as error:
         raise DenoiserLabError(f"{path} is not a readable .npz file: {error}") from None
-    return _to_nchw(images, f"{path}:{images_key}"), _check_labels(labels, len(images), f"{path}:{labels_key}")
+    return to_nchw(images, f"{path}:{images_key}"), check_labels(labels, len(images), f"{path}:{labels_key}")
 
 
 def _keys(keys: list[str], split: str, path: Path) -> tuple[str, str | None]:
@@ -47,8 +47,9 @@ def _keys(keys: list[str], split: str, path: Path) -> tuple[str, str | None]:
     return candidates[0], "labels" if "labels" in keys else None
 
 
-def _to_nchw(images: np.ndarray, where: str) -> np.ndarray:
-    """uint8 [N, H, W] -> [N, 1, H, W]; [N, H, W, C] or [N, C, H, W] (C in 1, 3) -> [N, C, H, W].
+def to_nchw(images: np.ndarray, where: str) -> np.ndarray:
+    """uint8 [N, H, W] -> [N, 1, H, W]; [N, H, W, C] or [N, C, H, W] (C in 1, 3) -> [N, C, H, W], as views of
+    `images` (nothing is copied: `data.load` makes in-memory arrays contiguous, memory-mapped ones stay views).
 
     The layout is told by which of axes 1 and 3 has size 1 or 3; when both or neither do, it is an error.
     """
@@ -64,10 +65,10 @@ def _to_nchw(images: np.ndarray, where: str) -> np.ndarray:
             f"{where} has shape {images.shape}: cannot tell whether channels are axis 1 or axis 3 "
             "(exactly one of them must have size 1 or 3)"
         )
-    return images if channels_second else np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    return images if channels_second else images.transpose(0, 3, 1, 2)
 
 
-def _check_labels(labels: np.ndarray | None, n_images: int, where: str) -> np.ndarray | None:
+def check_labels(labels: np.ndarray | None, n_images: int, where: str) -> np.ndarray | None:
     """Labels as int64 [N], checked against the number of images."""
     if labels is None:
         return None

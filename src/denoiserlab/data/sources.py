@@ -3,7 +3,8 @@
 Formats of a path, told apart by what is there:
 - a folder of MNIST-family IDX files, or of CIFAR-10 python batches (or holding `cifar-10-batches-py/`);
 - any other folder: PNG/JPEG images, searched recursively (`image_folder`);
-- `*.zip`: an EDM-style dataset zip; `*.npz`: a numpy archive; `*.tar.gz`, `*.tgz`, `*.tar`: CIFAR-10 python;
+- `*.zip`: an EDM-style dataset zip; `*.npz`: a numpy archive; `*.npy`: a uint8 array, memory-mapped (`npy`);
+  `*.tar.gz`, `*.tgz`, `*.tar`: CIFAR-10 python;
 - a file named like an IDX file (`*-ubyte`, `*-ubyte.gz`, `*.idx`): one IDX images file.
 """
 
@@ -19,6 +20,7 @@ from denoiserlab.data.edm_zip import read_edm_zip
 from denoiserlab.data.idx import is_idx_folder, is_idx_name, read_idx_images_file, read_mnist_family
 from denoiserlab.data.image_files import Allocate, allocate_in_memory
 from denoiserlab.data.image_folder import read_image_folder
+from denoiserlab.data.npy import is_npy_source, read_npy
 from denoiserlab.data.npz import read_npz
 from denoiserlab.data.splits import check_split
 from denoiserlab.errors import DenoiserLabError
@@ -60,12 +62,14 @@ def _read_path(path: Path, split: str, resolution: int | None, policy: str,
         return read_edm_zip(path, split, resolution, policy, allocate)
     if name.endswith(".npz"):
         return read_npz(path, split)
+    if is_npy_source(name):
+        return read_npy(path, split)
     if name.endswith(_TAR_SUFFIXES):
         return read_cifar10_tar(path, split)
     if is_idx_name(name):
         return read_idx_images_file(path, split)
     raise DenoiserLabError(
-        f"cannot tell the dataset format of {path}: expected a folder, a .zip, an .npz, "
+        f"cannot tell the dataset format of {path}: expected a folder, a .zip, an .npz, a .npy, "
         "a CIFAR-10 .tar.gz or an IDX file (*-ubyte[.gz])"
     )
 
