@@ -26,3 +26,13 @@ def tiny_rgb_train() -> torch.Tensor:
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Keep on-disk caches (eigendecompositions, ...) out of the user's home during tests."""
     monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped on a machine without a CUDA GPU (scripts/gpu_check.sh runs them on one)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -142,7 +142,7 @@ def test_imageset_is_accepted_as_train():
     assert den.train_flat_.shape == (50, 784)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
 def test_exact_denoisers_on_cuda(tiny_rgb_train):
     x = torch.randn(3, 3, 5, 5)
     for den in (OptimalDenoiser(tiny_rgb_train), GaussianDenoiser(tiny_rgb_train, cache=False)):

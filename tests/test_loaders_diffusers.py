@@ -234,7 +234,7 @@ def test_corrupt_files_are_named(tmp_path):
         load(pipeline)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
 def test_loads_onto_cuda(tmp_path):
     unet = tiny_unet()
     den = load(save_pipeline(tmp_path / "pipeline", unet), device="cuda")

@@ -257,7 +257,7 @@ def test_unknown_persistence_version_is_refused(tmp_path):
         load(path, trust_pickle=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
 def test_loads_onto_cuda(tmp_path):
     path, _, net = write_snapshot(tmp_path)
     den = load(path, trust_pickle=True, device="cuda")

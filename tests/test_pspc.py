@@ -248,7 +248,7 @@ def test_flex_rejects_bad_masks_from_callable_and_bad_sigma():
         PSPCFlex(train, torch.ones(1, 6, 6, dtype=torch.bool))(x, -1.0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
 def test_cuda_matches_cpu():
     train, x = make_data((3, 8, 8))
     masks = random_masks(10, 8, 8, 0)

@@ -248,7 +248,7 @@ def test_resolved_config_is_written(tmp_path):
     assert train_config_from_dict(saved) == TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
 def test_cuda_mixed_precision_run_loads_on_cpu(tmp_path):
     network = run_training(TrainConfig(out=str(tmp_path), kimg=0.032, device="cuda", **TINY_RUN), progress=False)
     den = load_checkpoint(network)
