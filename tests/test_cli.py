@@ -1,6 +1,9 @@
 """The command line: each command runs end to end on small data; bad input ends in one line and exit code 2."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,3 +80,21 @@ def test_sample_pspc_flex_with_heatmap_file(tmp_path):
 def test_sample_pspc_square_needs_a_patch_size(capsys):
     assert main(["sample", "--denoiser", "pspc_square", "--subset", "10", "--out", "x"]) == 2
     assert "--patch-size" in capsys.readouterr().err
+
+
+def run_module(args: list[str], folder) -> subprocess.CompletedProcess:
+    """`python -m denoiserlab ARGS` in `folder`, in a process of its own (as torchrun would start it)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "DENOISERLAB_CACHE": str(folder / "user-cache")}
+    return subprocess.run([sys.executable, "-m", "denoiserlab", *args], cwd=folder, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_python_dash_m_runs_the_command_line(tmp_path):
+    done = run_module(["sample", "--subset", "10", "--n", "1", "--steps", "1", "--out", "out"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "samples.npz").is_file()
+    refused = run_module(["sample", "--device", "cuda:999", "--subset", "10", "--out", "refused"], tmp_path)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+    assert lines[0].startswith("denoiserlab: error: --device 'cuda:999': ")
+    assert not (tmp_path / "refused").exists()
