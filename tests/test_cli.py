@@ -7,8 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from denoiserlab.cli import main
+from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_device
 
 
 def test_data_info_prints_counts_and_writes_grid(tmp_path, capsys):
@@ -98,3 +101,30 @@ def test_python_dash_m_runs_the_command_line(tmp_path):
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
     assert lines[0].startswith("denoiserlab: error: --device 'cuda:999': ")
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:x", "cpu:0", "", None, 0])
+def test_device_names_outside_cpu_cuda_cuda_n_are_refused(name):
+    with pytest.raises(DenoiserLabError, match=r"--device must be 'cpu', 'cuda' or 'cuda:N'"):
+        check_device(name)
+
+
+def test_cuda_devices_this_machine_lacks_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(DenoiserLabError, match=r"--device 'cuda': CUDA is not available on this machine"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(DenoiserLabError, match=r"'cuda:2': this machine has 2 CUDA device\(s\), cuda:0 .. cuda:1"):
+        check_device("cuda:2")
+
+
+@pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
+def test_sample_on_cuda_matches_cpu(tmp_path):
+    args = ["sample", "--subset", "100", "--n", "2", "--steps", "4", "--seed", "3"]
+    for device in ("cpu", "cuda"):
+        assert main(args + ["--device", device, "--out", str(tmp_path / device)]) == 0
+    images = {device: np.load(tmp_path / device / "samples.npz")["images"] for device in ("cpu", "cuda")}
+    assert np.abs(images["cuda"] - images["cpu"]).max() < 1e-4

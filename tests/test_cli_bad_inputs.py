@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 
 SMALL = ["--subset", "10", "--n", "1", "--steps", "1"]  # sample on 10 training images: starts in a blink
 TINY_TRAIN = ["--subset", "4", "--kimg", "0.002", "--batch-size", "2", "--arch", "mixer", "--network", "hidden_size=8",
@@ -53,6 +54,7 @@ class Case:
     expect: str  # regex the error line must contain
     setup: Callable[[Path], None] | None = None  # writes the case's input files into its folder
     needs: Callable[[], bool] = lambda: True  # whether this machine can run the case
+    unmet: str = "needs a user without root rights"  # why it is skipped where `needs` is False
     own_process: bool = False  # run as the real console script in a process of its own
 
 
@@ -114,6 +116,9 @@ STUDY = "# my study: comments and all\n[[networks]]\nname = 'unet'\npath = 'no-s
 GAUSSIAN = "# my study\n[[networks]]\nname = 'unet'\npath = 'no-such-network'\n"
 SCHEDULE_RHO_0 = 'kind = "patch_size"\nvalues = [3, 3]\nrho = 0\n'
 NOT_ROOT = lambda: os.geteuid() != 0  # noqa: E731  (root may write anywhere, so permission cases need a user)
+NO_CUDA = lambda: not torch.cuda.is_available()  # noqa: E731  (a refused CUDA device needs a machine without one)
+NO_GPU = "needs a machine without CUDA"
+UNAVAILABLE = r"CUDA is not available on this machine"
 
 CASES = [
     # sample: values that overflowed or were misread
@@ -191,6 +196,30 @@ CASES = [
     Case("train-into-a-checkpoint-folder", ["train", *TINY_TRAIN, "--out", "checkpoint"], r"not a run folder",
          checkpoint_folder),
     Case("demo-n-0", ["demo", "--quick", "--n", "0", "--out", "out"], r"--n must be an integer >= 1"),
+    # --device: a misspelt name anywhere, and a CUDA device this machine lacks, before any work
+    Case("sample-device-name", ["sample", "--device", "gpu", *SMALL, "--out", "out"],
+         r"--device must be 'cpu', 'cuda' or 'cuda:N' \(N = 0, 1, ...\), got 'gpu'"),
+    Case("sample-device-past-the-last-gpu", ["sample", "--device", "cuda:999", *SMALL, "--out", "out"],
+         rf"--device 'cuda:999': ({UNAVAILABLE}|this machine has \d+ CUDA device)"),
+    Case("sample-device-cuda", ["sample", "--device", "cuda", *SMALL, "--out", "out"], UNAVAILABLE, needs=NO_CUDA,
+         unmet=NO_GPU),
+    Case("heatmaps-device-cuda", ["heatmaps", "--network", "shipped:unet-small-fashion-mnist", "--device", "cuda",
+                                  "--out", "h.npz"], rf"--device 'cuda': {UNAVAILABLE}", needs=NO_CUDA, unmet=NO_GPU),
+    Case("study-device-cuda", ["study", "s.toml", "--device", "cuda", "--out", "out"],
+         rf"--device 'cuda': {UNAVAILABLE}", write("s.toml", STUDY), needs=NO_CUDA, unmet=NO_GPU),
+    Case("study-config-device-cuda", ["study", "s.toml", "--out", "out"], rf"s.toml: device 'cuda:0': {UNAVAILABLE}",
+         write("s.toml", "device = 'cuda:0'\n" + STUDY), needs=NO_CUDA, unmet=NO_GPU),
+    Case("study-config-device-name", ["study", "s.toml", "--out", "out"], r"s.toml: device must be 'cpu', 'cuda'",
+         write("s.toml", "device = 'gpu'\n" + STUDY)),
+    Case("gaussian-study-device-cuda", ["gaussian-study", "g.toml", "--device", "cuda:1", "--out", "out"],
+         rf"--device 'cuda:1': ({UNAVAILABLE}|this machine has)", write("g.toml", GAUSSIAN),
+         needs=lambda: torch.cuda.device_count() < 2, unmet="needs a machine with fewer than 2 GPUs"),
+    Case("train-device-cuda", ["train", *TINY_TRAIN, "--device", "cuda", "--out", "run"],
+         rf"device 'cuda': {UNAVAILABLE}", needs=NO_CUDA, unmet=NO_GPU),
+    Case("demo-device-cuda", ["demo", "--device", "cuda", "--out", "out"], rf"--device 'cuda': {UNAVAILABLE}",
+         needs=NO_CUDA, unmet=NO_GPU),
+    Case("demo-quick-device-cuda", ["demo", "--quick", "--device", "cuda", "--out", "out"], UNAVAILABLE,
+         needs=NO_CUDA, unmet=NO_GPU),
 ]
 
 
@@ -303,7 +332,7 @@ def message_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("case", [
     pytest.param(case, id=case.id, marks=[
-        *([] if case.needs() else [pytest.mark.skip(reason="needs a user without root rights")])])
+        *([] if case.needs() else [pytest.mark.skip(reason=case.unmet)])])
     for case in CASES])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, outcomes):
     outcome = outcomes[case.id]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 
 import numpy as np
 import torch
@@ -12,6 +13,8 @@ from torch import Tensor
 from denoiserlab.errors import DenoiserLabError
 
 SEED_LIMIT = 2**63  # seeds are integers in [0, SEED_LIMIT): what both torch and numpy generators accept
+DEVICE_NAMES = "'cpu', 'cuda' or 'cuda:N' (N = 0, 1, ...)"  # the torch devices a command or config may name
+_DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def check_images(x: Tensor, name: str = "x") -> Tensor:
@@ -87,6 +90,26 @@ def check_count(value: object, name: str, minimum: int = 1) -> int:
 def check_optional_count(value: object, name: str, minimum: int = 1) -> int | None:
     """None, or a count as in check_count."""
     return None if value is None else check_count(value, name, minimum)
+
+
+def is_device_name(value: object) -> bool:
+    """Whether value names a device this tool runs on: 'cpu', 'cuda' or 'cuda:N' (nothing is probed)."""
+    return isinstance(value, str) and _DEVICE_PATTERN.fullmatch(value) is not None
+
+
+def check_device(value: object, name: str = "--device") -> torch.device:
+    """The torch device `value` names, checked before any work: the name must be one of DEVICE_NAMES, and a CUDA
+    device must exist on this machine (CUDA available, index below the GPU count); else one error naming `name`."""
+    if not is_device_name(value):
+        raise DenoiserLabError(f"{name} must be {DEVICE_NAMES}, got {value!r}")
+    device = torch.device(value)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise DenoiserLabError(f"{name} {value!r}: CUDA is not available on this machine ({why}); use 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DenoiserLabError(f"{name} {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                               f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def physical_memory_bytes() -> int | None:

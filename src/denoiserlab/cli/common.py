@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
 
 from denoiserlab.data import ImageSet, load
 from denoiserlab.data.builtin import BUILTIN_NAMES
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.outputs import check_output_folder
-from denoiserlab.validation import check_seed
+from denoiserlab.validation import DEVICE_NAMES, check_device, check_seed
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
@@ -28,6 +30,24 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "f
                        help="skip this many images of the subset permutation (offsets 0, N, 2N give disjoint sets)")
     group.add_argument("--cache-dir", default=None,
                        help="keep decoded images in a memory-mapped .npy cache here (large folders decode once)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str | None = "cpu",
+                        default_text: str = "%(default)s") -> None:
+    """--device, the torch device the command computes on; commands check it with validation.check_device before
+    any work (a CUDA device this machine lacks is one error line, exit code 2)."""
+    parser.add_argument("--device", default=default,
+                        help=f"torch device to compute on: {DEVICE_NAMES} (default: {default_text})")
+
+
+def with_device(config, device: str | None, config_path: Path):
+    """A study config with --device in place of its own `device` when given; either device is checked
+    (validation.check_device) here, before any work."""
+    if device is None:
+        check_device(config.device, f"{config_path}: device")
+        return config
+    check_device(device)
+    return dataclasses.replace(config, device=device)
 
 
 def check_data_arguments(args: argparse.Namespace) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from denoiserlab.cli.common import add_device_argument
 from denoiserlab.outputs import check_output_folder
 from denoiserlab.studies.demo import run_demo
 from denoiserlab.studies.sampling_demo import SamplingDemoConfig, run_sampling_demo
-from denoiserlab.validation import check_count
+from denoiserlab.validation import check_count, check_device
 
 
 def add_parser(subparsers) -> None:
@@ -21,22 +22,24 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--n", type=int, default=SamplingDemoConfig.n_samples, help="samples per method (--quick)")
     parser.add_argument("--jobs", type=int, default=None, choices=(1, 2),
                         help="studies run at once (default: 2, side by side, on a machine with two or more cores)")
+    add_device_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     check_count(args.n, "--n")
+    check_device(args.device)
     check_output_folder(args.out)
     if args.quick:
         run_quick(args)
         return
-    run_demo(args.out, jobs=args.jobs)
+    run_demo(args.out, jobs=args.jobs, device=args.device)
     print(f"report: {args.out / 'index.html'} (links {args.out / 'locality/report.html'} and "
           f"{args.out / 'gaussian/report.html'})")
 
 
 def run_quick(args: argparse.Namespace) -> None:
-    config = SamplingDemoConfig(n_samples=args.n)
+    config = SamplingDemoConfig(n_samples=args.n, device=args.device)
     print(f"denoiserlab demo --quick: {config.n_samples} samples per method from shared noise on {config.data}")
     results = run_sampling_demo(config, args.out)
     for name, distance in results["nearest_neighbour"].items():

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from denoiserlab.cli.common import add_device_argument, with_device
 from denoiserlab.config import load_toml
 from denoiserlab.outputs import check_output_folder, check_replaceable_config
 from denoiserlab.studies.gaussian_structure import GaussianStudyConfig, run_gaussian_study
@@ -19,12 +20,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("config", type=Path, help="study TOML file (see configs/gaussian-demo.toml)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_argument(parser, default=None, default_text="the config's device, 'cpu' unless it names one")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     check_output_folder(args.out)
-    config = load_toml(GaussianStudyConfig, args.config)
+    config = with_device(load_toml(GaussianStudyConfig, args.config), args.device, args.config)
     if (args.out / "config.toml").resolve() == args.config.resolve():  # the study writes its resolved config there
         check_replaceable_config(args.config)
     command = " ".join(["denoiserlab", *sys.argv[1:]]) if sys.argv[1:] else f"denoiserlab gaussian-study {args.config}"

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from denoiserlab.analysis import gradient_heatmaps
 from denoiserlab.analysis.heatmap_convergence import heatmap_convergence, heatmaps_until_converged
+from denoiserlab.cli.common import add_device_argument
 from denoiserlab.assets import resolve
 from denoiserlab.data import load
 from denoiserlab.diffusion import edm_sigmas
@@ -31,7 +32,7 @@ from denoiserlab.networks import load as load_network
 from denoiserlab.outputs import check_output_file, check_output_folder
 from denoiserlab.studies.common.cache import StageCache, file_fingerprint
 from denoiserlab.studies.locality.heatmaps import READINGS, save_heatmaps_file
-from denoiserlab.validation import check_count, check_seed
+from denoiserlab.validation import check_count, check_device, check_seed
 
 
 def add_parser(subparsers) -> None:
@@ -51,7 +52,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--groups", type=int, default=8, help="groups of z for standard errors (--until-converged)")
     parser.add_argument("--check-pairs", type=int, default=16,
                         help="forward-process inputs of the PSPC-Flex check (--until-converged)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> None:
     for flag in ("n_samples", "batch_size", "products_per_pass"):
         check_count(getattr(args, flag), "--" + flag.replace("_", "-"))
     check_seed(args.seed, "--seed")
+    check_device(args.device)
     if args.until_converged is not None:
         check_adaptive_options(args)
     sigmas = edm_sigmas(check_steps(args.steps, "--steps"))

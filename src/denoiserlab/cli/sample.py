@@ -11,7 +11,13 @@ import numpy as np
 import torch
 
 from denoiserlab.atomic import atomic_folder
-from denoiserlab.cli.common import add_data_arguments, check_data_arguments, data_from_args, parse_key_values
+from denoiserlab.cli.common import (
+    add_data_arguments,
+    add_device_argument,
+    check_data_arguments,
+    data_from_args,
+    parse_key_values,
+)
 from denoiserlab.data import float_to_uint8
 from denoiserlab.denoisers import REGISTRY, create, load_masks, load_schedule
 from denoiserlab.diffusion import edm_sigmas, sample_euler, sample_heun, standard_noise
@@ -19,7 +25,7 @@ from denoiserlab.diffusion.sigmas import check_steps
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.outputs import check_replaceable_folder
 from denoiserlab.report import save_image_grid
-from denoiserlab.validation import check_count, check_memory, check_seed
+from denoiserlab.validation import check_count, check_device, check_memory, check_seed
 
 SAMPLERS = {"heun": sample_heun, "euler": sample_euler}
 OUTPUTS = ("samples.png", "samples.npz")  # what `sample` writes into --out, as one unit
@@ -49,6 +55,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (shared across methods)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_device_argument(parser)
     add_data_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -58,21 +65,23 @@ def run(args: argparse.Namespace) -> None:
     denoiser, image_shape, metadata = network_from_args(args) if args.network else denoiser_from_args(args)
     check_memory(WORKING_COPIES * 4 * args.n * math.prod(image_shape), f"sampling {args.n} images of shape"
                  f" {list(image_shape)}")
-    noise = standard_noise((args.n, *image_shape), args.seed)
+    noise = standard_noise((args.n, *image_shape), args.seed).to(args.device)  # drawn on the CPU: same on any device
     sigmas = edm_sigmas(args.steps, sigma_max=min(80.0, getattr(denoiser, "sigma_max", 80.0)))
     with torch.no_grad():
         result = SAMPLERS[args.sampler](denoiser, noise, sigmas, progress=True)
-    metadata.update(steps=args.steps, sigma_max=float(sigmas[0]), sampler=args.sampler, seed=args.seed)
-    write_samples(args.out, result.images, metadata)
+    metadata.update(steps=args.steps, sigma_max=float(sigmas[0]), sampler=args.sampler, seed=args.seed,
+                    device=args.device)
+    write_samples(args.out, result.images.cpu(), metadata)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Everything that can be checked before any file is read: counts, seeds and the output folder."""
+    """Everything that can be checked before any file is read: counts, seeds, the device and the output folder."""
     if args.n < 1 or args.steps < 1:
         raise DenoiserLabError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
     check_count(args.n, "--n")
     check_steps(args.steps, "--steps")
     check_seed(args.seed, "--seed")
+    check_device(args.device)
     check_data_arguments(args)
     check_replaceable_folder(args.out, OUTPUTS)
 
@@ -112,7 +121,7 @@ def network_from_args(args: argparse.Namespace):
     """The trained network at --network; samples start from noise of its own image shape."""
     from denoiserlab.networks import load as load_network
 
-    network = load_network(args.network, trust_pickle=args.trust_pickle)
+    network = load_network(args.network, trust_pickle=args.trust_pickle, device=args.device)
     if isinstance(network, torch.nn.Module):
         network.eval()
     image_shape = (network.img_channels, network.img_resolution, network.img_resolution)

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from denoiserlab.cli.common import add_device_argument, with_device
 from denoiserlab.config import load_toml
 from denoiserlab.outputs import check_output_folder
 from denoiserlab.studies.locality import LocalityStudyConfig, run_locality_study
@@ -19,12 +20,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (results.json, report.html, stages/)")
     parser.add_argument("--feature-model", default=None,
                         help="TorchScript image encoder for the feature cosine of samples (overrides the config)")
+    add_device_argument(parser, default=None, default_text="the config's device, 'cpu' unless it names one")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     check_output_folder(args.out)
-    config = load_toml(LocalityStudyConfig, args.config)
+    config = with_device(load_toml(LocalityStudyConfig, args.config), args.device, args.config)
     names = ", ".join(network.name for network in config.networks)
     data = config.data.source if config.data else "the networks' training set"
     print(f"denoiserlab study: {args.config} on {data}, networks {names}; output in {args.out}/")

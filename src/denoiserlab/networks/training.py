@@ -38,6 +38,7 @@ from denoiserlab.networks.loss import edm_loss
 from denoiserlab.networks.precond import EDMPrecond
 from denoiserlab.networks.training_config import TrainConfig
 from denoiserlab.outputs import check_run_folder
+from denoiserlab.validation import check_device
 from denoiserlab.networks.training_outputs import plot_loss, save_image_grid, write_loss_csv
 
 STATE_FILE = "training-state.pt"
@@ -59,10 +60,10 @@ class TrainingRun:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without CUDA fails."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DenoiserLabError("device 'cuda' requested but CUDA is not available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    """'auto' -> CUDA when available, else CPU; 'cpu', 'cuda' or 'cuda:N' must exist here (validation.check_device)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(name, "device")
 
 
 def new_run(config: TrainConfig, image_shape: tuple[int, int, int], training_data: dict,

@@ -13,9 +13,8 @@ from pathlib import Path
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.build import resolve_preset
 from denoiserlab.networks.loss import P_MEAN, P_STD, SigmaDistribution
-from denoiserlab.validation import SEED_LIMIT
+from denoiserlab.validation import DEVICE_NAMES, SEED_LIMIT, is_device_name
 
-DEVICES = ("auto", "cpu", "cuda")
 TARGETS = ("sample", "posterior")  # regression target of the loss (networks.loss.edm_loss)
 
 
@@ -63,7 +62,7 @@ class TrainConfig:
     sample_count: int = 64  # images in each sample grid
     sample_steps: int = 18  # Heun steps of the sample grid
     sample_seed: int = 0  # seed of the sample grid's initial noise (fixed over the run)
-    device: str = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
+    device: str = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'
 
     def __post_init__(self):
         check_field_types(self)
@@ -87,7 +86,8 @@ class TrainConfig:
         _require(0 < self.sigma_min < self.sigma_max < math.inf, "sigma_min, sigma_max",
                  (self.sigma_min, self.sigma_max), "finite numbers with 0 < sigma_min < sigma_max")
         _require(self.target in TARGETS, "target", self.target, f"one of {list(TARGETS)}")
-        _require(self.device in DEVICES, "device", self.device, f"one of {list(DEVICES)}")
+        _require(self.device == "auto" or is_device_name(self.device), "device", self.device,
+                 f"'auto', {DEVICE_NAMES}")
         resolve_preset(self.arch, self.network)  # fails early on an unknown preset or network option
 
     def sigma_distribution(self) -> SigmaDistribution:

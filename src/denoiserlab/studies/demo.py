@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from denoiserlab.config import load_toml
 from denoiserlab.report.demo import stage_groups, timing_rows, write_demo_index
 from denoiserlab.studies.gaussian_structure import GaussianStudyConfig, run_gaussian_study
 from denoiserlab.studies.locality import LocalityStudyConfig, run_locality_study
+from denoiserlab.validation import check_device
 
 LOCALITY_CONFIG = "demo-locality.toml"
 GAUSSIAN_CONFIG = "demo-gaussian.toml"
@@ -41,19 +43,22 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_locality_part(out: Path, progress: bool) -> tuple[dict, float, float]:
-    """The locality study into OUT/locality: (results, wall seconds, CPU seconds of this process)."""
+def run_locality_part(out: Path, progress: bool, device: str) -> tuple[dict, float, float]:
+    """The locality study into OUT/locality on `device`: (results, wall seconds, CPU seconds of this process)."""
     started, cpu = time.perf_counter(), time.process_time()
-    results = run_locality_study(load_toml(LocalityStudyConfig, demo_config_path(LOCALITY_CONFIG)), out / "locality",
-                                 command="denoiserlab demo", log=stage_logger("locality"), progress=progress)
+    config = replace(load_toml(LocalityStudyConfig, demo_config_path(LOCALITY_CONFIG)), device=device)
+    results = run_locality_study(config, out / "locality", command="denoiserlab demo", log=stage_logger("locality"),
+                                 progress=progress)
     return results, time.perf_counter() - started, time.process_time() - cpu
 
 
-def run_gaussian_part(out: Path, progress: bool) -> tuple[dict, float, float]:
-    """The Gaussian-structure study into OUT/gaussian: (results, wall seconds, CPU seconds of this process)."""
+def run_gaussian_part(out: Path, progress: bool, device: str) -> tuple[dict, float, float]:
+    """The Gaussian-structure study into OUT/gaussian on `device`: (results, wall seconds, CPU seconds of this
+    process)."""
     started, cpu = time.perf_counter(), time.process_time()
-    results = run_gaussian_study(load_toml(GaussianStudyConfig, demo_config_path(GAUSSIAN_CONFIG)), out / "gaussian",
-                                 "denoiserlab demo", progress=progress, log=stage_logger("gaussian"))
+    config = replace(load_toml(GaussianStudyConfig, demo_config_path(GAUSSIAN_CONFIG)), device=device)
+    results = run_gaussian_study(config, out / "gaussian", "denoiserlab demo", progress=progress,
+                                 log=stage_logger("gaussian"))
     return results, time.perf_counter() - started, time.process_time() - cpu
 
 
@@ -67,29 +72,32 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_parts(out: Path, jobs: int, progress: bool) -> dict[str, tuple[dict, float, float]]:
-    """Both studies, side by side in `jobs` >= 2 processes (spawned: no state shared), or one after the other."""
+def run_parts(out: Path, jobs: int, progress: bool, device: str) -> dict[str, tuple[dict, float, float]]:
+    """Both studies on `device`, side by side in `jobs` >= 2 processes (spawned: no state shared), or one after the
+    other."""
     parts = {"locality": run_locality_part, "gaussian": run_gaussian_part}
     if jobs < 2:
-        return {name: part(out, progress) for name, part in parts.items()}
+        return {name: part(out, progress, device) for name, part in parts.items()}
     threads = max(1, torch.get_num_threads() // 2)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=context, initializer=set_threads, initargs=(threads,)) as pool:
-        futures = {name: pool.submit(part, out, False) for name, part in parts.items()}  # bars would interleave
+        futures = {name: pool.submit(part, out, False, device) for name, part in parts.items()}  # bars would interleave
         return {name: future.result() for name, future in futures.items()}
 
 
-def run_demo(out: str | Path, progress: bool = True, jobs: int | None = None) -> dict:
+def run_demo(out: str | Path, progress: bool = True, jobs: int | None = None, device: str = "cpu") -> dict:
     """Both studies into OUT/locality and OUT/gaussian, then OUT/index.html; returns {study: results.json table,
     "timings_s": {study: wall seconds}, "cpu_seconds": {study: CPU seconds}, "stage_timings": {group: ...}}.
-    jobs: studies run at once (None: 2 when the machine has two or more cores)."""
+    jobs: studies run at once (None: 2 when the machine has two or more cores); device: torch device of both
+    studies ('cpu', 'cuda' or 'cuda:N', checked before any work)."""
+    check_device(device, "device")
     out = Path(out)
     jobs = (2 if available_cores() >= 2 else 1) if jobs is None else jobs
     started = time.perf_counter()
     print(f"locality study ({LOCALITY_CONFIG}) -> {out / 'locality'}; hidden-Gaussian-structure study "
           f"({GAUSSIAN_CONFIG}) -> {out / 'gaussian'}; {'side by side' if jobs >= 2 else 'one after the other'}",
           flush=True)
-    parts = run_parts(out, jobs, progress)
+    parts = run_parts(out, jobs, progress, device)
     results = {name: part[0] for name, part in parts.items()}
     results["timings_s"] = {name: part[1] for name, part in parts.items()}
     results["cpu_seconds"] = {name: part[2] for name, part in parts.items()}

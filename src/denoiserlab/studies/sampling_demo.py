@@ -20,6 +20,7 @@ from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.distances import nearest_neighbours
 from denoiserlab.networks import load as load_network
 from denoiserlab.report.sampling_demo import write_sampling_demo_figures
+from denoiserlab.validation import check_device
 
 
 @dataclass(frozen=True)
@@ -32,25 +33,27 @@ class SamplingDemoConfig:
         "optimal": {}, "gaussian": {}, "pspc_square": {"patch_size": "cifar10"}})
     networks: dict = field(default_factory=lambda: {  # label -> network path (or shipped:NAME) trained on `data`
         "unet-small": "shipped:unet-small-fashion-mnist"})
+    device: str = "cpu"  # torch device of the sampling: 'cpu', 'cuda' or 'cuda:N' (noise is drawn on the CPU)
 
 
 def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
     """Sample every configured denoiser from shared noise; write results.json and figures under `out`."""
+    check_device(config.device, "device")
     train = load(config.data)
     train_images = train.as_float()
-    noise = standard_noise((config.n_samples, *train.image_shape), config.seed)
+    noise = standard_noise((config.n_samples, *train.image_shape), config.seed).to(config.device)
     samples, timings = {}, {}
     for name, options in config.denoisers.items():
         started = time.perf_counter()
         denoiser = create(name, train_images, **resolve_named_schedules(options))
-        samples[name] = sample_heun(denoiser, noise, config.steps, progress=True).images
+        samples[name] = sample_heun(denoiser, noise, config.steps, progress=True).images.cpu()
         timings[name] = time.perf_counter() - started
         print(f"  {name:12s} sampled {config.n_samples} images in {timings[name]:.1f} s")
     for name, path in config.networks.items():
         started = time.perf_counter()
-        network = load_network(path).eval()
+        network = load_network(path, device=config.device).eval()
         with torch.no_grad():
-            samples[name] = sample_heun(network, noise, config.steps, progress=True).images
+            samples[name] = sample_heun(network, noise, config.steps, progress=True).images.cpu()
         timings[name] = time.perf_counter() - started
         print(f"  {name:12s} sampled {config.n_samples} images in {timings[name]:.1f} s")
     train_flat = train_images.reshape(len(train_images), -1)

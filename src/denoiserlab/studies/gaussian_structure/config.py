@@ -13,6 +13,7 @@ from typing import Literal
 from denoiserlab.studies.common import config as common
 from denoiserlab.studies.common.config import DataConfig, check_label, require, require_positive  # noqa: F401
 from denoiserlab.studies.common.methods import check_method_options, configured_denoisers
+from denoiserlab.validation import DEVICE_NAMES, is_device_name
 
 SWEEP_KINDS = ("n_train", "width", "kimg")  # what a sweep entry varies: training-set size, base width, length
 
@@ -153,9 +154,10 @@ class GaussianStudyConfig:
     generalization: GeneralizationConfig = field(default_factory=GeneralizationConfig)
     strong_generalization: StrongGeneralizationConfig = field(default_factory=StrongGeneralizationConfig)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
-    device: str = "cpu"  # torch device of networks, denoisers and images
+    device: str = "cpu"  # torch device of networks, denoisers and images: 'cpu', 'cuda' or 'cuda:N'
 
     def __post_init__(self):
+        require(is_device_name(self.device), "device", self.device, DEVICE_NAMES)
         require(len(self.networks) + len(self.sweeps.entries) >= 1, "networks", self.networks,
                 "at least one [[networks]] or [[sweeps.entries]] table")
         names = [network.name for network in self.networks]

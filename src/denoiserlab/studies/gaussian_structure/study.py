@@ -102,6 +102,7 @@ from denoiserlab.studies.gaussian_structure.stages import (
     stage_trajectory,
 )
 from denoiserlab.studies.locality.heatmaps import read_heatmaps_file
+from denoiserlab.validation import check_device
 
 ARRAYS_FILE = "arrays.safetensors"  # images the report draws (studies.common.cache.write_value: no pickle)
 HEATMAP_READING = "same_channel"  # the heatmap reading that builds masks for the analytical denoisers
@@ -112,6 +113,7 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
     """Run (or resume) the study; writes results.json, config.toml, arrays.safetensors, figures and report.html.
     `log` gets one line per stage computed."""
     started = time.perf_counter()
+    check_device(config.device, "device")  # a GPU this machine lacks fails before anything is written
     ctx = open_study(config, Path(out), progress, log)
     datasets: dict[str, StudyData] = {}
     networks = {entry.name: load_study_network(entry.name, entry.path, entry.trust_pickle, entry.options,

@@ -11,6 +11,7 @@ from typing import Literal
 from denoiserlab.denoisers import REGISTRY
 from denoiserlab.studies.common.config import DataConfig, NetworkConfig, SigmaConfig, require  # noqa: F401
 from denoiserlab.studies.common.methods import check_method_options, configured_denoisers
+from denoiserlab.validation import DEVICE_NAMES, is_device_name
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ class LocalityStudyConfig:
     heatmaps: HeatmapConfig = field(default_factory=HeatmapConfig)
     fitting: FittingConfig = field(default_factory=FittingConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
-    device: str = "cpu"  # torch device of networks and denoisers
+    device: str = "cpu"  # torch device of networks and denoisers: 'cpu', 'cuda' or 'cuda:N'
 
     def __post_init__(self):
+        require(is_device_name(self.device), "device", self.device, DEVICE_NAMES)
         require(len(self.networks) >= 1, "networks", self.networks, "at least one [[networks]] table")
         names = [network.name for network in self.networks]
         require(len(set(names)) == len(names), "networks.name", names, "unique labels")

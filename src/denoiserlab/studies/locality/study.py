@@ -93,6 +93,7 @@ from denoiserlab.studies.locality.stages import (
     stage_samples,
 )
 from denoiserlab.studies.locality.tuning import FitSet, fit_method, fixed_schedule, method_inputs, tuned_factory
+from denoiserlab.validation import check_device
 
 
 @dataclass
@@ -110,6 +111,7 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
     is False, e.g. in programmatic sweeps) the figures and report.html. `log` gets one line per stage computed;
     `progress` shows progress bars. Returns the results.json table."""
     started = time.perf_counter()
+    check_device(config.device, "device")  # a GPU this machine lacks fails before any work
     features = feature_encoder(feature_model or config.similarity.feature_model, config.device)  # fails early
     ctx = open_study(config, Path(out), log, progress)
     specs = {name: method_spec(name, options) for name, options in config.methods().items()}
