@@ -101,3 +101,101 @@ def test_npy_has_only_a_train_split(tmp_path):
     np.save(tmp_path / "images.npy", random_uint8((3, 1, 4, 4)))
     with pytest.raises(DenoiserLabError, match="no 'test' split"):
         load(tmp_path / "images.npy", split="test")
+
+
+# ------------------------------------------------------------------------------ denoisers streaming the uint8 set
+
+
+def memmapped_set(tmp_path, n_images, shape, seed=0, channels_last=False):
+    """An ImageSet memory-mapped from a uint8 .npy of n_images random images of shape (C, H, W)."""
+    images = random_uint8((n_images, *shape), seed)
+    np.save(tmp_path / "images.npy", images.transpose(0, 2, 3, 1) if channels_last else images)
+    return load(tmp_path / "images.npy")
+
+
+@pytest.fixture
+def float_conversions(monkeypatch):
+    """Record the number of images of every uint8 -> float conversion the denoisers' training sets make."""
+    from denoiserlab.denoisers import training_set
+
+    sizes = []
+
+    def recording(images):
+        sizes.append(images.shape[0])
+        return uint8_to_float(images)
+
+    monkeypatch.setattr(training_set, "uint8_to_float", recording)
+    return sizes
+
+
+QUERY_SIGMAS = [0.002, torch.tensor([0.002, 0.3, 5.0])]  # one sigma for all, and one per sample
+
+
+@pytest.mark.parametrize("sigma", QUERY_SIGMAS, ids=["0.002", "per-sample"])
+@pytest.mark.parametrize("xflip", [False, True])
+def test_streamed_optimal_equals_ram_and_float64_reference(tmp_path, float_conversions, sigma, xflip):
+    from test_exact_denoisers import optimal_reference
+
+    from denoiserlab.denoisers import OptimalDenoiser
+
+    train = memmapped_set(tmp_path, 20, (3, 5, 4), channels_last=True)
+    floats = train.as_float()
+    flipped = torch.cat([floats, floats.flip(-1)]) if xflip else floats
+    generator = torch.Generator().manual_seed(1)
+    x = flipped[[3, 11, 17]] + 0.01 * torch.randn(3, 3, 5, 4, generator=generator)  # near training images
+    x[2] = torch.randn(3, 5, 4, generator=generator)
+    float_conversions.clear()
+    streamed = OptimalDenoiser(train, xflip=xflip, chunk_size=7, storage="stream")
+    out = streamed(x, sigma)
+    assert streamed.storage_ == "stream" and not hasattr(streamed, "train_flat_")
+    assert max(float_conversions) <= 7  # chunks only: never a float copy of the set
+    ram = OptimalDenoiser(train, xflip=xflip, chunk_size=7, storage="ram")(x, sigma)
+    sigmas = sigma.tolist() if isinstance(sigma, torch.Tensor) else [sigma] * 3
+    torch.testing.assert_close(out.double(), optimal_reference(flipped, x, sigmas), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, ram, rtol=0, atol=1e-6)
+    weights = streamed.posterior_weights(x, sigma)
+    assert weights.shape == (3, len(flipped)) and torch.allclose(weights.sum(1), torch.ones(3, dtype=torch.float64))
+
+
+def test_storage_auto_and_bad_values(tmp_path, tiny_train, monkeypatch):
+    from denoiserlab.denoisers import OptimalDenoiser, training_set
+    from denoiserlab.denoisers.options import check_denoiser_options
+
+    train = memmapped_set(tmp_path, 10, (1, 4, 4))
+    assert OptimalDenoiser(train).storage_ == "ram"  # small: kept in memory as float64
+    monkeypatch.setattr(training_set, "AUTO_RAM_BYTES", 8 * 10 * 16 - 1)
+    assert OptimalDenoiser(train).storage_ == "stream"  # its float64 copy would exceed AUTO_RAM_BYTES
+    assert OptimalDenoiser(tiny_train).storage_ == "ram"  # a float tensor is already in memory
+    assert OptimalDenoiser(tiny_train, storage="stream").storage_ == "stream"
+    for bad in ("disk", "", None, True):
+        with pytest.raises(DenoiserLabError, match="storage must be one of"):
+            OptimalDenoiser(train, storage=bad)
+        with pytest.raises(DenoiserLabError, match="storage must be one of"):
+            check_denoiser_options("optimal", {"storage": bad})
+
+
+@pytest.mark.parametrize("xflip", [False, True])
+def test_streamed_gaussian_equals_float_tensor_and_float64_reference(tmp_path, float_conversions, xflip):
+    from test_exact_denoisers import gaussian_reference
+
+    from denoiserlab.denoisers import GaussianDenoiser, gaussian
+    from denoiserlab.denoisers.training_set import dataset_fingerprint, training_source
+
+    train = memmapped_set(tmp_path, 30, (1, 4, 5))
+    floats = train.as_float()
+    flipped = torch.cat([floats, floats.flip(-1)]) if xflip else floats
+    float_conversions.clear()
+    mean, covariance = gaussian.empirical_mean_covariance(training_source(train, xflip), chunk_images=7)
+    assert max(float_conversions) <= 7
+    flat = flipped.double().flatten(1)
+    reference = sum(torch.outer(row - flat.mean(0), row - flat.mean(0)) for row in flat) / len(flat)
+    torch.testing.assert_close(mean, flat.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(covariance, reference, rtol=0, atol=1e-12)
+    x = torch.randn(3, 1, 4, 5, generator=torch.Generator().manual_seed(2))
+    for sigma in QUERY_SIGMAS:
+        sigmas = sigma.tolist() if isinstance(sigma, torch.Tensor) else [sigma] * 3
+        out = GaussianDenoiser(train, xflip=xflip, cache=False)(x, sigma)
+        torch.testing.assert_close(out.double(), gaussian_reference(flipped, x, sigmas), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out, GaussianDenoiser(flipped, cache=False)(x, sigma), rtol=0, atol=1e-6)
+    # the on-disk cache key of a streamed set is that of its float copy
+    assert dataset_fingerprint(training_source(train, xflip)) == dataset_fingerprint(flipped)

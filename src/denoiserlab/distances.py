@@ -7,7 +7,7 @@ small-sigma logits -|q - y|^2 / (2 sigma^2) entirely (an error of ~1e-4 in a dis
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -25,21 +25,39 @@ def squared_norms(flat: Tensor) -> Tensor:
     return flat.double().pow(2).sum(1)
 
 
+def row_chunks(train_flat: Tensor, train_norms: Tensor, chunk_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (train_flat[s : s + n], train_norms[s : s + n]) over the rows, n = chunk_size or default_chunk_size(D).
+
+    train_flat: [N, D]; train_norms: [N] float64 (`squared_norms`). Views: nothing is copied.
+    """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise DenoiserLabError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
+    chunk_size = chunk_size or default_chunk_size(train_flat.shape[1])
+    for start in range(0, train_flat.shape[0], chunk_size):
+        yield train_flat[start : start + chunk_size], train_norms[start : start + chunk_size]
+
+
+def squared_distances_to(queries: Tensor, chunks: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (train chunk [n, D] float64, distances [B, n] float64) for each (train chunk [n, D], its squared norms
+    [n] float64) of `chunks`, e.g. `row_chunks` or chunks converted from uint8 as they are read. queries: [B, D]."""
+    queries = queries.double()
+    query_norms = queries.pow(2).sum(1, keepdim=True)  # [B, 1]
+    for chunk, norms in chunks:
+        chunk = chunk.double()  # [n, D]
+        distances = query_norms - 2 * queries @ chunk.T + norms  # [B, n]
+        yield chunk, distances.clamp_(min=0)
+
+
 def chunked_squared_distances(queries: Tensor, train_flat: Tensor, train_norms: Tensor,
                               chunk_size: int | None = None) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yield (start, train chunk [n, D] float64, distances [B, n] float64) over the training set.
 
     queries: [B, D] (any float dtype); train_flat: [N, D]; train_norms: [N] float64 (`squared_norms`).
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise DenoiserLabError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
-    queries = queries.double()
-    query_norms = queries.pow(2).sum(1, keepdim=True)  # [B, 1]
-    chunk_size = chunk_size or default_chunk_size(queries.shape[1])
-    for start in range(0, train_flat.shape[0], chunk_size):
-        chunk = train_flat[start : start + chunk_size].double()  # [n, D]
-        distances = query_norms - 2 * queries @ chunk.T + train_norms[start : start + chunk_size]  # [B, n]
-        yield start, chunk, distances.clamp_(min=0)
+    start = 0
+    for chunk, distances in squared_distances_to(queries, row_chunks(train_flat, train_norms, chunk_size)):
+        yield start, chunk, distances
+        start += chunk.shape[0]
 
 
 def nearest_neighbours(queries: Tensor, train_flat: Tensor, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,7 @@ from denoiserlab.denoisers.optimal import posterior_mean
 from denoiserlab.denoisers.schedules import Tunable, samples_by_value, value_at
 from denoiserlab.denoisers.training_set import DeviceCopies, training_images
 from denoiserlab.diffusion.noise import standard_noise
-from denoiserlab.distances import squared_norms
+from denoiserlab.distances import row_chunks, squared_norms
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_count,
@@ -100,5 +100,6 @@ class CFDM:
             eps = eps[:1] * 0  # every perturbation is zero: one query per sample gives the same average
         queries = x.double().flatten(1)[:, None] + smoothing * eps[None]  # [B, K, D]
         sigmas = sigma.repeat_interleave(eps.shape[0])  # [B * K], sample-major like queries
-        means = posterior_mean(queries.flatten(0, 1), sigmas, train_flat, train_norms, self.config.chunk_size)
+        train_chunks = row_chunks(train_flat, train_norms, self.config.chunk_size)
+        means = posterior_mean(queries.flatten(0, 1), sigmas, train_chunks)
         return means.unflatten(0, queries.shape[:2]).mean(1).reshape(x.shape)  # [B, C, H, W]

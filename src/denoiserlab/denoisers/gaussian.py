@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from denoiserlab.atomic import atomic_write
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.training_set import dataset_fingerprint, training_images
+from denoiserlab.denoisers.training_set import TrainingImages, dataset_fingerprint, training_source
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.user_cache import user_cache_dir
 from denoiserlab.validation import (
@@ -37,7 +38,13 @@ class GaussianConfig:
 
 class GaussianDenoiser:
     """D(x, sigma) = mu + U diag(S / (S + sigma^2)) U^T (x - mu), with U, S the eigenvectors and eigenvalues of the
-    biased (divide by N) empirical covariance. Computed once in float64 and cached on disk keyed by the data."""
+    biased (divide by N) empirical covariance. Computed once in float64 and cached on disk keyed by the data.
+
+    The mean and covariance are accumulated over chunks of the training set read from its storage (an ImageSet's
+    uint8, memory-mapped or not, is converted chunk by chunk; see `empirical_mean_covariance`), so no float copy of
+    the set is made. Memory: 24 D^2 bytes for the covariance and eigh (D = C*H*W) plus 12 n D for one chunk of
+    n = 4096 images, independent of N; the denoiser then holds 8 D (r + 1) bytes (r = rank or D).
+    """
 
     config_class = GaussianConfig
     tunable = None  # no option to fit per sigma
@@ -46,9 +53,9 @@ class GaussianDenoiser:
                  cache: bool = True):
         self.config = GaussianConfig(rank=rank, xflip=xflip)
         check_flag(cache, "cache")
-        images = training_images(train, xflip)
-        check_rank(rank, images[0].numel())
-        self.image_shape_ = tuple(images.shape[1:])
+        images = training_source(train, xflip)
+        self.image_shape_ = images.image_shape
+        check_rank(rank, math.prod(self.image_shape_))
         mean, eigvals, eigvecs = _cached_eigendecomposition(images, cache)
         keep = slice(None) if rank is None else slice(0, rank)
         self.mean_ = mean  # [D] float64
@@ -94,19 +101,27 @@ def wiener_gains(eigvals: Tensor, sigma_squared: Tensor) -> Tensor:
     return torch.where(eigvals > 0, eigvals / (eigvals + sigma_squared), 0.0)
 
 
-def empirical_mean_covariance(images: Tensor, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
-    """Mean [D] and biased covariance [D, D] (divided by N) in float64, accumulated over chunks."""
-    check_memory(3 * 8 * images[0].numel() ** 2, f"the covariance of {list(images.shape[1:])} images")
-    flat = images.reshape(images.shape[0], -1)
-    mean = flat.double().mean(0)
-    covariance = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64)
-    for start in range(0, flat.shape[0], chunk_size):
-        centred = flat[start : start + chunk_size].double() - mean
+def empirical_mean_covariance(images: TrainingImages, chunk_images: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean [D] and biased covariance [D, D] (divided by N) of the N images, float64, over chunks of chunk_images.
+
+    Two passes, each accumulating float64 sums chunk by chunk: sum x (the mean mu), then sum (x - mu)(x - mu)^T.
+    Centring first keeps the covariance free of the cancellation of sum x x^T / N - mu mu^T (at the same GEMM cost),
+    and nothing larger than one chunk of images is ever converted to float.
+    """
+    dim = math.prod(images.image_shape)
+    check_memory(3 * 8 * dim**2, f"the covariance of {list(images.image_shape)} images")
+    total = torch.zeros(dim, dtype=torch.float64)
+    for chunk in images.chunks(chunk_images):
+        total += chunk.reshape(chunk.shape[0], -1).double().sum(0)
+    mean = total / len(images)
+    covariance = torch.zeros(dim, dim, dtype=torch.float64)
+    for chunk in images.chunks(chunk_images):
+        centred = chunk.reshape(chunk.shape[0], -1).double() - mean  # [n, D]
         covariance += centred.T @ centred
-    return mean, covariance / flat.shape[0]
+    return mean, covariance / len(images)
 
 
-def eigendecomposition(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def eigendecomposition(images: TrainingImages) -> tuple[Tensor, Tensor, Tensor]:
     """(mean [D], eigenvalues [D] descending, eigenvectors [D, D] as columns), float64.
 
     Eigenvalues below D * eps * the largest (the rounding noise of eigh, as in numpy's matrix_rank) are set to 0:
@@ -118,14 +133,16 @@ def eigendecomposition(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return mean, torch.where(eigvals > tolerance, eigvals, 0.0), eigvecs.flip(1).contiguous()
 
 
-def _cached_eigendecomposition(images: Tensor, use_cache: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _cached_eigendecomposition(images: TrainingImages, use_cache: bool) -> tuple[Tensor, Tensor, Tensor]:
     """eigendecomposition(images), read from or written (atomically, as safetensors) to the user cache folder,
-    keyed by the data's hash. The cache is a convenience: an entry that does not load as the three float64
-    tensors of the right shapes is recomputed, and a cache folder that cannot be written is skipped."""
+    keyed by the data's hash (`dataset_fingerprint`, streamed). The cache is a convenience: an entry that does not
+    load as the three float64 tensors of the right shapes is recomputed, and a cache folder that cannot be written
+    is skipped."""
     if not use_cache:
         return eigendecomposition(images)
+    dim = math.prod(images.image_shape)
     path = user_cache_dir("gaussian") / f"{dataset_fingerprint(images)}.safetensors"
-    stored = _read_cached_eigendecomposition(path, images[0].numel())
+    stored = _read_cached_eigendecomposition(path, dim)
     if stored is not None:
         return stored
     mean, eigvals, eigvecs = eigendecomposition(images)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.gaussian import _cached_eigendecomposition, check_rank, wiener_gains
-from denoiserlab.denoisers.training_set import training_images
+from denoiserlab.denoisers.training_set import TrainingImages, training_images
 from denoiserlab.distances import nearest_neighbours
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
@@ -172,7 +172,7 @@ def kmeans_plus_plus(flat: Tensor, n_clusters: int, generator: torch.Generator) 
 
 def fit_component(images: Tensor, n_total: int, rank: int | None, cache: bool) -> Component:
     """The Gaussian of one component's images [n_k, C, H, W], its weight n_k / n_total, top-`rank` eigenpairs."""
-    mean, eigvals, eigvecs = _cached_eigendecomposition(images, cache)
+    mean, eigvals, eigvecs = _cached_eigendecomposition(TrainingImages(images, xflip=False), cache)
     keep = slice(None) if rank is None else slice(0, rank)
     return Component(math.log(images.shape[0] / n_total), mean, eigvals[keep].contiguous(),
                      eigvecs[:, keep].contiguous())

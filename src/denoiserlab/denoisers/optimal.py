@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.training_set import DeviceCopies, training_images
-from denoiserlab.distances import chunked_squared_distances, squared_norms
+from denoiserlab.denoisers.training_set import (
+    DeviceCopies,
+    TrainingImages,
+    check_storage,
+    resolve_storage,
+    training_source,
+)
+from denoiserlab.distances import default_chunk_size, row_chunks, squared_distances_to, squared_norms
 from denoiserlab.validation import (
     check_finite_output,
     check_flag,
@@ -23,9 +30,14 @@ from denoiserlab.validation import (
 @dataclass(frozen=True)
 class OptimalConfig:
     xflip: bool = False  # also use the horizontal flip of every training image
+    # "ram": a float64 copy of the training set (8 bytes a value), made once; "stream": every call reads the set
+    # chunk by chunk from its storage (an ImageSet's uint8, memory-mapped or not); "auto": ram for a float tensor
+    # and for an ImageSet whose copy fits in training_set.AUTO_RAM_BYTES (1 GiB), else stream. Same results.
+    storage: str = "auto"
 
     def __post_init__(self):
         check_flag(self.xflip, "xflip")
+        check_storage(self.storage)
 
 
 class OptimalDenoiser:
@@ -35,29 +47,39 @@ class OptimalDenoiser:
     in float64 (see `denoiserlab.distances`), so it stays exact down to sigma = 0.002. Any sigma > 0 is valid: as
     sigma -> 0 it returns the nearest training image (the mean of the nearest ones on a tie), as sigma -> inf
     the training mean, and it reaches both limits without overflow (see `posterior_mean`).
+
+    Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; n = chunk_size rows, by default
+    distances.default_chunk_size(D), 32 MiB of float64): storage="ram" holds 8 N D + 8 N bytes for the life of the
+    denoiser and a call adds about 24 B n + 16 B D bytes; storage="stream" holds nothing per image (an ImageSet's
+    uint8 storage stays where it is, e.g. memory-mapped, file-backed pages) and a call adds at most about
+    12 n D (+ 4 n D with xflip) + 24 B n + 16 B D bytes: the float32 and float64 copies of one chunk, its
+    distances and weights, and the numerator.
     """
 
     config_class = OptimalConfig
     tunable = None  # no option to fit per sigma
 
-    def __init__(self, train: Tensor | ImageSet, xflip: bool = False, chunk_size: int | None = None):
-        self.config = OptimalConfig(xflip=xflip)
-        images = training_images(train, xflip)
+    def __init__(self, train: Tensor | ImageSet, xflip: bool = False, chunk_size: int | None = None,
+                 storage: str = "auto"):
+        self.config = OptimalConfig(xflip=xflip, storage=storage)
         check_optional_count(chunk_size, "chunk_size")
-        self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
-        # [N, D] float64, converted once: each call streams it straight into float64 GEMMs (8 bytes per value)
-        self.train_flat_ = images.reshape(images.shape[0], -1).double()
-        self.train_norms_ = squared_norms(self.train_flat_)  # [N] float64
+        source = training_source(train, xflip)
+        self.image_shape_ = source.image_shape  # (C, H, W)
         self.chunk_size = chunk_size
-        self._device_copies = DeviceCopies(self.train_flat_, self.train_norms_)
+        self.storage_ = resolve_storage(storage, train, source, bytes_per_value=8)  # "ram" or "stream"
+        self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
+        if self.storage_ == "ram":
+            # [N, D] float64, converted once: each call streams it straight into float64 GEMMs (8 bytes per value)
+            self.train_flat_ = source.read(0, len(source)).reshape(len(source), -1).double()
+            self.train_norms_ = squared_norms(self.train_flat_)  # [N] float64
+            self._device_copies = DeviceCopies(self.train_flat_, self.train_norms_)
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns E[x0 | x] as [B, C, H, W] in x's dtype and device."""
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        train_flat, train_norms = self._device_copies.on(x.device)
-        mean = posterior_mean(x.reshape(x.shape[0], -1), sigma, train_flat, train_norms, self.chunk_size)
+        mean = posterior_mean(x.reshape(x.shape[0], -1), sigma, self.train_rows(x.device))
         return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the optimal denoiser", sigma)
 
     def posterior_weights(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -65,10 +87,25 @@ class OptimalDenoiser:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        train_flat, train_norms = self._device_copies.on(x.device)
-        pieces = [distances for _, _, distances in chunked_squared_distances(x.reshape(x.shape[0], -1), train_flat,
-                                                                             train_norms, self.chunk_size)]
+        pieces = [distances for _, distances in squared_distances_to(x.reshape(x.shape[0], -1),
+                                                                     self.train_rows(x.device))]
         return softmax_weights(torch.cat(pieces, 1), sigma)
+
+    def train_rows(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """The training set on `device` in chunks, in order: (rows [n, D] float64, squared norms [n] float64)."""
+        if self.storage_ == "ram":
+            train_flat, train_norms = self._device_copies.on(device)
+            return row_chunks(train_flat, train_norms, self.chunk_size)
+        return streamed_rows(self.train_, self.chunk_size or default_chunk_size(self.train_.storage[0].numel()),
+                             device)
+
+
+def streamed_rows(images: TrainingImages, chunk_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """Chunks of `images` read from their storage and converted as they come: (rows [n, D] float64, squared norms
+    [n] float64), the values a float64 copy of the whole set would hold."""
+    for chunk in images.chunks(chunk_size, device):
+        rows = chunk.reshape(chunk.shape[0], -1).double()  # [n, D]
+        yield rows, squared_norms(rows)
 
 
 def inverse_two_variance(sigma: Tensor) -> Tensor:
@@ -85,9 +122,10 @@ def softmax_weights(distances: Tensor, sigma: Tensor) -> Tensor:
     return weights / weights.sum(1, keepdim=True)
 
 
-def posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, train_norms: Tensor,
-                   chunk_size: int | None = None) -> Tensor:
-    """Softmax-weighted mean of training rows with a running log-sum-exp. queries: [B, D]; sigma: [B] float64.
+def posterior_mean(queries: Tensor, sigma: Tensor, train_chunks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+    """Softmax-weighted mean of training rows with a running log-sum-exp. queries: [B, D]; sigma: [B] float64;
+    train_chunks: (rows [n, D], squared norms [n] float64) over the training set (`distances.row_chunks`, or chunks
+    converted as they are read, as `streamed_rows`).
 
     Returns float64 [B, D]. The log-sum-exp runs in distance space: with m the running smallest squared distance d,
     the running normaliser s = sum exp(-(d - m) / (2 sigma^2)) and numerator acc = sum exp(-(d - m) / (2 sigma^2)) y
@@ -99,7 +137,7 @@ def posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, train_nor
     nearest = torch.full((batch, 1), torch.inf, dtype=torch.float64, device=queries.device)
     normaliser = torch.zeros((batch, 1), dtype=torch.float64, device=queries.device)
     numerator = torch.zeros((batch, dim), dtype=torch.float64, device=queries.device)
-    for _, chunk, distances in chunked_squared_distances(queries, train_flat, train_norms, chunk_size):
+    for chunk, distances in squared_distances_to(queries, train_chunks):
         new_nearest = torch.minimum(nearest, distances.min(1, keepdim=True).values)
         # [B, 1]; 0 before the first chunk (nothing summed yet), also when inv_two_var = 0 (sigma^2 overflowed)
         rescale = torch.where(nearest.isinf(), 0.0, torch.exp(-(nearest - new_nearest) * inv_two_var))

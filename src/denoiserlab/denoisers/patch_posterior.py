@@ -13,7 +13,7 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.optimal import posterior_mean, softmax_weights
 from denoiserlab.denoisers.training_set import training_images
-from denoiserlab.distances import chunked_squared_distances, squared_norms
+from denoiserlab.distances import chunked_squared_distances, row_chunks, squared_norms
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import check_images, check_same_image_shape, sigma_per_sample
 
@@ -52,7 +52,7 @@ def patch_posterior(x: Tensor, sigma: float | Tensor, train: Tensor | ImageSet, 
     queries = crop_pixels(x, crop)  # [B, C * k]
     patches = crop_pixels(images, crop).to(x.device)  # [N, C * k]
     norms = squared_norms(patches)
-    mean = posterior_mean(queries, sigma, patches, norms).reshape(x.shape[0], x.shape[1], -1)
+    mean = posterior_mean(queries, sigma, row_chunks(patches, norms)).reshape(x.shape[0], x.shape[1], -1)
     if not return_weights:
         return mean
     distances = torch.cat([distances for _, _, distances in chunked_squared_distances(queries, patches, norms)], 1)
