@@ -25,7 +25,8 @@ def squared_norms(flat: Tensor) -> Tensor:
     return flat.double().pow(2).sum(1)
 
 
-def row_chunks(train_flat: Tensor, train_norms: Tensor, chunk_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def row_chunks(train_flat: Tensor, train_norms: Tensor,
+               chunk_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (train_flat[s : s + n], train_norms[s : s + n]) over the rows, n = chunk_size or default_chunk_size(D).
 
     train_flat: [N, D]; train_norms: [N] float64 (`squared_norms`). Views: nothing is copied.

@@ -42,8 +42,9 @@ class GaussianDenoiser:
 
     The mean and covariance are accumulated over chunks of the training set read from its storage (an ImageSet's
     uint8, memory-mapped or not, is converted chunk by chunk; see `empirical_mean_covariance`), so no float copy of
-    the set is made. Memory: 24 D^2 bytes for the covariance and eigh (D = C*H*W) plus 12 n D for one chunk of
-    n = 4096 images, independent of N; the denoiser then holds 8 D (r + 1) bytes (r = rank or D).
+    the set is made. Memory: 24 D^2 bytes for the covariance and eigh (D = C*H*W) plus about 24 n D for one chunk
+    of n = 4096 images (as float32 and float64, centred), independent of N; the denoiser then holds 8 D (r + 1)
+    bytes (r = rank or D).
     """
 
     config_class = GaussianConfig

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import platform
 import re
 import shutil
@@ -34,6 +35,8 @@ import torch
 from torch import Tensor
 
 from denoiserlab.atomic import replacing
+from denoiserlab.denoisers.streaming_softmax import merge_nearest_sums
+from denoiserlab.denoisers.training_set import TrainingImages
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.user_cache import user_cache_dir
 
@@ -305,3 +308,44 @@ def composite_numerators(queries: Tensor, lanes: Tensor, n_train: int, sigma: Te
     args = (queries, lanes, n_train, inv_two_var, crops)
     crop_min, crop_sum = crop_normalisers_compiled(*args, threads, distances)
     return numerators_compiled(*args, crop_min, crop_sum, threads, distances)
+
+
+def streamed_chunk_images(image_shape: tuple[int, ...], chunk_size: int | None = None,
+                          bytes_per_chunk: int = 1 << 25) -> int:
+    """Training images per chunk of `composite_numerators_streamed`: chunk_size, or as many as fill about
+    `bytes_per_chunk` of float32 lanes, rounded up to a multiple of LANES so chunks split the set into whole blocks."""
+    n_images = chunk_size or bytes_per_chunk // (4 * math.prod(image_shape))
+    return max(LANES, -(-n_images // LANES) * LANES)
+
+
+def composite_numerators_streamed(queries: Tensor, images: TrainingImages, sigma: Tensor, crops: KernelCrops,
+                                  threads: int, chunk_images: int) -> Tensor:
+    """Both passes over a training set read chunk by chunk: float64 [B, C, H, W] numerators, as
+    `composite_numerators` on the whole set. queries: [B, C, H, W]; sigma: [B]; chunk_images: a multiple of LANES.
+
+    Each pass converts and lays out (`training_lanes`) one chunk at a time and drops it; pass 1's per-chunk nearest
+    distances and normalisers are merged exactly in float64 (`merge_nearest_sums`). Crop distances are those of the
+    whole-set call (same blocks of 16 images), so the result differs from it only in the order of float32 partial
+    sums (~1e-7 relative). Extra memory: 8 n D bytes for one chunk of n images of D values (float32 and lanes), plus
+    pass 1's distances [blocks, B, K, 16] when they fit in LOGIT_CACHE_BYTES, as in `composite_numerators`.
+    """
+    inv_two_var = inverse_two_variance(sigma)
+    n_train = len(images)
+    distances = distance_cache(queries.shape[0], -(-n_train // LANES), crops.n_crops)  # None when too large
+
+    def chunks():  # (lanes, images in the chunk, its blocks of the distance cache or None), in order
+        for start in range(0, n_train, chunk_images):
+            lanes = training_lanes(images.read(start, start + chunk_images))
+            blocks = None if distances is None else distances[start // LANES : start // LANES + lanes.shape[0]]
+            yield lanes, min(chunk_images, n_train - start), blocks
+
+    crop_min = crop_sum = None
+    for lanes, n_images, blocks in chunks():
+        chunk_min, chunk_sum = crop_normalisers_compiled(queries, lanes, n_images, inv_two_var, crops, threads, blocks)
+        crop_min, crop_sum = (chunk_min, chunk_sum) if crop_min is None else merge_nearest_sums(
+            crop_min, crop_sum, chunk_min, chunk_sum, inv_two_var.double()[:, None])
+    numerators = torch.zeros(queries.shape, dtype=torch.float64)
+    for lanes, n_images, blocks in chunks():
+        numerators += numerators_compiled(queries, lanes, n_images, inv_two_var, crops, crop_min, crop_sum, threads,
+                                          blocks)
+    return numerators

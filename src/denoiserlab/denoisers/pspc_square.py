@@ -32,7 +32,13 @@ from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
 from denoiserlab.denoisers.schedules import Tunable
 from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
-from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.denoisers.training_set import (
+    DeviceCopies,
+    TrainingImages,
+    check_storage,
+    resolve_storage,
+    training_source,
+)
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_finite_output,
@@ -51,7 +57,14 @@ class PSPCSquareConfig:
     patch_size: int | Callable[[float], int] = 3  # crop side in pixels, or a schedule sigma -> side (PatchSchedule)
     xflip: bool = False  # also use the horizontal flip of every training image
     kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled on CPU
-    chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB of float32)
+    # training images per chunk (None: about 32 MiB of float32 intermediates on the eager path, of float32 lanes
+    # on the compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
+    chunk_size: int | None = None
+    # "ram": a float32 copy of the training set (and the C kernel's layout of it: 8 bytes a value), made once;
+    # "stream": every call reads the set chunk by chunk from its storage (an ImageSet's uint8, memory-mapped or
+    # not); "auto": ram for a float tensor and for an ImageSet whose copies fit in training_set.AUTO_RAM_BYTES
+    # (1 GiB), else stream. Same results up to float32 summation order.
+    storage: str = "auto"
 
     def __post_init__(self):
         if not callable(self.patch_size):
@@ -60,6 +73,7 @@ class PSPCSquareConfig:
             raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         check_optional_count(self.chunk_size, "chunk_size")
         check_flag(self.xflip, "xflip")
+        check_storage(self.storage)
 
 
 def check_patch_size(patch_size: object) -> int:
@@ -72,19 +86,33 @@ def check_patch_size(patch_size: object) -> int:
 
 
 class PSPCSquare:
-    """PSPC-Square denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their patch size)."""
+    """PSPC-Square denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their patch size).
+
+    Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; K crops; n images per chunk):
+    storage="ram" holds 4 N D bytes of float32 images, plus 4 N D of the C kernel's lanes from its first call.
+    storage="stream" holds nothing per image (an ImageSet's uint8 storage stays where it is, e.g. memory-mapped,
+    file-backed pages); a compiled call adds 8 n D bytes (one chunk as float32 and as lanes, n about 32 MiB / 4 D
+    by default) + 4 B K (2 P + 32 T) + 4 B P D (P = 4 T shares of T threads) + pass 1's crop distances
+    64 B K ceil(N / 16) when that is at most pspc_kernel.LOGIT_CACHE_BYTES (512 MiB); an eager call adds 4 n D for
+    the chunk plus its [B, n, H, W] intermediates (about 32 MiB each at the default n).
+    """
 
     config_class = PSPCSquareConfig
     tunable = Tunable("patch_size", "patch_size", (1, 3, 5, 7, 9, 11, 15, 19, 23, 28, 32),  # clamped to the image
                       legacy_names=("patch_sizes", "square"))
 
     def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], xflip: bool = False,
-                 kernel: str = "auto", chunk_size: int | None = None):
-        self.config = PSPCSquareConfig(patch_size=patch_size, xflip=xflip, kernel=kernel, chunk_size=chunk_size)
-        self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
-        self.image_shape_ = tuple(self.images_.shape[1:])
-        self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
-        self._device_copies = DeviceCopies(self.images_)
+                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto"):
+        self.config = PSPCSquareConfig(patch_size=patch_size, xflip=xflip, kernel=kernel, chunk_size=chunk_size,
+                                       storage=storage)
+        source = training_source(train, xflip)
+        self.image_shape_ = source.image_shape
+        self.storage_ = resolve_storage(storage, train, source, bytes_per_value=8)  # "ram" or "stream"
+        self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
+        if self.storage_ == "ram":
+            self.images_ = source.read(0, len(source)).contiguous()  # [N, C, H, W] float32, CPU
+            self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+            self._device_copies = DeviceCopies(self.images_)
 
     def patch_size_at(self, sigma: float) -> int:
         """The crop side used at noise level sigma, clamped to the image size."""
@@ -107,14 +135,21 @@ class PSPCSquare:
         """The composite for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
         if use_compiled_kernel(self, x.device, "PSPC-Square"):
             return self._composite_compiled(x, sigma, size)
-        return square_composite(x, sigma, self._device_copies.on(x.device)[0], size, self.config.chunk_size)
+        train = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0], False)
+        return square_composite(x, sigma, train, size, self.config.chunk_size)
 
     def _composite_compiled(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
-        if self.lanes_ is None:
-            self.lanes_ = pspc_kernel.training_lanes(self.images_)
         crops = pspc_kernel.square_crops(x.shape[2], x.shape[3], size)
-        numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma, crops,
-                                                      torch.get_num_threads())
+        threads = torch.get_num_threads()
+        if self.storage_ == "stream":
+            chunk_images = pspc_kernel.streamed_chunk_images(self.image_shape_, self.config.chunk_size)
+            numerators = pspc_kernel.composite_numerators_streamed(x, self.train_, sigma, crops, threads,
+                                                                   chunk_images)
+        else:
+            if self.lanes_ is None:
+                self.lanes_ = pspc_kernel.training_lanes(self.images_)
+            numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma, crops,
+                                                          threads)
         return numerators / windows_per_pixel(*x.shape[2:], size)
 
 
@@ -150,8 +185,10 @@ def crop_distances(queries: Tensor, train_chunk: Tensor, size: int) -> Tensor:
     return box_sums(pixel_distances, size)
 
 
-def square_composite(x: Tensor, sigma: Tensor, train: Tensor, size: int, chunk_size: int | None = None) -> Tensor:
-    """Eager PSPC-Square composite (float32 work, float64 sums). x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W].
+def square_composite(x: Tensor, sigma: Tensor, train: TrainingImages, size: int,
+                     chunk_size: int | None = None) -> Tensor:
+    """Eager PSPC-Square composite (float32 work, float64 sums). x: [B, C, H, W]; sigma: [B]; train: the N training
+    images, read a chunk at a time on x's device (a float tensor [N, C, H, W] there: TrainingImages(images, False)).
 
     Pass 1 streams each crop's smallest distance m and normaliser s = sum_n exp(-(D_n - m) g) over chunks of the
     training set (g = 1 / (2 sigma^2), capped: see pspc_kernel.inverse_two_variance); pass 2 streams
@@ -162,8 +199,8 @@ def square_composite(x: Tensor, sigma: Tensor, train: Tensor, size: int, chunk_s
     chunk_size = chunk_size or default_square_chunk(x.shape[0], tuple(x.shape[1:]))
 
     def distance_chunks() -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, train.shape[0], chunk_size):
-            chunk = train[start : start + chunk_size]
+        for start in range(0, len(train), chunk_size):
+            chunk = train.read(start, start + chunk_size, x.device)
             yield chunk, crop_distances(queries, chunk, size)
 
     crop_min, crop_sum = streaming_nearest_sum((distances for _, distances in distance_chunks()), inv_two_var)

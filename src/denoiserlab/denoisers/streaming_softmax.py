@@ -29,6 +29,16 @@ def streaming_log_normaliser(logit_chunks: Iterable[Tensor]) -> Tensor:
     return running_max + running_sum.log()
 
 
+def merge_nearest_sums(min_a: Tensor, sum_a: Tensor, min_b: Tensor, sum_b: Tensor,
+                       inv_two_var: Tensor) -> tuple[Tensor, Tensor]:
+    """Combine two partial (smallest distance m, float64 sum of exp(-(d - m) g)) states of the same softmaxes over
+    disjoint parts of the training set. inv_two_var: g = 1 / (2 sigma^2) as float64, broadcastable to the sums.
+    Returns (m, s) of the union: every exponent is <= 0, so nothing overflows for any g."""
+    new_min = torch.minimum(min_a, min_b)
+    merged = (sum_a * torch.exp(-(min_a - new_min).double() * inv_two_var)
+              + sum_b * torch.exp(-(min_b - new_min).double() * inv_two_var))
+    return new_min, merged
+
 
 def streaming_nearest_sum(distance_chunks: Iterable[Tensor], inv_two_var: Tensor) -> tuple[Tensor, Tensor]:
     """Softmax normalisers of -distances * g in distance space, over all chunks along dim 1.
@@ -45,9 +55,6 @@ def streaming_nearest_sum(distance_chunks: Iterable[Tensor], inv_two_var: Tensor
         if running_min is None:
             running_min, running_sum = chunk_min, chunk_sum
             continue
-        new_min = torch.minimum(running_min, chunk_min)
-        g64 = g.squeeze(1).double()
-        running_sum = (running_sum * torch.exp(-(running_min - new_min).double() * g64)
-                       + chunk_sum * torch.exp(-(chunk_min - new_min).double() * g64))
-        running_min = new_min
+        running_min, running_sum = merge_nearest_sums(running_min, running_sum, chunk_min, chunk_sum,
+                                                      g.squeeze(1).double())
     return running_min, running_sum
