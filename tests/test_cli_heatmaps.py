@@ -96,3 +96,61 @@ def test_until_converged_options_are_checked_first(tmp_path, capsys):
         assert main(["heatmaps", "--network", str(path), "--out", str(tmp_path / "m.npz"), *options]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_file_records_its_network_and_a_high_z_reference(tmp_path):
+    """The file carries the checkpoint's fingerprint (what a study checks) and, with --reference-sigma, an
+    independent reference map at the nearest grid sigma with the distance and crop IoU of the file's map to it."""
+    from denoiserlab.analysis.heatmap_convergence import mask_iou, relative_distance
+    from denoiserlab.networks import load as load_network
+    from denoiserlab.studies.common.cache import file_fingerprint
+
+    path = tiny_checkpoint(tmp_path)
+    out = tmp_path / "maps.npz"
+    assert main(["heatmaps", "--network", str(path), "--out", str(out), "--steps", "3", "--n-samples", "2",
+                 "--batch-size", "2", "--seed", "5", "--reference-sigma", "0.1", "--reference-samples", "6"]) == 0
+    table = read_heatmaps_file(out)
+    assert table["network_fingerprint"] == file_fingerprint(path)
+    sigmas = edm_sigmas(3)
+    level = int((sigmas.log() - torch.tensor(0.1).log()).abs().argmin())  # the middle sigma of 80, ~2.5, 0.002
+    assert level == 1
+    network = load_network(path).eval().requires_grad_(False)
+    imageset = load(**TRAINING_DATA)
+    reference = gradient_heatmaps(network, imageset.as_float(), sigmas[level].item(), 6, 5 + 10_000 + level, 2,
+                                  sampling="systematic", labels=imageset.labels).same_channel.float()
+    shipped = gradient_heatmaps(network, imageset.as_float(), sigmas[level].item(), 2, 5 + level, 2).same_channel
+    convergence = table["convergence"]
+    assert float(convergence["reference_sigma"]) == pytest.approx(sigmas[level].item())
+    assert int(convergence["reference_n_samples"]) == 6
+    assert float(convergence["reference_distance"]) == pytest.approx(relative_distance(shipped.float(), reference),
+                                                                     rel=1e-5)
+    expected_iou = [mask_iou(shipped.float(), reference, lam) for lam in (0.3, 0.6, 0.9)]
+    torch.testing.assert_close(convergence["reference_iou"].double(), torch.tensor(expected_iou, dtype=torch.float64))
+
+
+def test_reference_options_are_checked_first(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path)
+    for options, message in ((["--reference-sigma", "0"], "--reference-sigma"),
+                             (["--reference-sigma", "nan"], "--reference-sigma"),
+                             (["--reference-sigma", "1", "--reference-samples", "0"], "--reference-samples")):
+        assert main(["heatmaps", "--network", str(path), "--out", str(tmp_path / "m.npz"), *options]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_study_refuses_heatmaps_of_another_checkpoint(tmp_path):
+    """A heatmap file records the checkpoint it was computed from: naming it for another network is one error
+    before any stage; a file that does not record one is accepted and reported as unverified (None)."""
+    from denoiserlab.errors import DenoiserLabError
+    from denoiserlab.studies.common.cache import file_fingerprint
+    from denoiserlab.studies.locality.heatmaps import check_heatmaps_network
+
+    path = tiny_checkpoint(tmp_path)
+    out = tmp_path / "maps.npz"
+    assert main(["heatmaps", "--network", str(path), "--out", str(out), "--steps", "2", "--n-samples", "1",
+                 "--batch-size", "1"]) == 0
+    table = read_heatmaps_file(out)
+    assert check_heatmaps_network(table, file_fingerprint(path), str(out), "tiny") is True
+    with pytest.raises(DenoiserLabError, match="another checkpoint"):
+        check_heatmaps_network(table, "0" * 20, str(out), "other")
+    assert check_heatmaps_network({**table, "network_fingerprint": None}, "0" * 20, str(out), "other") is None

@@ -288,12 +288,18 @@ def test_heatmap_file_and_fixed_schedule(setup, tmp_path):
     assert results["heatmaps"]["mixer"]["source"] == str(heatmap_file)
     assert "n_samples=2" in results["heatmaps"]["mixer"]["command"]
     assert not any(name.startswith("heatmaps-") for name in results["stages_computed"])
+    assert results["heatmaps"]["mixer"]["matches_network"] is True  # the study's own file names its checkpoint
     used = results["schedules_used"]["pspc_flex"]["mixer"]
     assert used["source"] == "cifar10" and used["values"] == list(CIFAR10_THRESHOLDS)
     assert set(results["forward"]["mse"]["mixer"]) == {"optimal", "pspc_flex"}
     bad = dict(table, sigmas={"steps": 4})
     with pytest.raises(DenoiserLabError, match="has no heatmap at sigma"):
         run_locality_study(from_dict(LocalityStudyConfig, bad), tmp_path / "bad")
+    other = dict(table, networks=[{"name": "dit", "path": setup["table"]["networks"][1]["path"],
+                                   "heatmaps": str(heatmap_file)}])  # the mixer's maps named for the DiT
+    with pytest.raises(DenoiserLabError, match="computed from another checkpoint"):
+        run_locality_study(from_dict(LocalityStudyConfig, other), tmp_path / "other")
+    assert not (tmp_path / "other" / "stages").exists()  # refused before any stage
 
 
 def test_config_errors_name_the_file_and_key(setup, tmp_path):

@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from denoiserlab.analysis import gradient_heatmaps
-from denoiserlab.analysis.heatmap_convergence import heatmap_convergence, heatmaps_until_converged
+from denoiserlab.analysis.heatmap_convergence import (heatmap_convergence, heatmaps_until_converged, mask_iou,
+                                                      relative_distance)
 from denoiserlab.cli.common import add_device_argument
 from denoiserlab.assets import resolve
 from denoiserlab.data import load
@@ -52,6 +53,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--groups", type=int, default=8, help="groups of z for standard errors (--until-converged)")
     parser.add_argument("--check-pairs", type=int, default=16,
                         help="forward-process inputs of the PSPC-Flex check (--until-converged)")
+    parser.add_argument("--reference-sigma", type=float, default=None,
+                        help="also compute a high-z reference map at the grid sigma nearest this one, with an "
+                             "independent seed, and store how far the file's map there is from it")
+    parser.add_argument("--reference-samples", type=int, default=256, help="z of the reference (default: %(default)s)")
     add_device_argument(parser)
     parser.set_defaults(func=run)
 
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> None:
     if args.until_converged is not None:
         check_adaptive_options(args)
     sigmas = edm_sigmas(check_steps(args.steps, "--steps"))
+    reference_level = check_reference_options(args, sigmas)
     network = load_network(args.network, trust_pickle=args.trust_pickle, device=args.device)
     network.eval().requires_grad_(False)
     if network.training_data is None:
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> None:
     imageset = load(**network.training_data)
     train = imageset.as_float().to(args.device)
     cache = StageCache(parts_folder(args.out))
-    key = {"network": file_fingerprint(resolve(args.network)),
+    network_fingerprint = file_fingerprint(resolve(args.network))
+    key = {"network": network_fingerprint,
            "n_samples": args.n_samples, "seed": args.seed, "batch_size": args.batch_size, "steps": args.steps}
     if args.until_converged is not None:
         key.update(until_converged=args.until_converged, start_samples=args.start_samples, groups=args.groups,
@@ -95,9 +102,17 @@ def run(args: argparse.Namespace) -> None:
         heatmaps["n_samples"] = args.n_samples
     else:
         heatmaps["n_samples"] = torch.tensor([int(table["n_samples"]) for table in levels])
-        heatmaps["convergence"] = stacked_convergence(levels)
+        heatmaps["convergence"] = {**stacked_convergence(levels), "tolerance": torch.tensor(args.until_converged)}
+    if reference_level is not None:
+        reference = cache.run("reference", {**key, "sigma": sigmas[reference_level].item(),
+                                            "reference_samples": args.reference_samples},
+                              lambda: _reference_map(network, train, imageset.labels, sigmas[reference_level].item(),
+                                                     args, args.seed + REFERENCE_SEED_OFFSET + reference_level))
+        heatmaps["convergence"] = {**heatmaps.get("convergence", {}), **reference_evidence(
+            heatmaps["same_channel"][reference_level], reference["same_channel"], sigmas[reference_level].item(),
+            args.reference_samples)}
     command = "denoiserlab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["heatmaps"] else "denoiserlab heatmaps"
-    save_heatmaps_file(args.out, heatmaps, command)
+    save_heatmaps_file(args.out, heatmaps, command, network_fingerprint)
     counts = heatmaps["n_samples"]
     described = (f"{int(counts.min())}-{int(counts.max())} z per sigma" if isinstance(counts, torch.Tensor)
                  else f"{counts} z per sigma")
@@ -115,6 +130,33 @@ def _both_readings(network, train, sigma: float, args: argparse.Namespace, seed:
 
 
 IOU_THRESHOLDS = (0.3, 0.6, 0.9)  # crop IoU between half estimates is reported at these PSPC-Flex thresholds
+REFERENCE_SEED_OFFSET = 10_000  # the reference's z are drawn independently of every grid level's
+
+
+def check_reference_options(args: argparse.Namespace, sigmas: torch.Tensor) -> int | None:
+    """The grid level of --reference-sigma (the nearest sigma on a log scale), or None; checked before any work."""
+    if args.reference_sigma is None:
+        return None
+    check_count(args.reference_samples, "--reference-samples")
+    if not (args.reference_sigma > 0 and args.reference_sigma < float("inf")):
+        raise DenoiserLabError(f"--reference-sigma must be a finite sigma > 0, got {args.reference_sigma}")
+    return int((sigmas.log() - torch.tensor(args.reference_sigma).log()).abs().argmin())
+
+
+def _reference_map(network, train, labels, sigma: float, args: argparse.Namespace, seed: int) -> dict:
+    """The same-channel map at one sigma from --reference-samples label-stratified z (an independent estimate)."""
+    result = gradient_heatmaps(network, train, sigma, args.reference_samples, seed, args.batch_size,
+                               args.products_per_pass, sampling="systematic", labels=labels)
+    return {"same_channel": result.same_channel.float().cpu()}
+
+
+def reference_evidence(shipped: torch.Tensor, reference: torch.Tensor, sigma: float, n_samples: int) -> dict:
+    """How far the file's map [H, W, H, W] at one sigma is from a high-z reference there: relative distance and
+    PSPC-Flex crop IoU at IOU_THRESHOLDS (the heatmap file's reference_* arrays)."""
+    return {"reference_sigma": torch.tensor(sigma), "reference_n_samples": torch.tensor(n_samples),
+            "reference_distance": torch.tensor(relative_distance(shipped, reference)),
+            "reference_iou": torch.tensor([mask_iou(shipped, reference, lam) for lam in IOU_THRESHOLDS]),
+            "iou_thresholds": torch.tensor(IOU_THRESHOLDS)}
 
 
 def check_adaptive_options(args: argparse.Namespace) -> None:

@@ -249,11 +249,16 @@ def heatmaps_section(results: dict, folder: Path) -> str:
     def count(value):
         return f"{min(value)}-{max(value)} (chosen per sigma)" if isinstance(value, list) else value
 
-    parts = [table_html(["network", "source", "z per sigma", "command"],
-                        [[name, table["source"], count(table["n_samples"]), table["command"]]
-                         for name, table in results["heatmaps"].items()])]
+    def own(value):
+        return {True: "yes (checkpoint fingerprint)", False: "no", None: "not recorded in the file"}[value]
+
+    parts = [table_html(["network", "source", "computed from this checkpoint", "z per sigma", "command"],
+                        [[name, table["source"], own(table.get("matches_network")), count(table["n_samples"]),
+                          table["command"]] for name, table in results["heatmaps"].items()])]
     for name, table in results["heatmaps"].items():
         convergence = table.get("convergence") or {}
+        if "reference_distance" in convergence:
+            parts.append(text_html(reference_note(name, convergence), note=True))
         if "flex_change" not in convergence:
             continue
         parts.append(text_html(convergence_note(name, convergence), note=True))
@@ -265,24 +270,32 @@ def heatmaps_section(results: dict, folder: Path) -> str:
 
 
 def convergence_note(name: str, convergence: dict) -> str:
-    """How the z count was chosen, and the high-z reference comparison when there is one."""
+    """How the z count was chosen and at how many sigmas the criterion held (its tolerance is in the command)."""
     met = sum(bool(value) for value in convergence["converged"])
-    note = (f"{name}: z doubled per sigma until PSPC-Flex's MSE to the network at the fitted threshold changed by "
-            f"less than 2 % (met at {met} of {len(convergence['converged'])} sigmas).")
-    if "reference_distance" in convergence:
-        ious = ", ".join(f"{iou:.2f}" for iou in convergence["reference_iou"])
-        note += (f" At sigma = {convergence['reference_sigma']:.3g} the shipped map is "
-                 f"{100 * convergence['reference_distance']:.1f} % (relative norm) from a "
-                 f"{convergence['reference_n_samples']}-z reference; crop IoU with it {ious} at thresholds "
-                 f"{', '.join(f'{t:g}' for t in convergence['iou_thresholds'])}.")
-    return note
+    return (f"{name}: z doubled per sigma until PSPC-Flex's MSE to the network at the fitted threshold changed by "
+            f"less than {tolerance_text(convergence)} (met at {met} of {len(convergence['converged'])} sigmas; "
+            "where it was not met, the z count stopped at the command's --n-samples).")
+
+
+def tolerance_text(convergence: dict) -> str:
+    """The convergence criterion's tolerance as a percentage (files written before it was recorded used 2 %)."""
+    return f"{100 * convergence.get('tolerance', 0.02):g} %"
+
+
+def reference_note(name: str, convergence: dict) -> str:
+    """How far the file's map is from its high-z reference at one sigma."""
+    ious = ", ".join(f"{iou:.2f}" for iou in convergence["reference_iou"])
+    return (f"{name}: at sigma = {convergence['reference_sigma']:.3g} the map used here is "
+            f"{100 * convergence['reference_distance']:.1f} % (relative norm) from an independent "
+            f"{convergence['reference_n_samples']}-z reference; their PSPC-Flex crops agree with IoU {ious} at "
+            f"thresholds {', '.join(f'{t:g}' for t in convergence['iou_thresholds'])}.")
 
 
 def convergence_rows(sigmas: list[float], table: dict) -> tuple[list[str], list[list]]:
     """Header and one row per sigma of the convergence evidence."""
     convergence, counts = table["convergence"], table["n_samples"]
     thresholds = convergence["iou_thresholds"]
-    header = ["sigma", "z", "PSPC-Flex MSE change on doubling", "fitted threshold", "criterion < 2 %",
+    header = ["sigma", "z", "PSPC-Flex MSE change on doubling", "fitted threshold", f"criterion < {tolerance_text(convergence)}",
               "bootstrap SE / |map|", *[f"half-split crop IoU at {t:g}" for t in thresholds]]
     rows = [[sigma, counts[level] if isinstance(counts, list) else counts, convergence["flex_change"][level],
              convergence["flex_fitted_threshold"][level], bool(convergence["converged"][level]),

@@ -86,7 +86,8 @@ def figure_heatmap_convergence(sigmas: list[float], table: dict, name: str, path
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(sigmas, convergence["flex_change"], "o-", label="PSPC-Flex MSE change on doubling z")
     left.plot(sigmas, convergence["relative_se"], "s-", label="bootstrap SE / |map|")
-    left.axhline(0.02, color="gray", linestyle=":", label="2 % criterion")
+    tolerance = convergence.get("tolerance", 0.02)  # files written before it was recorded used 2 %
+    left.axhline(tolerance, color="gray", linestyle=":", label=f"{100 * tolerance:g} % criterion")
     counts = table["n_samples"] if isinstance(table["n_samples"], list) else [table["n_samples"]] * len(sigmas)
     for sigma, count, change in zip(sigmas, counts, convergence["flex_change"]):
         left.annotate(str(count), (sigma, change), fontsize=6, textcoords="offset points", xytext=(0, 4))

@@ -101,7 +101,7 @@ from denoiserlab.studies.gaussian_structure.stages import (
     stage_score_errors,
     stage_trajectory,
 )
-from denoiserlab.studies.locality.heatmaps import read_heatmaps_file
+from denoiserlab.studies.locality.heatmaps import check_heatmaps_network, read_heatmaps_file
 from denoiserlab.validation import check_device
 
 ARRAYS_FILE = "arrays.safetensors"  # images the report draws (studies.common.cache.write_value: no pickle)
@@ -118,6 +118,10 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
     datasets: dict[str, StudyData] = {}
     networks = {entry.name: load_study_network(entry.name, entry.path, entry.trust_pickle, entry.options,
                                                config.data, config.device, datasets) for entry in config.networks}
+    for entry in config.networks[:1]:  # PSPC-Flex's masks come from the first network's heatmaps: its own
+        if entry.heatmaps is not None:
+            check_heatmaps_network(read_heatmaps_file(heatmaps_path(entry.heatmaps)),
+                                   networks[entry.name].key["fingerprint"], entry.heatmaps, entry.name)
     studies = {name: study_network(ctx, network) for name, network in networks.items()}
     first_data = next(iter(networks.values())).data if networks else None
     denoiser_linearity = {} if first_data is None else analytical_linearity(ctx, first_data)

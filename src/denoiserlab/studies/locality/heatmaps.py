@@ -5,13 +5,15 @@ float32 [L, H, W, H, W] (indexed [sigma, y, x, y', x'], output pixel first) in b
 
 Heatmap files (to ship precomputed heatmaps instead of recomputing them): `.npz` or `.pt` holding
 `sigmas` float64 [L] (high -> low), `same_channel` float16 [L, H, W, H, W], optionally `all_channels` (same shape),
-`n_samples` (z per sigma: one number, or int64 [L] when the count was chosen per sigma) and `command` (the
-command line that made them); for one-channel images, where both readings coincide, only `same_channel` is stored,
+`n_samples` (z per sigma: one number, or int64 [L] when the count was chosen per sigma), `command` (the
+command line that made them) and `network_fingerprint` (studies.common.cache.file_fingerprint of the checkpoint
+they were computed from; a study refuses a file whose fingerprint is not its network's, and reports files without
+one as unverified); for one-channel images, where both readings coincide, only `same_channel` is stored,
 with `readings_equal` = True. A study reads such a file when a network's `heatmaps` key names it; its sigmas must
 contain every sigma of the study grid (relative tolerance 1e-6).
 
-Optional convergence evidence (`denoiserlab heatmaps --until-converged`; analysis.heatmap_convergence), per sigma
-[L]: `converged` (bool: the downstream criterion held), `flex_change` (relative change of PSPC-Flex's MSE to the
+Optional convergence evidence (`denoiserlab heatmaps --until-converged`; analysis.heatmap_convergence): the
+criterion's `tolerance` (a relative change), and per sigma [L] `converged` (bool: the downstream criterion held), `flex_change` (relative change of PSPC-Flex's MSE to the
 network at the fitted threshold when the z count doubled), `flex_fitted_threshold`, `relative_se` (bootstrap
 standard error of the map over its norm), `half_iou` [L, T] (crop IoU of two half estimates at `iou_thresholds`
 [T]), `running_distances` [L, K] (distance of the mean over the first `running_counts` [K] groups of z to the
@@ -36,11 +38,13 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.locality.config import HeatmapConfig
 
 READINGS = ("same_channel", "all_channels")
-CONVERGENCE_KEYS = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "iou_thresholds",
+CONVERGENCE_KEYS = ("tolerance", "converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "iou_thresholds",
                     "running_counts", "running_distances", "reference_sigma", "reference_n_samples",
                     "reference_distance", "reference_iou")
 PER_SIGMA_KEYS = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "running_distances")
-FILE_KEYS = ("sigmas", *READINGS, "readings_equal", "n_samples", "command", *CONVERGENCE_KEYS)  # what is read
+FILE_KEYS = ("sigmas", *READINGS, "readings_equal", "n_samples", "command", "network_fingerprint",
+             *CONVERGENCE_KEYS)  # what is read
+TEXT_KEYS = ("command", "network_fingerprint")
 
 
 def compute_heatmaps(den, train: Tensor, sigmas: Tensor, config: HeatmapConfig, seed: int,
@@ -56,8 +60,9 @@ def compute_heatmaps(den, train: Tensor, sigmas: Tensor, config: HeatmapConfig, 
             "n_samples": config.n_samples}
 
 
-def save_heatmaps_file(path: str | Path, heatmaps: dict, command: str) -> Path:
-    """Write heatmaps (as from compute_heatmaps) as a float16 .npz or .pt heatmap file (module docstring)."""
+def save_heatmaps_file(path: str | Path, heatmaps: dict, command: str, network_fingerprint: str | None = None) -> Path:
+    """Write heatmaps (as from compute_heatmaps) as a float16 .npz or .pt heatmap file (module docstring), with the
+    fingerprint of the network they came from when given."""
     path = Path(path)
     arrays = {"sigmas": heatmaps["sigmas"].double(), "n_samples": torch.as_tensor(heatmaps["n_samples"]),
               **{reading: heatmaps[reading].half() for reading in READINGS if reading in heatmaps},
@@ -65,11 +70,13 @@ def save_heatmaps_file(path: str | Path, heatmaps: dict, command: str) -> Path:
     if "all_channels" in arrays and torch.equal(arrays["all_channels"], arrays["same_channel"]):
         del arrays["all_channels"]  # one-channel images: the readings coincide, stored once
         arrays["readings_equal"] = torch.tensor(True)
+    texts = {"command": command, **({"network_fingerprint": network_fingerprint} if network_fingerprint else {})}
     if path.suffix == ".npz":
         numpy_arrays = {key: value.numpy() for key, value in arrays.items()}
-        return atomic_write(path, lambda temp: write_npz(temp, command=np.array(command), **numpy_arrays))
+        texts = {key: np.array(value) for key, value in texts.items()}
+        return atomic_write(path, lambda temp: write_npz(temp, **texts, **numpy_arrays))
     if path.suffix == ".pt":
-        return atomic_write(path, lambda temp: torch.save({**arrays, "command": command}, temp))
+        return atomic_write(path, lambda temp: torch.save({**arrays, **texts}, temp))
     raise DenoiserLabError(f"heatmap files end in .npz or .pt, got {str(path)!r}")
 
 
@@ -88,7 +95,7 @@ def read_heatmaps_file(path: str | Path) -> dict:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             table = {key: archive[key] for key in archive.files if key in FILE_KEYS}
-        table = {key: (str(value) if key == "command" else torch.from_numpy(value)) for key, value in table.items()}
+        table = {key: (str(value) if key in TEXT_KEYS else torch.from_numpy(value)) for key, value in table.items()}
     elif path.suffix == ".pt":
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(loaded, dict):
@@ -104,8 +111,22 @@ def read_heatmaps_file(path: str | Path) -> dict:
         table["all_channels"] = table["same_channel"]
     table["n_samples"] = n_samples_value(table["n_samples"]) if "n_samples" in table else None
     table["command"] = str(table.get("command", "unknown"))
+    table["network_fingerprint"] = str(table["network_fingerprint"]) if "network_fingerprint" in table else None
     table["convergence"] = {key: table.pop(key) for key in CONVERGENCE_KEYS if key in table}
     return table
+
+
+def check_heatmaps_network(table: dict, network_fingerprint: str, spec: str, network_name: str) -> bool | None:
+    """Whether a heatmap file (as read by read_heatmaps_file) was computed from this network: True, None when the
+    file does not say (older files), and an error naming both when it was computed from another checkpoint."""
+    recorded = table["network_fingerprint"]
+    if recorded is None:
+        return None
+    if recorded != network_fingerprint:
+        raise DenoiserLabError(f"heatmap file {spec!r} was computed from another checkpoint (fingerprint {recorded})"
+                               f" than network {network_name!r} ({network_fingerprint}); recompute it with"
+                               " `denoiserlab heatmaps --network ...` or name the matching file")
+    return True
 
 
 def n_samples_value(value: Tensor) -> int | list[int]:

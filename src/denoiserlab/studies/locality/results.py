@@ -188,9 +188,11 @@ def fitting_table(fitting: dict, process: str) -> dict:
 
 
 def heatmap_summary(heatmaps: dict) -> dict:
-    """Where the heatmaps came from, their spatial extent (pixels holding 90% of the mass) per sigma, and the
+    """Where the heatmaps came from, whether they are the network's own (True; None: the file does not say), their
+    spatial extent (pixels holding 90% of the mass) per sigma, and the
     evidence of their convergence when the heatmap file carries it (plain lists; see studies.locality.heatmaps)."""
     return {"source": heatmaps["source"], "command": heatmaps["command"], "n_samples": heatmaps["n_samples"],
+            "matches_network": heatmaps.get("matches_network"),
             "extent": {reading: heatmap_extent(heatmaps[reading]).tolist()
                        for reading in READINGS if reading in heatmaps},
             "convergence": {key: value.tolist() if hasattr(value, "tolist") else value

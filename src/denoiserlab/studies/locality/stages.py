@@ -17,7 +17,8 @@ from denoiserlab.config import to_dict
 from denoiserlab.studies.common.cache import StageCache, file_fingerprint
 from denoiserlab.studies.common.inputs import LoadedNetwork, TrainingData, heatmaps_path
 from denoiserlab.studies.locality.config import LocalityStudyConfig
-from denoiserlab.studies.locality.heatmaps import compute_heatmaps, heatmaps_on_grid, read_heatmaps_file
+from denoiserlab.studies.locality.heatmaps import (check_heatmaps_network, compute_heatmaps, heatmaps_on_grid,
+                                                   read_heatmaps_file)
 from denoiserlab.studies.locality.sets import forward_set, outputs_on, reverse_set, samples_from, shared_noise
 
 FIT_SEED_OFFSET = 1_000_003  # the fitting sets' seed = evaluation seed + this, so fitting and evaluation differ
@@ -97,14 +98,16 @@ def stage_heatmaps(ctx: StudyContext, network: LoadedNetwork) -> dict:
     spec = network.config.heatmaps
     if spec is not None:
         path = heatmaps_path(spec)
-        table = heatmaps_on_grid(read_heatmaps_file(path), ctx.sigmas, tuple(ctx.data.images.shape[1:]), spec)
-        return {**table, "source": spec, "key": {"file": file_fingerprint(path)}}
+        file = read_heatmaps_file(path)
+        matches = check_heatmaps_network(file, network.key["fingerprint"], spec, network.config.name)
+        table = heatmaps_on_grid(file, ctx.sigmas, tuple(ctx.data.images.shape[1:]), spec)
+        return {**table, "source": spec, "key": {"file": file_fingerprint(path)}, "matches_network": matches}
     config = ctx.config.heatmaps
     key = {**ctx.grid_key, "network": network.key, "heatmaps": to_dict(config), "seed": ctx.config.evaluation.seed}
     computed = ctx.cache.run(f"heatmaps-{network.config.name}", key, lambda: compute_heatmaps(
         network.module, ctx.data.images, ctx.sigmas, config, ctx.config.evaluation.seed, ctx.config.device,
         ctx.progress))
-    return {**computed, "source": "computed", "command": "denoiserlab study", "key": key}
+    return {**computed, "source": "computed", "command": "denoiserlab study", "key": key, "matches_network": True}
 
 
 def stage_samples(ctx: StudyContext, label: str, method_key: dict, make_denoiser: Callable) -> Tensor:

@@ -79,7 +79,8 @@ from denoiserlab.studies.common.methods import (
 )
 from denoiserlab.studies.locality.config import LocalityStudyConfig
 from denoiserlab.studies.locality.fitting import mse_per_sigma
-from denoiserlab.studies.locality.heatmaps import READINGS, heatmaps_on_grid, read_heatmaps_file, save_heatmaps_file
+from denoiserlab.studies.locality.heatmaps import (READINGS, check_heatmaps_network, heatmaps_on_grid,
+                                                   read_heatmaps_file, save_heatmaps_file)
 from denoiserlab.studies.locality.metrics import comparison_per_sigma
 from denoiserlab.studies.locality.results import assemble_results, sample_numbers
 from denoiserlab.studies.locality.stages import (
@@ -149,9 +150,10 @@ def open_study(config: LocalityStudyConfig, out: Path, log: Callable[[str], None
     image_shape = tuple(data.images.shape[1:])
     for network in networks.values():
         check_image_shape(network, image_shape)
-        if network.config.heatmaps is not None:  # the file reads and covers the grid
-            heatmaps_on_grid(read_heatmaps_file(heatmaps_path(network.config.heatmaps)), config.sigmas.grid(),
-                             image_shape, network.config.heatmaps)
+        if network.config.heatmaps is not None:  # the file reads, covers the grid and is this network's
+            table = read_heatmaps_file(heatmaps_path(network.config.heatmaps))
+            heatmaps_on_grid(table, config.sigmas.grid(), image_shape, network.config.heatmaps)
+            check_heatmaps_network(table, network.key["fingerprint"], network.config.heatmaps, network.config.name)
     for spec in specs:
         if "rank" in spec.options and spec.options["rank"] is not None:
             check_rank(spec.options["rank"], image_shape[0] * image_shape[1] * image_shape[2])
@@ -236,7 +238,8 @@ def keep_heatmaps_file(ctx: StudyContext, name: str, heatmaps: dict) -> None:
         heatmap_config = ctx.config.heatmaps
         command = (f"{' '.join(sys.argv)}  # heatmaps of network {name!r}: n_samples={heatmap_config.n_samples},"
                    f" seed={ctx.config.evaluation.seed}")
-        save_heatmaps_file(path, {key: heatmaps[key] for key in ("sigmas", "n_samples", *READINGS)}, command)
+        save_heatmaps_file(path, {key: heatmaps[key] for key in ("sigmas", "n_samples", *READINGS)}, command,
+                           ctx.networks[name].key["fingerprint"])
 
 
 def comparison_tables(ctx: StudyContext, methods: dict[str, Method], set_name: str, set_key: dict, z: Tensor,
