@@ -201,33 +201,41 @@ def test_streamed_gaussian_equals_float_tensor_and_float64_reference(tmp_path, f
     assert dataset_fingerprint(training_source(train, xflip)) == dataset_fingerprint(flipped)
 
 
+@pytest.mark.parametrize("method", ["pspc_square", "pspc_flex"])
 @pytest.mark.parametrize("kernel", ["eager", "compiled"])
-@pytest.mark.parametrize("cache_bytes", [0, 1 << 29])  # compiled: recompute crop distances in pass 2, or keep them
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 28])  # recompute crop distances in pass 2, or keep them
 @pytest.mark.parametrize("xflip", [False, True])
-def test_streamed_pspc_square_equals_ram_and_float64_reference(tmp_path, monkeypatch, float_conversions, kernel,
-                                                               cache_bytes, xflip):
-    from test_pspc import compiled_kernel_available, reference_composite, square_crops
+def test_streamed_pspc_equals_ram_and_float64_reference(tmp_path, monkeypatch, float_conversions, method, kernel,
+                                                        cache_bytes, xflip):
+    from test_pspc import compiled_kernel_available, random_masks, reference_composite, square_crops
 
-    from denoiserlab.denoisers import PSPCSquare, pspc_kernel
+    from denoiserlab.denoisers import PSPCFlex, PSPCSquare, pspc_flex, pspc_kernel
 
     if kernel == "compiled" and not compiled_kernel_available():
         pytest.skip("C kernel cannot be built here")
     monkeypatch.setattr(pspc_kernel, "LOGIT_CACHE_BYTES", cache_bytes)
+    monkeypatch.setattr(pspc_flex, "LOGIT_CACHE_BYTES", cache_bytes)
     train = memmapped_set(tmp_path, 37, (3, 6, 5), channels_last=True)  # 37: chunks of 16, 16 and a partial 5
     floats = train.as_float()
     flipped = torch.cat([floats, floats.flip(-1)]) if xflip else floats
+    masks = random_masks(9, 6, 5, 1)
+    crops = square_crops(6, 5, 3) if method == "pspc_square" else list(masks)
+
+    def build(storage):
+        options = dict(xflip=xflip, kernel=kernel, chunk_size=16, storage=storage)
+        return PSPCSquare(train, 3, **options) if method == "pspc_square" else PSPCFlex(train, masks, **options)
+
     generator = torch.Generator().manual_seed(3)
     x = flipped[[2, 20, 36]] + 0.002 * torch.randn(3, 3, 6, 5, generator=generator)
     for sigma in QUERY_SIGMAS:
         sigmas = sigma if isinstance(sigma, torch.Tensor) else torch.full((3,), sigma)
         float_conversions.clear()
-        streamed = PSPCSquare(train, 3, xflip=xflip, kernel=kernel, chunk_size=16, storage="stream")
+        streamed = build("stream")
         out = streamed(x, sigma)
         assert streamed.storage_ == "stream" and not hasattr(streamed, "images_")
         assert max(float_conversions) <= 16  # chunks only: never a float copy of the set
-        ram = PSPCSquare(train, 3, xflip=xflip, kernel=kernel, chunk_size=16, storage="ram")(x, sigma)
-        torch.testing.assert_close(out, ram, rtol=0, atol=1e-6)
-        reference = reference_composite(x, sigmas, flipped, square_crops(6, 5, 3))
+        torch.testing.assert_close(out, build("ram")(x, sigma), rtol=0, atol=1e-6)
+        reference = reference_composite(x, sigmas, flipped, crops)
         torch.testing.assert_close(out.double(), reference, rtol=0, atol=2e-5)
 
 

@@ -26,10 +26,16 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.flex_masks import masks_from_heatmaps
-from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
+from denoiserlab.denoisers.pspc_square import KERNELS, eager_training_images, kernel_numerators, use_compiled_kernel
 from denoiserlab.denoisers.schedules import Tunable
 from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
-from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.denoisers.training_set import (
+    DeviceCopies,
+    TrainingImages,
+    check_storage,
+    resolve_storage,
+    training_source,
+)
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_finite_output,
@@ -48,7 +54,10 @@ class PSPCFlexConfig:
     masks: Tensor | Callable[[float], Tensor]  # bool [K, H, W] crops, or a schedule sigma -> such a tensor
     xflip: bool = False  # also use the horizontal flip of every training image
     kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (two GEMMs, any device), "auto": compiled on CPU
-    chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB)
+    # training images per chunk (None: about 32 MiB of intermediates on the eager path, of float32 lanes on the
+    # compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
+    chunk_size: int | None = None
+    storage: str = "auto"  # "ram", "stream" or "auto", as PSPCSquareConfig.storage (same results)
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -58,6 +67,7 @@ class PSPCFlexConfig:
                                    f"got {type(self.masks).__name__}")
         check_optional_count(self.chunk_size, "chunk_size")
         check_flag(self.xflip, "xflip")
+        check_storage(self.storage)
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,11 @@ def unique_crops(masks: Tensor) -> CropSet:
 
 
 class PSPCFlex:
-    """PSPC-Flex denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their mask tensor)."""
+    """PSPC-Flex denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their mask tensor).
+
+    Memory as PSPCSquare (see its docstring), with K the number of distinct crops: storage="stream" holds nothing
+    per training image, and a compiled call adds one chunk (8 n D bytes) plus the kernel's per-crop state.
+    """
 
     config_class = PSPCFlexConfig
     # the heatmap threshold lambda (flex_masks) that a study turns into `masks` per sigma from a network's heatmaps
@@ -111,15 +125,19 @@ class PSPCFlex:
                       needs=("heatmaps",), realise=masks_from_heatmaps, legacy_names=("thresholds", "flex"))
 
     def __init__(self, train: Tensor | ImageSet, masks: Tensor | Callable[[float], Tensor], xflip: bool = False,
-                 kernel: str = "auto", chunk_size: int | None = None):
-        self.config = PSPCFlexConfig(masks=masks, xflip=xflip, kernel=kernel, chunk_size=chunk_size)
-        self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
-        self.image_shape_ = tuple(self.images_.shape[1:])
+                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto"):
+        self.config = PSPCFlexConfig(masks=masks, xflip=xflip, kernel=kernel, chunk_size=chunk_size, storage=storage)
+        source = training_source(train, xflip)
+        self.image_shape_ = source.image_shape
         if isinstance(masks, Tensor):
             check_masks(masks, self.image_shape_[1:])
-        self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+        self.storage_ = resolve_storage(storage, train, source, bytes_per_value=8)  # "ram" or "stream"
+        self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
+        if self.storage_ == "ram":
+            self.images_ = source.read(0, len(source)).contiguous()  # [N, C, H, W] float32, CPU
+            self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+            self._device_copies = DeviceCopies(self.images_)
         self._crop_sets = []  # (mask tensor, CropSet, KernelCrops or None) for the mask tensors seen so far
-        self._device_copies = DeviceCopies(self.images_)
 
     def masks_at(self, sigma: float) -> Tensor:
         """The checked bool [K, H, W] crops used at noise level sigma."""
@@ -142,12 +160,9 @@ class PSPCFlex:
         """The composite over crop set `index`. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
         crops = self._crop_sets[index][1]
         if not use_compiled_kernel(self, x.device, "PSPC-Flex"):
-            (images,) = self._device_copies.on(x.device)
-            return flex_composite(x, sigma, images, crops.to(x.device), self.config.chunk_size)
-        if self.lanes_ is None:
-            self.lanes_ = pspc_kernel.training_lanes(self.images_)
-        numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma,
-                                                      self._crop_sets[index][2], torch.get_num_threads())
+            train = eager_training_images(self, x.device)
+            return flex_composite(x, sigma, train, crops.to(x.device), self.config.chunk_size)
+        numerators = kernel_numerators(self, x, sigma, self._crop_sets[index][2])
         coverage = crops.coverage.double().reshape(x.shape[2:])
         return torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double())
 
@@ -166,17 +181,21 @@ def default_flex_chunk(batch: int, n_pixels: int, n_crops: int, bytes_per_chunk:
     return max(1, bytes_per_chunk // (4 * batch * max(n_pixels, n_crops)))
 
 
-def flex_composite(x: Tensor, sigma: Tensor, train: Tensor, crops: CropSet, chunk_size: int | None = None) -> Tensor:
-    """PSPC-Flex composite. x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W]; returns float64 [B, C, H, W]."""
+def flex_composite(x: Tensor, sigma: Tensor, train: TrainingImages, crops: CropSet,
+                   chunk_size: int | None = None) -> Tensor:
+    """PSPC-Flex composite. x: [B, C, H, W]; sigma: [B]; train: the N training images, read a chunk at a time on x's
+    device (a float tensor [N, C, H, W] there: TrainingImages(images, False)); returns float64 [B, C, H, W]."""
     queries = x.float().flatten(2)  # [B, C, H*W]
-    train_pixels = train.flatten(2)  # [N, C, H*W]
     inv_two_var = pspc_kernel.inverse_two_variance(sigma).to(x.device)  # g = 1 / (2 sigma^2), capped
     chunk_size = chunk_size or default_flex_chunk(x.shape[0], queries.shape[2], crops.masks.shape[0])
-    starts = range(0, train.shape[0], chunk_size)
-    keep = 4 * x.shape[0] * train.shape[0] * crops.masks.shape[0] <= LOGIT_CACHE_BYTES
+    starts = range(0, len(train), chunk_size)
+    keep = 4 * x.shape[0] * len(train) * crops.masks.shape[0] <= LOGIT_CACHE_BYTES
+
+    def train_pixels(start: int) -> Tensor:  # [n, C, H*W]
+        return train.read(start, start + chunk_size, x.device).flatten(2)
 
     def distances_of(start: int) -> Tensor:
-        chunk = train_pixels[start : start + chunk_size]
+        chunk = train_pixels(start)
         pixel_distances = (queries[:, None] - chunk[None]).square().sum(2)  # [B, n, H*W]
         return pixel_distances @ crops.masks.T  # [B, n, U], sums of non-negative terms
 
@@ -196,7 +215,7 @@ def flex_composite(x: Tensor, sigma: Tensor, train: Tensor, crops: CropSet, chun
     for start in starts:
         distances = kept.pop(start) if keep else distances_of(start)
         pixel_weights = (torch.exp(-(distances - crop_min) * g) / crop_sum) @ crop_weights  # [B, n, H*W]
-        numerators += (pixel_weights[:, :, None] * train_pixels[start : start + chunk_size]).sum(1, dtype=torch.float64)
+        numerators += (pixel_weights[:, :, None] * train_pixels(start)).sum(1, dtype=torch.float64)
     coverage = crops.coverage.double()
     composite = torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double().flatten(2))
     return composite.reshape(x.shape)

@@ -134,23 +134,29 @@ class PSPCSquare:
     def composite(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
         """The composite for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
         if use_compiled_kernel(self, x.device, "PSPC-Square"):
-            return self._composite_compiled(x, sigma, size)
-        train = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0], False)
-        return square_composite(x, sigma, train, size, self.config.chunk_size)
+            numerators = kernel_numerators(self, x, sigma, pspc_kernel.square_crops(x.shape[2], x.shape[3], size))
+            return numerators / windows_per_pixel(*x.shape[2:], size)
+        return square_composite(x, sigma, eager_training_images(self, x.device), size, self.config.chunk_size)
 
-    def _composite_compiled(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
-        crops = pspc_kernel.square_crops(x.shape[2], x.shape[3], size)
-        threads = torch.get_num_threads()
-        if self.storage_ == "stream":
-            chunk_images = pspc_kernel.streamed_chunk_images(self.image_shape_, self.config.chunk_size)
-            numerators = pspc_kernel.composite_numerators_streamed(x, self.train_, sigma, crops, threads,
-                                                                   chunk_images)
-        else:
-            if self.lanes_ is None:
-                self.lanes_ = pspc_kernel.training_lanes(self.images_)
-            numerators = pspc_kernel.composite_numerators(x, self.lanes_, self.images_.shape[0], sigma, crops,
-                                                          threads)
-        return numerators / windows_per_pixel(*x.shape[2:], size)
+
+def kernel_numerators(denoiser, x: Tensor, sigma: Tensor, crops: pspc_kernel.KernelCrops) -> Tensor:
+    """The C kernel's composite numerators, float64 [B, C, H, W], for a PSPC denoiser (Square or Flex) in either
+    storage: read chunk by chunk from its storage, or from the lanes of its in-RAM images (built on first use)."""
+    threads = torch.get_num_threads()
+    if denoiser.storage_ == "stream":
+        chunk_images = pspc_kernel.streamed_chunk_images(denoiser.image_shape_, denoiser.config.chunk_size)
+        return pspc_kernel.composite_numerators_streamed(x, denoiser.train_, sigma, crops, threads, chunk_images)
+    if denoiser.lanes_ is None:
+        denoiser.lanes_ = pspc_kernel.training_lanes(denoiser.images_)
+    return pspc_kernel.composite_numerators(x, denoiser.lanes_, denoiser.images_.shape[0], sigma, crops, threads)
+
+
+def eager_training_images(denoiser, device: torch.device) -> TrainingImages:
+    """The training set a PSPC denoiser's eager path reads on `device`: its storage when streaming, else its
+    in-RAM float32 images (copied to `device` once)."""
+    if denoiser.storage_ == "stream":
+        return denoiser.train_
+    return TrainingImages(denoiser._device_copies.on(device)[0], xflip=False)
 
 
 def use_compiled_kernel(denoiser, device: torch.device, name: str,
