@@ -114,17 +114,19 @@ def memmapped_set(tmp_path, n_images, shape, seed=0, channels_last=False):
 
 
 @pytest.fixture
-def float_conversions(monkeypatch):
-    """Record the number of images of every uint8 -> float conversion the denoisers' training sets make."""
-    from denoiserlab.denoisers import training_set
+def reads(monkeypatch):
+    """Record the number of images of every read the denoisers make of their training sets' storage."""
+    from denoiserlab.denoisers.training_set import TrainingImages
 
     sizes = []
+    read_stored = TrainingImages.read_stored
 
-    def recording(images):
+    def recording(self, start, stop, device="cpu"):
+        images = read_stored(self, start, stop, device)
         sizes.append(images.shape[0])
-        return uint8_to_float(images)
+        return images
 
-    monkeypatch.setattr(training_set, "uint8_to_float", recording)
+    monkeypatch.setattr(TrainingImages, "read_stored", recording)
     return sizes
 
 
@@ -133,7 +135,7 @@ QUERY_SIGMAS = [0.002, torch.tensor([0.002, 0.3, 5.0])]  # one sigma for all, an
 
 @pytest.mark.parametrize("sigma", QUERY_SIGMAS, ids=["0.002", "per-sample"])
 @pytest.mark.parametrize("xflip", [False, True])
-def test_streamed_optimal_equals_ram_and_float64_reference(tmp_path, float_conversions, sigma, xflip):
+def test_streamed_optimal_equals_ram_and_float64_reference(tmp_path, reads, sigma, xflip):
     from test_exact_denoisers import optimal_reference
 
     from denoiserlab.denoisers import OptimalDenoiser
@@ -144,11 +146,11 @@ def test_streamed_optimal_equals_ram_and_float64_reference(tmp_path, float_conve
     generator = torch.Generator().manual_seed(1)
     x = flipped[[3, 11, 17]] + 0.01 * torch.randn(3, 3, 5, 4, generator=generator)  # near training images
     x[2] = torch.randn(3, 5, 4, generator=generator)
-    float_conversions.clear()
+    reads.clear()
     streamed = OptimalDenoiser(train, xflip=xflip, chunk_size=7, storage="stream")
     out = streamed(x, sigma)
     assert streamed.storage_ == "stream" and not hasattr(streamed, "train_flat_")
-    assert max(float_conversions) <= 7  # chunks only: never a float copy of the set
+    assert max(reads) <= 7  # chunks only: never the whole set at once
     ram = OptimalDenoiser(train, xflip=xflip, chunk_size=7, storage="ram")(x, sigma)
     sigmas = sigma.tolist() if isinstance(sigma, torch.Tensor) else [sigma] * 3
     torch.testing.assert_close(out.double(), optimal_reference(flipped, x, sigmas), rtol=0, atol=1e-6)
@@ -175,7 +177,7 @@ def test_storage_auto_and_bad_values(tmp_path, tiny_train, monkeypatch):
 
 
 @pytest.mark.parametrize("xflip", [False, True])
-def test_streamed_gaussian_equals_float_tensor_and_float64_reference(tmp_path, float_conversions, xflip):
+def test_streamed_gaussian_equals_float_tensor_and_float64_reference(tmp_path, reads, xflip):
     from test_exact_denoisers import gaussian_reference
 
     from denoiserlab.denoisers import GaussianDenoiser, gaussian
@@ -184,9 +186,9 @@ def test_streamed_gaussian_equals_float_tensor_and_float64_reference(tmp_path, f
     train = memmapped_set(tmp_path, 30, (1, 4, 5))
     floats = train.as_float()
     flipped = torch.cat([floats, floats.flip(-1)]) if xflip else floats
-    float_conversions.clear()
+    reads.clear()
     mean, covariance = gaussian.empirical_mean_covariance(training_source(train, xflip), chunk_images=7)
-    assert max(float_conversions) <= 7
+    assert max(reads) <= 7
     flat = flipped.double().flatten(1)
     reference = sum(torch.outer(row - flat.mean(0), row - flat.mean(0)) for row in flat) / len(flat)
     torch.testing.assert_close(mean, flat.mean(0), rtol=0, atol=1e-12)
@@ -205,7 +207,7 @@ def test_streamed_gaussian_equals_float_tensor_and_float64_reference(tmp_path, f
 @pytest.mark.parametrize("kernel", ["eager", "compiled"])
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 28])  # recompute crop distances in pass 2, or keep them
 @pytest.mark.parametrize("xflip", [False, True])
-def test_streamed_pspc_equals_ram_and_float64_reference(tmp_path, monkeypatch, float_conversions, method, kernel,
+def test_streamed_pspc_equals_ram_and_float64_reference(tmp_path, monkeypatch, reads, method, kernel,
                                                         cache_bytes, xflip):
     from test_pspc import compiled_kernel_available, random_masks, reference_composite, square_crops
 
@@ -229,11 +231,11 @@ def test_streamed_pspc_equals_ram_and_float64_reference(tmp_path, monkeypatch, f
     x = flipped[[2, 20, 36]] + 0.002 * torch.randn(3, 3, 6, 5, generator=generator)
     for sigma in QUERY_SIGMAS:
         sigmas = sigma if isinstance(sigma, torch.Tensor) else torch.full((3,), sigma)
-        float_conversions.clear()
+        reads.clear()
         streamed = build("stream")
         out = streamed(x, sigma)
         assert streamed.storage_ == "stream" and not hasattr(streamed, "images_")
-        assert max(float_conversions) <= 16  # chunks only: never a float copy of the set
+        assert max(reads) <= 16  # chunks only: never the whole set at once
         torch.testing.assert_close(out, build("ram")(x, sigma), rtol=0, atol=1e-6)
         reference = reference_composite(x, sigmas, flipped, crops)
         torch.testing.assert_close(out.double(), reference, rtol=0, atol=2e-5)
@@ -246,3 +248,15 @@ def test_streamed_chunks_are_whole_blocks_of_the_kernel():
     assert streamed_chunk_images((1, 28, 28), 17) == 2 * LANES
     assert streamed_chunk_images((1, 28, 28)) % LANES == 0
     assert streamed_chunk_images((1, 28, 28)) * 4 * 784 <= (1 << 25) + 4 * 784 * LANES  # about 32 MiB of lanes
+
+
+def test_lanes_from_uint8_equal_lanes_from_float_with_zero_padding():
+    from denoiserlab.denoisers.pspc_kernel import training_lanes
+
+    images = torch.from_numpy(random_uint8((37, 3, 4, 5)))
+    expected = training_lanes(uint8_to_float(images))
+    buffer = torch.full((4, 3, 4, 5, 16), float("nan"))  # a reused buffer: every value must be written
+    for lanes in (training_lanes(images), training_lanes(images, blocks_per_copy=1),
+                  training_lanes(images, out=buffer)):
+        assert lanes.shape == (3, 3, 4, 5, 16) and torch.equal(lanes, expected)
+    assert torch.equal(expected[2, ..., 5:], torch.zeros(3, 4, 5, 11))

@@ -42,7 +42,13 @@ def uint8_to_float(images: Tensor) -> Tensor:
     """uint8 [..] in 0..255 -> contiguous float32 [..] in [-1, 1] (x / 127.5 - 1, whatever the input's strides)."""
     images = torch.as_tensor(images)
     check_memory(4 * images.numel(), f"{tuple(images.shape)} images as float32")
-    return images.to(torch.float32, memory_format=torch.contiguous_format) / 127.5 - 1.0
+    return scale_to_unit_range_(images.to(torch.float32, memory_format=torch.contiguous_format))
+
+
+def scale_to_unit_range_(values: Tensor) -> Tensor:
+    """In place: float32 pixel values 0..255 -> [-1, 1] as x / 127.5 - 1 (the conversion of `uint8_to_float`, for
+    callers that lay pixels out in their own buffer first); returns `values`."""
+    return values.div_(127.5).sub_(1.0)
 
 
 def float_to_uint8(images: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab.atomic import replacing
+from denoiserlab.data.imageset import scale_to_unit_range_
 from denoiserlab.denoisers.streaming_softmax import merge_nearest_sums
 from denoiserlab.denoisers.training_set import TrainingImages
 from denoiserlab.errors import DenoiserLabError
@@ -171,14 +172,16 @@ def check_status(statuses: list, what: str, kernel: str = "PSPC") -> None:
                                "batches")
 
 
-def training_lanes(images: Tensor, blocks_per_copy: int = 1024) -> Tensor:
-    """[N, C, H, W] float32 -> [ceil(N / 16), C, H, W, 16]: 16 training images side by side, zero padded.
+def training_lanes(images: Tensor, blocks_per_copy: int = 1024, out: Tensor | None = None) -> Tensor:
+    """[N, C, H, W] float32, or uint8 0..255 (converted as data.uint8_to_float: x / 127.5 - 1) -> float32
+    [ceil(N / 16), C, H, W, 16]: 16 training images side by side, zero padded.
 
-    Filled a slice of blocks at a time, so the only large allocation is the result itself.
+    Filled a slice of blocks at a time, so the only large allocation is the result itself; `out` (float32, at least
+    that many blocks) is filled instead and its first blocks returned, so that streamed chunks reuse one buffer.
     """
     n_images = images.shape[0]
     n_blocks = -(-n_images // LANES)
-    lanes = torch.zeros((n_blocks, *images.shape[1:], LANES), dtype=torch.float32)
+    lanes = torch.empty((n_blocks, *images.shape[1:], LANES)) if out is None else out[:n_blocks]
     for first in range(0, n_blocks, blocks_per_copy):
         chunk = images[first * LANES : (first + blocks_per_copy) * LANES]
         full, rest = divmod(chunk.shape[0], LANES)
@@ -186,6 +189,10 @@ def training_lanes(images: Tensor, blocks_per_copy: int = 1024) -> Tensor:
             lanes[first : first + full] = chunk[: full * LANES].unflatten(0, (full, LANES)).permute(0, 2, 3, 4, 1)
         if rest:
             lanes[first + full, ..., :rest] = chunk[full * LANES :].permute(1, 2, 3, 0)
+        if images.dtype == torch.uint8:
+            scale_to_unit_range_(lanes[first : first + full + (rest > 0)])
+        if rest:
+            lanes[first + full, ..., rest:] = 0.0
     return lanes
 
 
@@ -323,19 +330,22 @@ def composite_numerators_streamed(queries: Tensor, images: TrainingImages, sigma
     """Both passes over a training set read chunk by chunk: float64 [B, C, H, W] numerators, as
     `composite_numerators` on the whole set. queries: [B, C, H, W]; sigma: [B]; chunk_images: a multiple of LANES.
 
-    Each pass converts and lays out (`training_lanes`) one chunk at a time and drops it; pass 1's per-chunk nearest
-    distances and normalisers are merged exactly in float64 (`merge_nearest_sums`). Crop distances are those of the
-    whole-set call (same blocks of 16 images), so the result differs from it only in the order of float32 partial
-    sums (~1e-7 relative). Extra memory: 8 n D bytes for one chunk of n images of D values (float32 and lanes), plus
-    pass 1's distances [blocks, B, K, 16] when they fit in LOGIT_CACHE_BYTES, as in `composite_numerators`.
+    Each pass lays out (`training_lanes`, converting uint8 storage on the way) one chunk at a time into one buffer
+    reused for every chunk; pass 1's per-chunk nearest distances and normalisers are merged exactly in float64
+    (`merge_nearest_sums`). Crop distances are those of the whole-set call (same blocks of 16 images, same float32
+    values), so the result differs from it only in the order of float32 partial sums (~1e-7 relative). Extra
+    memory: 4 n D bytes for the buffer of n images of D values (+ n D stored values for a chunk with flips, + 4 n D
+    for one of float storage with flips), plus pass 1's distances [blocks, B, K, 16] when they fit in
+    LOGIT_CACHE_BYTES, as in `composite_numerators`.
     """
     inv_two_var = inverse_two_variance(sigma)
     n_train = len(images)
     distances = distance_cache(queries.shape[0], -(-n_train // LANES), crops.n_crops)  # None when too large
+    buffer = torch.empty((-(-min(chunk_images, n_train) // LANES), *images.image_shape, LANES))  # one chunk's lanes
 
     def chunks():  # (lanes, images in the chunk, its blocks of the distance cache or None), in order
         for start in range(0, n_train, chunk_images):
-            lanes = training_lanes(images.read(start, start + chunk_images))
+            lanes = training_lanes(images.read_stored(start, start + chunk_images), out=buffer)
             blocks = None if distances is None else distances[start // LANES : start // LANES + lanes.shape[0]]
             yield lanes, min(chunk_images, n_train - start), blocks
 

@@ -44,20 +44,22 @@ class TrainingImages:
 
     def read(self, start: int, stop: int, device: torch.device | str = "cpu") -> Tensor:
         """Images [start:stop] as float32 [n, C, H, W] on `device`; may be a view of float storage (do not write)."""
+        stored = self.read_stored(start, stop, device)
+        return uint8_to_float(stored) if stored.dtype == torch.uint8 else stored
+
+    def read_stored(self, start: int, stop: int, device: torch.device | str = "cpu") -> Tensor:
+        """Images [start:stop] in the storage's dtype (uint8 0..255, or float32) [n, C, H, W] on `device`, flipped
+        where the index is past N; a view of the storage when no flip is involved (do not write)."""
         n_stored = self.storage.shape[0]
-        pieces = [self._as_float(self.storage[start:stop].to(device))] if start < n_stored else []
+        pieces = [self.storage[start:stop].to(device)] if start < n_stored else []
         if self.xflip and stop > n_stored:
-            flipped = self.storage[max(start, n_stored) - n_stored : stop - n_stored].to(device)
-            pieces.append(self._as_float(flipped).flip(-1))
+            pieces.append(self.storage[max(start, n_stored) - n_stored : stop - n_stored].to(device).flip(-1))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def chunks(self, chunk_size: int, device: torch.device | str = "cpu") -> Iterator[Tensor]:
         """Yield `read` over consecutive chunks of `chunk_size` images: float32 [<= chunk_size, C, H, W]."""
         for start in range(0, len(self), chunk_size):
             yield self.read(start, start + chunk_size, device)
-
-    def _as_float(self, stored: Tensor) -> Tensor:
-        return uint8_to_float(stored) if stored.dtype == torch.uint8 else stored
 
 
 def training_source(train: Tensor | ImageSet, xflip: bool = False) -> TrainingImages:
