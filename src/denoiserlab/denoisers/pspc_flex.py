@@ -116,7 +116,7 @@ class PSPCFlex:
     """PSPC-Flex denoiser D(x, sigma); sigma may differ per sample (samples are grouped by their mask tensor).
 
     Memory as PSPCSquare (see its docstring), with K the number of distinct crops: storage="stream" holds nothing
-    per training image, and a compiled call adds one chunk (8 n D bytes) plus the kernel's per-crop state.
+    per training image, and a compiled call adds one chunk's lanes (4 n D bytes) plus the kernel's per-crop state.
     """
 
     config_class = PSPCFlexConfig

@@ -91,8 +91,8 @@ class PSPCSquare:
     Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; K crops; n images per chunk):
     storage="ram" holds 4 N D bytes of float32 images, plus 4 N D of the C kernel's lanes from its first call.
     storage="stream" holds nothing per image (an ImageSet's uint8 storage stays where it is, e.g. memory-mapped,
-    file-backed pages); a compiled call adds 8 n D bytes (one chunk as float32 and as lanes, n about 32 MiB / 4 D
-    by default) + 4 B K (2 P + 32 T) + 4 B P D (P = 4 T shares of T threads) + pass 1's crop distances
+    file-backed pages); a compiled call adds 4 n D bytes (one reused buffer of lanes, n about 32 MiB / 4 D by
+    default; + n D for chunks with flips) + 4 B K (2 P + 32 T) + 4 B P D (P = 4 T shares of T threads) + pass 1's crop distances
     64 B K ceil(N / 16) when that is at most pspc_kernel.LOGIT_CACHE_BYTES (512 MiB); an eager call adds 4 n D for
     the chunk plus its [B, n, H, W] intermediates (about 32 MiB each at the default n).
     """
