@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from denoiserlab import data
 from denoiserlab.analysis import gradient_heatmaps
 from denoiserlab.analysis.heatmaps import heatmap_inputs
+from denoiserlab.atomic import atomic_write_text
 from denoiserlab.denoisers import ELS, GaussianDenoiser, OptimalDenoiser, PSPCFlex, PSPCSquare, flex_masks
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load as load_network
@@ -412,6 +413,20 @@ def parse_arguments() -> tuple[argparse.Namespace, torch.device]:
     return args, device
 
 
+def write_report(args: argparse.Namespace, device: torch.device, start_environment: dict, rows: list[Row],
+                 failures: dict, seconds: float, finished: bool) -> None:
+    """The --out JSON file, rewritten (atomically) after each section: a run stopped by a time limit keeps what it
+    measured."""
+    settings = {key: (list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value)
+                for key, value in vars(args).items()}
+    report = {"environment": {**start_environment, "load_average_1min_now": os.getloadavg()[0]}, "settings": settings,
+              "targets_ms_h100_h200": TARGETS_MS, "rows": [asdict(row) for row in rows],
+              "markdown": markdown(rows, device, args.cpu_beside), "failures": failures, "finished": finished,
+              "seconds_total": seconds}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     args, device = parse_arguments()
     started, start_environment = time.perf_counter(), environment(device)
@@ -425,24 +440,20 @@ def main() -> None:
                 "training": lambda *inputs: [training_row(*inputs)]}
     for name, section in sections.items():  # a failing section is reported, and the others still run
         try:
-            rows.extend(section(args, device))
+            new_rows = section(args, device)
         except Exception as error:  # any failure: its message goes into the report and the exit code
-            failures[name] = f"{type(error).__name__}: {error}"
+            new_rows, failures[name] = [], f"{type(error).__name__}: {error}"
             print(f"  {name} FAILED: {failures[name]}", flush=True)
+        rows.extend(new_rows)
+        for row in new_rows:
+            print(f"  {row.name}: {format_value(row.device_value, row.unit)}, max abs diff {row.max_abs_diff:.1e}")
         print(f"  {name} done at {time.perf_counter() - started:.0f} s", flush=True)
-    table = markdown(rows, device, args.cpu_beside)
-    load_after = os.getloadavg()[0]
-    print(table)
-    print(f"total {time.perf_counter() - started:.0f} s; load average {load_after:.2f} at the end")
-    if args.out is not None:
-        settings = {key: (list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value)
-                    for key, value in vars(args).items()}
-        report = {"environment": {**start_environment, "load_average_1min_end": load_after}, "settings": settings,
-                  "targets_ms_h100_h200": TARGETS_MS, "rows": [asdict(row) for row in rows], "markdown": table,
-                  "failures": failures, "seconds_total": time.perf_counter() - started}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        if args.out is not None:
+            write_report(args, device, start_environment, rows, failures, time.perf_counter() - started,
+                         finished=name == list(sections)[-1])
+    print(markdown(rows, device, args.cpu_beside))
+    print(f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at the end"
+          + (f"; wrote {args.out}" if args.out is not None else ""))
     if failures:
         sys.exit(f"bench_gpu: {len(failures)} section(s) failed: {', '.join(failures)}")
 

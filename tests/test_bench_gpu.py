@@ -24,4 +24,5 @@ def test_bench_gpu_runs_on_the_cpu_and_matches_its_references(tmp_path):
     for row in report["rows"]:
         assert row["device_value"] > 0 and row["cpu_value"] is None
         assert row["max_abs_diff"] < 1e-4, row
-    assert report["failures"] == {} and report["environment"]["device"] == "cpu" and report["settings"]["n"] == 200
+    assert report["finished"] and report["failures"] == {}
+    assert report["environment"]["device"] == "cpu" and report["settings"]["n"] == 200
