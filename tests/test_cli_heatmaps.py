@@ -154,3 +154,20 @@ def test_study_refuses_heatmaps_of_another_checkpoint(tmp_path):
     with pytest.raises(DenoiserLabError, match="another checkpoint"):
         check_heatmaps_network(table, "0" * 20, str(out), "other")
     assert check_heatmaps_network({**table, "network_fingerprint": None}, "0" * 20, str(out), "other") is None
+
+
+def test_levels_split_the_work_and_the_last_run_writes_the_file(tmp_path, capsys):
+    """--levels: each run computes its own grid levels into OUT's .parts folder; a run that finds every level
+    finished writes the file, the same as one run over the whole grid."""
+    path = tiny_checkpoint(tmp_path)
+    common = ["heatmaps", "--network", str(path), "--steps", "3", "--n-samples", "2", "--batch-size", "2"]
+    assert main([*common, "--out", str(tmp_path / "whole.npz")]) == 0
+    split = tmp_path / "split.npz"
+    assert main([*common, "--out", str(split), "--levels", "0-1"]) == 0
+    assert not split.exists() and "not finished yet: [2]" in capsys.readouterr().out
+    assert main([*common, "--out", str(split), "--levels", "2"]) == 0
+    torch.testing.assert_close(read_heatmaps_file(split)["same_channel"],
+                               read_heatmaps_file(tmp_path / "whole.npz")["same_channel"])
+    for bad in ("1-0", "0-3", "x"):
+        assert main([*common, "--out", str(tmp_path / "bad.npz"), "--levels", bad]) == 2
+        assert "--levels" in capsys.readouterr().err

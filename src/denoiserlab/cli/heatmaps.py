@@ -53,6 +53,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--groups", type=int, default=8, help="groups of z for standard errors (--until-converged)")
     parser.add_argument("--check-pairs", type=int, default=16,
                         help="forward-process inputs of the PSPC-Flex check (--until-converged)")
+    parser.add_argument("--levels", default=None, metavar="I-J",
+                        help="compute only grid levels I..J (0 = the largest sigma), e.g. to split the work over "
+                             "processes or machines sharing OUT's .parts folder (start them together); the file is "
+                             "written by the run that finds every level finished")
     parser.add_argument("--reference-sigma", type=float, default=None,
                         help="also compute a high-z reference map at the grid sigma nearest this one, with an "
                              "independent seed, and store how far the file's map there is from it")
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> None:
         check_adaptive_options(args)
     sigmas = edm_sigmas(check_steps(args.steps, "--steps"))
     reference_level = check_reference_options(args, sigmas)
+    own_levels = level_range(args.levels, len(sigmas))
     network = load_network(args.network, trust_pickle=args.trust_pickle, device=args.device)
     network.eval().requires_grad_(False)
     if network.training_data is None:
@@ -88,14 +93,35 @@ def run(args: argparse.Namespace) -> None:
     if args.until_converged is not None:
         key.update(until_converged=args.until_converged, start_samples=args.start_samples, groups=args.groups,
                    check_pairs=args.check_pairs, sampling="systematic")
-    levels = []
+    levels, missing = [], []
     for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}")):
         if args.until_converged is None:
             compute = lambda: _both_readings(network, train, sigma, args, args.seed + level)  # noqa: E731
         else:
             compute = lambda: _converged_level(network, train, imageset.labels, sigma, args,  # noqa: E731
                                                args.seed + level)
-        levels.append(cache.run(f"level-{level:02d}", {**key, "sigma": sigma}, compute))
+        name, level_key = f"level-{level:02d}", {**key, "sigma": sigma}
+        if level in own_levels:
+            levels.append(cache.run(name, level_key, compute))
+        else:
+            finished, table = cache.stored(name, level_key)
+            levels.append(table)
+            if not finished:
+                missing.append(level)
+    if reference_level is not None:
+        reference_key = {**key, "sigma": sigmas[reference_level].item(), "reference_samples": args.reference_samples}
+        compute_reference = lambda: _reference_map(  # noqa: E731
+            network, train, imageset.labels, sigmas[reference_level].item(), args,
+            args.seed + REFERENCE_SEED_OFFSET + reference_level)
+        if reference_level in own_levels:
+            reference = cache.run("reference", reference_key, compute_reference)
+        else:
+            finished, reference = cache.stored("reference", reference_key)
+            missing += [] if finished else ["reference"]
+    if missing:
+        print(f"levels {args.levels} of {args.network} done; not finished yet: {missing} (the run that finishes "
+              f"them writes {args.out}, or rerun without --levels)")
+        return
     heatmaps = {"sigmas": sigmas, **{reading: torch.stack([table[reading] for table in levels])
                                      for reading in READINGS}}
     if args.until_converged is None:
@@ -104,10 +130,6 @@ def run(args: argparse.Namespace) -> None:
         heatmaps["n_samples"] = torch.tensor([int(table["n_samples"]) for table in levels])
         heatmaps["convergence"] = {**stacked_convergence(levels), "tolerance": torch.tensor(args.until_converged)}
     if reference_level is not None:
-        reference = cache.run("reference", {**key, "sigma": sigmas[reference_level].item(),
-                                            "reference_samples": args.reference_samples},
-                              lambda: _reference_map(network, train, imageset.labels, sigmas[reference_level].item(),
-                                                     args, args.seed + REFERENCE_SEED_OFFSET + reference_level))
         heatmaps["convergence"] = {**heatmaps.get("convergence", {}), **reference_evidence(
             heatmaps["same_channel"][reference_level], reference["same_channel"], sigmas[reference_level].item(),
             args.reference_samples)}
@@ -131,6 +153,20 @@ def _both_readings(network, train, sigma: float, args: argparse.Namespace, seed:
 
 IOU_THRESHOLDS = (0.3, 0.6, 0.9)  # crop IoU between half estimates is reported at these PSPC-Flex thresholds
 REFERENCE_SEED_OFFSET = 10_000  # the reference's z are drawn independently of every grid level's
+
+
+def level_range(spec: str | None, n_levels: int) -> range:
+    """The grid levels of --levels I-J (inclusive, 0 = the largest sigma), every level without it; checked first."""
+    if spec is None:
+        return range(n_levels)
+    first, _, last = spec.partition("-")
+    try:
+        first, last = int(first), int(last or first)
+    except ValueError:
+        raise DenoiserLabError(f"--levels must be I-J (grid indices), got {spec!r}") from None
+    if not 0 <= first <= last < n_levels:
+        raise DenoiserLabError(f"--levels {spec!r} must satisfy 0 <= I <= J < {n_levels} (the grid's levels)")
+    return range(first, last + 1)
 
 
 def check_reference_options(args: argparse.Namespace, sigmas: torch.Tensor) -> int | None:

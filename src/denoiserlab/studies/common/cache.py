@@ -169,22 +169,32 @@ class StageCache:
     def path(self, name: str, key: dict) -> Path:
         return self.root / f"{name}-{key_hash(key)}{STAGE_SUFFIX}"
 
-    def run(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
-        """The output of stage `name` under `key`: loaded when finished before, else compute() and stored."""
+    def stored(self, name: str, key: dict) -> tuple[bool, Any]:
+        """(True, value) when stage `name` was finished under `key` (by this or another process), else
+        (False, None); a damaged or foreign file counts as not finished."""
         if "/" in name or name.startswith("."):
             raise DenoiserLabError(f"stage names must not contain '/' or start with '.', got {name!r}")
         path = self.path(name, key)
-        if path.is_file():
-            try:
-                value, metadata = read_value(path, STAGE_FORMAT)
-                if metadata.get("key") != json.dumps(key, sort_keys=True, default=str):
-                    raise StageFileError("stored under another key")
-                cpu = metadata.get("cpu_seconds")
-                self.timings[name] = {"seconds": float(metadata["seconds"]),
-                                      "cpu_seconds": None if cpu is None else float(cpu), "cached": True}
-                return value
-            except (StageFileError, KeyError, ValueError):
-                self.rejected.append(path.name)  # computed again below; the rewrite replaces the bad file
+        if not path.is_file():
+            return False, None
+        try:
+            value, metadata = read_value(path, STAGE_FORMAT)
+            if metadata.get("key") != json.dumps(key, sort_keys=True, default=str):
+                raise StageFileError("stored under another key")
+            cpu = metadata.get("cpu_seconds")
+            self.timings[name] = {"seconds": float(metadata["seconds"]),
+                                  "cpu_seconds": None if cpu is None else float(cpu), "cached": True}
+            return True, value
+        except (StageFileError, KeyError, ValueError):
+            self.rejected.append(path.name)  # recomputed by run(); the rewrite replaces the bad file
+            return False, None
+
+    def run(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
+        """The output of stage `name` under `key`: loaded when finished before, else compute() and stored."""
+        finished, value = self.stored(name, key)
+        if finished:
+            return value
+        path = self.path(name, key)
         started, cpu_started = time.perf_counter(), time.process_time()
         value = compute()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
