@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard
 from denoiserlab.denoisers.training_set import (
     DeviceCopies,
     TrainingImages,
@@ -18,6 +19,7 @@ from denoiserlab.denoisers.training_set import (
     training_source,
 )
 from denoiserlab.distances import default_chunk_size, row_chunks, squared_distances_to, squared_norms
+from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_finite_output,
     check_flag,
@@ -40,10 +42,14 @@ class OptimalConfig:
     # chunk by chunk from its storage (an ImageSet's uint8, memory-mapped or not); "auto": ram for a float tensor
     # and for an ImageSet whose copy fits in training_set.AUTO_RAM_BYTES (1 GiB), else stream. Same results.
     storage: str = "auto"
+    # shard the training set over the processes of an initialised torch.distributed group (rank r of W holds the
+    # stored images [r N // W, (r + 1) N // W)); calls are then collective and give every rank the one-process result
+    distributed: bool = False
 
     def __post_init__(self):
         check_flag(self.xflip, "xflip")
         check_storage(self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 class OptimalDenoiser:
@@ -59,17 +65,20 @@ class OptimalDenoiser:
     32 MiB of float64 rows); storage="stream" holds nothing per image (an ImageSet's uint8 storage stays where it
     is, e.g. memory-mapped, file-backed pages) and a call adds at most about 20 n D (+ n D with xflip) + 24 B n +
     16 B D bytes: one chunk as float32, as float64 and squared, its distances and weights, and the numerator (n by
-    default STREAM_CHUNK_BYTES = 2 MiB of float64 rows, at least 64).
+    default STREAM_CHUNK_BYTES = 2 MiB of float64 rows, at least 64). With distributed=True, N is this rank's shard
+    and a call adds three all_reduces: 48 bytes (the same-queries check), 8 B and 8 B (D + 1) bytes (the merge).
     """
 
     config_class = OptimalConfig
     tunable = None  # no option to fit per sigma
 
     def __init__(self, train: Tensor | ImageSet, xflip: bool = False, chunk_size: int | None = None,
-                 storage: str = "auto"):
-        self.config = OptimalConfig(xflip=xflip, storage=storage)
+                 storage: str = "auto", distributed: bool = False):
+        self.config = OptimalConfig(xflip=xflip, storage=storage, distributed=distributed)
         check_optional_count(chunk_size, "chunk_size")
         source = training_source(train, xflip)
+        if distributed:
+            source = shard(source)  # this rank's images only; "auto" storage below decides on the shard
         self.image_shape_ = source.image_shape  # (C, H, W)
         self.chunk_size = chunk_size
         self.storage_ = resolve_storage(storage, train, source, bytes_per_value=8)  # "ram" or "stream"
@@ -85,11 +94,21 @@ class OptimalDenoiser:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        mean = posterior_mean(x.reshape(x.shape[0], -1), sigma, self.train_rows(x.device))
+        if self.config.distributed:
+            check_same_queries(x, sigma)
+        nearest, normaliser, numerator = posterior_partials(x.reshape(x.shape[0], -1), sigma,
+                                                            self.train_rows(x.device))
+        if self.config.distributed:  # the union of every rank's shard
+            _, normaliser, numerator = merge_nearest_sums_across(nearest, inverse_two_variance(sigma)[:, None],
+                                                                 normaliser, numerator)
+        mean = numerator / normaliser
         return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the optimal denoiser", sigma)
 
     def posterior_weights(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """The softmax weights over training images, float64 [B, N] (for analyses; holds all N at once)."""
+        if self.config.distributed:
+            raise DenoiserLabError("posterior_weights holds all N weights in one process; build the optimal denoiser "
+                                   "without distributed=True for it")
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
@@ -131,12 +150,22 @@ def softmax_weights(distances: Tensor, sigma: Tensor) -> Tensor:
 def posterior_mean(queries: Tensor, sigma: Tensor, train_chunks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
     """Softmax-weighted mean of training rows with a running log-sum-exp. queries: [B, D]; sigma: [B] float64;
     train_chunks: (rows [n, D], squared norms [n] float64) over the training set (`distances.row_chunks`, or chunks
-    converted as they are read, as `streamed_rows`).
+    converted as they are read, as `streamed_rows`). Returns float64 [B, D]: numerator / normaliser of
+    `posterior_partials`.
+    """
+    _, normaliser, numerator = posterior_partials(queries, sigma, train_chunks)
+    return numerator / normaliser
 
-    Returns float64 [B, D]. The log-sum-exp runs in distance space: with m the running smallest squared distance d,
-    the running normaliser s = sum exp(-(d - m) / (2 sigma^2)) and numerator acc = sum exp(-(d - m) / (2 sigma^2)) y
-    are rescaled by exp(-(m_old - m_new) / (2 sigma^2)) when m shrinks. Every exponent is <= 0 and the nearest row
-    has exactly 0, so no sigma > 0 gives overflow or NaN: tiny sigma gives the nearest row(s), huge sigma the mean.
+
+def posterior_partials(queries: Tensor, sigma: Tensor,
+                       train_chunks: Iterable[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """The running log-sum-exp state of `posterior_mean` after all chunks: (m [B, 1], s [B, 1], acc [B, D]), float64.
+
+    It runs in distance space: with m the running smallest squared distance d, the running normaliser
+    s = sum exp(-(d - m) / (2 sigma^2)) and numerator acc = sum exp(-(d - m) / (2 sigma^2)) y are rescaled by
+    exp(-(m_old - m_new) / (2 sigma^2)) when m shrinks. Every exponent is <= 0 and the nearest row has exactly 0, so
+    no sigma > 0 gives overflow or NaN: tiny sigma gives the nearest row(s), huge sigma the mean. States over
+    disjoint training sets merge exactly (`distributed.merge_nearest_sums_across`).
     """
     batch, dim = queries.shape
     inv_two_var = inverse_two_variance(sigma)[:, None]  # [B, 1]
@@ -151,4 +180,4 @@ def posterior_mean(queries: Tensor, sigma: Tensor, train_chunks: Iterable[tuple[
         normaliser = normaliser * rescale + weights.sum(1, keepdim=True)
         numerator = numerator * rescale + weights @ chunk
         nearest = new_nearest
-    return numerator / normaliser
+    return nearest, normaliser, numerator

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
+from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard, sum_across
 from denoiserlab.denoisers.flex_masks import masks_from_heatmaps
 from denoiserlab.denoisers.pspc_square import KERNELS, eager_training_images, kernel_numerators, use_compiled_kernel
 from denoiserlab.denoisers.schedules import Tunable
@@ -58,6 +59,7 @@ class PSPCFlexConfig:
     # compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
     chunk_size: int | None = None
     storage: str = "auto"  # "ram", "stream" or "auto", as PSPCSquareConfig.storage (same results)
+    distributed: bool = False  # shard the training set over torch.distributed ranks, as OptimalConfig.distributed
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -68,6 +70,7 @@ class PSPCFlexConfig:
         check_optional_count(self.chunk_size, "chunk_size")
         check_flag(self.xflip, "xflip")
         check_storage(self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class PSPCFlex:
 
     Memory as PSPCSquare (see its docstring), with K the number of distinct crops: storage="stream" holds nothing
     per training image, and a compiled call adds one chunk's lanes (4 n D bytes) plus the kernel's per-crop state.
+    With distributed=True, N is this rank's shard (see PSPCSquare).
     """
 
     config_class = PSPCFlexConfig
@@ -125,9 +129,13 @@ class PSPCFlex:
                       needs=("heatmaps",), realise=masks_from_heatmaps, legacy_names=("thresholds", "flex"))
 
     def __init__(self, train: Tensor | ImageSet, masks: Tensor | Callable[[float], Tensor], xflip: bool = False,
-                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto"):
-        self.config = PSPCFlexConfig(masks=masks, xflip=xflip, kernel=kernel, chunk_size=chunk_size, storage=storage)
+                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto",
+                 distributed: bool = False):
+        self.config = PSPCFlexConfig(masks=masks, xflip=xflip, kernel=kernel, chunk_size=chunk_size, storage=storage,
+                                     distributed=distributed)
         source = training_source(train, xflip)
+        if distributed:
+            source = shard(source)  # this rank's images only; "auto" storage below decides on the shard
         self.image_shape_ = source.image_shape
         if isinstance(masks, Tensor):
             check_masks(masks, self.image_shape_[1:])
@@ -149,6 +157,8 @@ class PSPCFlex:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        if self.config.distributed:
+            check_same_queries(x, sigma)  # so every rank takes the same groups below, in the same order
         group_of_sample = [self._crop_set_index(self.masks_at(value)) for value in sigma.tolist()]
         out = torch.empty_like(x)
         for index in sorted(set(group_of_sample)):
@@ -161,7 +171,7 @@ class PSPCFlex:
         crops = self._crop_sets[index][1]
         if not use_compiled_kernel(self, x.device, "PSPC-Flex"):
             train = eager_training_images(self, x.device)
-            return flex_composite(x, sigma, train, crops.to(x.device), self.config.chunk_size)
+            return flex_composite(x, sigma, train, crops.to(x.device), self.config.chunk_size, self.config.distributed)
         numerators = kernel_numerators(self, x, sigma, self._crop_sets[index][2])
         coverage = crops.coverage.double().reshape(x.shape[2:])
         return torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double())
@@ -182,9 +192,10 @@ def default_flex_chunk(batch: int, n_pixels: int, n_crops: int, bytes_per_chunk:
 
 
 def flex_composite(x: Tensor, sigma: Tensor, train: TrainingImages, crops: CropSet,
-                   chunk_size: int | None = None) -> Tensor:
+                   chunk_size: int | None = None, distributed: bool = False) -> Tensor:
     """PSPC-Flex composite. x: [B, C, H, W]; sigma: [B]; train: the N training images, read a chunk at a time on x's
-    device (a float tensor [N, C, H, W] there: TrainingImages(images, False)); returns float64 [B, C, H, W]."""
+    device (a float tensor [N, C, H, W] there: TrainingImages(images, False)); returns float64 [B, C, H, W].
+    distributed: train is this rank's shard, pass 1 is merged over the ranks and the numerators summed over them."""
     queries = x.float().flatten(2)  # [B, C, H*W]
     inv_two_var = pspc_kernel.inverse_two_variance(sigma).to(x.device)  # g = 1 / (2 sigma^2), capped
     chunk_size = chunk_size or default_flex_chunk(x.shape[0], queries.shape[2], crops.masks.shape[0])
@@ -209,6 +220,8 @@ def flex_composite(x: Tensor, sigma: Tensor, train: TrainingImages, crops: CropS
 
     # per crop: smallest distance m and s = sum_n exp(-(D_n - m) g), in distance space (see pspc_square)
     crop_min, crop_sum = streaming_nearest_sum((pass_one_distances(start) for start in starts), inv_two_var)
+    if distributed:
+        crop_min, crop_sum = merge_nearest_sums_across(crop_min, inv_two_var.double()[:, None], crop_sum)
     crop_min, crop_sum, g = crop_min[:, None], crop_sum.float()[:, None], inv_two_var[:, None, None]  # [B, 1, U]
     crop_weights = crops.masks * crops.counts[:, None]  # [U, H*W], each crop as often as it occurs
     numerators = torch.zeros(queries.shape, dtype=torch.float64, device=x.device)
@@ -216,6 +229,8 @@ def flex_composite(x: Tensor, sigma: Tensor, train: TrainingImages, crops: CropS
         distances = kept.pop(start) if keep else distances_of(start)
         pixel_weights = (torch.exp(-(distances - crop_min) * g) / crop_sum) @ crop_weights  # [B, n, H*W]
         numerators += (pixel_weights[:, :, None] * train_pixels(start)).sum(1, dtype=torch.float64)
+    if distributed:
+        numerators = sum_across(numerators)  # before the uncovered pixels take x, which no rank must add twice
     coverage = crops.coverage.double()
     composite = torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double().flatten(2))
     return composite.reshape(x.shape)

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from denoiserlab.atomic import replacing
 from denoiserlab.data.imageset import scale_to_unit_range_
+from denoiserlab.denoisers.distributed import merge_nearest_sums_across, sum_across
 from denoiserlab.denoisers.streaming_softmax import merge_nearest_sums
 from denoiserlab.denoisers.training_set import TrainingImages
 from denoiserlab.errors import DenoiserLabError
@@ -308,13 +309,17 @@ def numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_va
 
 
 def composite_numerators(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, crops: KernelCrops,
-                         threads: int) -> Tensor:
-    """Both passes: the composite numerators float64 [B, C, H, W] (divide by the crops per pixel)."""
+                         threads: int, distributed: bool = False) -> Tensor:
+    """Both passes: the composite numerators float64 [B, C, H, W] (divide by the crops per pixel). distributed: the
+    lanes hold this rank's shard; pass 1 is merged over the ranks and pass 2's numerators summed over them."""
     inv_two_var = inverse_two_variance(sigma)
     distances = distance_cache(queries.shape[0], lanes.shape[0], crops.n_crops)  # None when too large
     args = (queries, lanes, n_train, inv_two_var, crops)
     crop_min, crop_sum = crop_normalisers_compiled(*args, threads, distances)
-    return numerators_compiled(*args, crop_min, crop_sum, threads, distances)
+    if distributed:
+        crop_min, crop_sum = merge_nearest_sums_across(crop_min, inv_two_var.double()[:, None], crop_sum)
+    numerators = numerators_compiled(*args, crop_min, crop_sum, threads, distances)
+    return sum_across(numerators) if distributed else numerators
 
 
 def streamed_chunk_images(image_shape: tuple[int, ...], chunk_size: int | None = None,
@@ -326,7 +331,7 @@ def streamed_chunk_images(image_shape: tuple[int, ...], chunk_size: int | None =
 
 
 def composite_numerators_streamed(queries: Tensor, images: TrainingImages, sigma: Tensor, crops: KernelCrops,
-                                  threads: int, chunk_images: int) -> Tensor:
+                                  threads: int, chunk_images: int, distributed: bool = False) -> Tensor:
     """Both passes over a training set read chunk by chunk: float64 [B, C, H, W] numerators, as
     `composite_numerators` on the whole set. queries: [B, C, H, W]; sigma: [B]; chunk_images: a multiple of LANES.
 
@@ -336,7 +341,8 @@ def composite_numerators_streamed(queries: Tensor, images: TrainingImages, sigma
     values), so the result differs from it only in the order of float32 partial sums (~1e-7 relative). Extra
     memory: 4 n D bytes for the buffer of n images of D values (+ n D stored values for a chunk with flips, + 4 n D
     for one of float storage with flips), plus pass 1's distances [blocks, B, K, 16] when they fit in
-    LOGIT_CACHE_BYTES, as in `composite_numerators`.
+    LOGIT_CACHE_BYTES, as in `composite_numerators`. distributed: `images` is this rank's shard, merged over the
+    ranks as in `composite_numerators`.
     """
     inv_two_var = inverse_two_variance(sigma)
     n_train = len(images)
@@ -354,8 +360,10 @@ def composite_numerators_streamed(queries: Tensor, images: TrainingImages, sigma
         chunk_min, chunk_sum = crop_normalisers_compiled(queries, lanes, n_images, inv_two_var, crops, threads, blocks)
         crop_min, crop_sum = (chunk_min, chunk_sum) if crop_min is None else merge_nearest_sums(
             crop_min, crop_sum, chunk_min, chunk_sum, inv_two_var.double()[:, None])
+    if distributed:
+        crop_min, crop_sum = merge_nearest_sums_across(crop_min, inv_two_var.double()[:, None], crop_sum)
     numerators = torch.zeros(queries.shape, dtype=torch.float64)
     for lanes, n_images, blocks in chunks():
         numerators += numerators_compiled(queries, lanes, n_images, inv_two_var, crops, crop_min, crop_sum, threads,
                                           blocks)
-    return numerators
+    return sum_across(numerators) if distributed else numerators

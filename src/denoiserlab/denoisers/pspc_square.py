@@ -30,6 +30,7 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
+from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard, sum_across
 from denoiserlab.denoisers.schedules import Tunable
 from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
 from denoiserlab.denoisers.training_set import (
@@ -65,6 +66,7 @@ class PSPCSquareConfig:
     # not); "auto": ram for a float tensor and for an ImageSet whose copies fit in training_set.AUTO_RAM_BYTES
     # (1 GiB), else stream. Same results up to float32 summation order.
     storage: str = "auto"
+    distributed: bool = False  # shard the training set over torch.distributed ranks, as OptimalConfig.distributed
 
     def __post_init__(self):
         if not callable(self.patch_size):
@@ -74,6 +76,7 @@ class PSPCSquareConfig:
         check_optional_count(self.chunk_size, "chunk_size")
         check_flag(self.xflip, "xflip")
         check_storage(self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 def check_patch_size(patch_size: object) -> int:
@@ -94,7 +97,9 @@ class PSPCSquare:
     file-backed pages); a compiled call adds 4 n D bytes (one reused buffer of lanes, n about 32 MiB / 4 D by
     default; + n D for chunks with flips) + 4 B K (2 P + 32 T) + 4 B P D (P = 4 T shares of T threads) + pass 1's crop distances
     64 B K ceil(N / 16) when that is at most pspc_kernel.LOGIT_CACHE_BYTES (512 MiB); an eager call adds 4 n D for
-    the chunk plus its [B, n, H, W] intermediates (about 32 MiB each at the default n).
+    the chunk plus its [B, n, H, W] intermediates (about 32 MiB each at the default n). With distributed=True, N is
+    this rank's shard, and a call adds one all_reduce of 48 bytes (the same-queries check) and three per patch
+    size: 4 B K and 8 B K bytes (the merge of pass 1), then 8 B D (the numerators).
     """
 
     config_class = PSPCSquareConfig
@@ -102,10 +107,13 @@ class PSPCSquare:
                       legacy_names=("patch_sizes", "square"))
 
     def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], xflip: bool = False,
-                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto"):
+                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto",
+                 distributed: bool = False):
         self.config = PSPCSquareConfig(patch_size=patch_size, xflip=xflip, kernel=kernel, chunk_size=chunk_size,
-                                       storage=storage)
+                                       storage=storage, distributed=distributed)
         source = training_source(train, xflip)
+        if distributed:
+            source = shard(source)  # this rank's images only; "auto" storage below decides on the shard
         self.image_shape_ = source.image_shape
         self.storage_ = resolve_storage(storage, train, source, bytes_per_value=8)  # "ram" or "stream"
         self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
@@ -124,6 +132,8 @@ class PSPCSquare:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        if self.config.distributed:
+            check_same_queries(x, sigma)  # so every rank takes the same groups below, in the same order
         sizes = torch.tensor([self.patch_size_at(value) for value in sigma.tolist()])
         out = torch.empty_like(x)
         for size in sizes.unique().tolist():
@@ -136,19 +146,23 @@ class PSPCSquare:
         if use_compiled_kernel(self, x.device, "PSPC-Square"):
             numerators = kernel_numerators(self, x, sigma, pspc_kernel.square_crops(x.shape[2], x.shape[3], size))
             return numerators / windows_per_pixel(*x.shape[2:], size)
-        return square_composite(x, sigma, eager_training_images(self, x.device), size, self.config.chunk_size)
+        return square_composite(x, sigma, eager_training_images(self, x.device), size, self.config.chunk_size,
+                                self.config.distributed)
 
 
 def kernel_numerators(denoiser, x: Tensor, sigma: Tensor, crops: pspc_kernel.KernelCrops) -> Tensor:
     """The C kernel's composite numerators, float64 [B, C, H, W], for a PSPC denoiser (Square or Flex) in either
-    storage: read chunk by chunk from its storage, or from the lanes of its in-RAM images (built on first use)."""
-    threads = torch.get_num_threads()
+    storage: read chunk by chunk from its storage, or from the lanes of its in-RAM images (built on first use);
+    summed over the ranks' shards when the denoiser is distributed."""
+    threads, distributed = torch.get_num_threads(), denoiser.config.distributed
     if denoiser.storage_ == "stream":
         chunk_images = pspc_kernel.streamed_chunk_images(denoiser.image_shape_, denoiser.config.chunk_size)
-        return pspc_kernel.composite_numerators_streamed(x, denoiser.train_, sigma, crops, threads, chunk_images)
+        return pspc_kernel.composite_numerators_streamed(x, denoiser.train_, sigma, crops, threads, chunk_images,
+                                                         distributed)
     if denoiser.lanes_ is None:
         denoiser.lanes_ = pspc_kernel.training_lanes(denoiser.images_)
-    return pspc_kernel.composite_numerators(x, denoiser.lanes_, denoiser.images_.shape[0], sigma, crops, threads)
+    return pspc_kernel.composite_numerators(x, denoiser.lanes_, denoiser.images_.shape[0], sigma, crops, threads,
+                                            distributed)
 
 
 def eager_training_images(denoiser, device: torch.device) -> TrainingImages:
@@ -192,9 +206,10 @@ def crop_distances(queries: Tensor, train_chunk: Tensor, size: int) -> Tensor:
 
 
 def square_composite(x: Tensor, sigma: Tensor, train: TrainingImages, size: int,
-                     chunk_size: int | None = None) -> Tensor:
+                     chunk_size: int | None = None, distributed: bool = False) -> Tensor:
     """Eager PSPC-Square composite (float32 work, float64 sums). x: [B, C, H, W]; sigma: [B]; train: the N training
-    images, read a chunk at a time on x's device (a float tensor [N, C, H, W] there: TrainingImages(images, False)).
+    images, read a chunk at a time on x's device (a float tensor [N, C, H, W] there: TrainingImages(images, False));
+    distributed: train is this rank's shard, pass 1 is merged over the ranks and the numerators summed over them.
 
     Pass 1 streams each crop's smallest distance m and normaliser s = sum_n exp(-(D_n - m) g) over chunks of the
     training set (g = 1 / (2 sigma^2), capped: see pspc_kernel.inverse_two_variance); pass 2 streams
@@ -210,6 +225,8 @@ def square_composite(x: Tensor, sigma: Tensor, train: TrainingImages, size: int,
             yield chunk, crop_distances(queries, chunk, size)
 
     crop_min, crop_sum = streaming_nearest_sum((distances for _, distances in distance_chunks()), inv_two_var)
+    if distributed:
+        crop_min, crop_sum = merge_nearest_sums_across(crop_min, inv_two_var.double()[:, None, None], crop_sum)
     crop_min, crop_sum = crop_min[:, None], crop_sum.float()[:, None]  # [B, 1, P1, P2]
     g = inv_two_var[:, None, None, None]
     numerators = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
@@ -217,4 +234,6 @@ def square_composite(x: Tensor, sigma: Tensor, train: TrainingImages, size: int,
         weights = torch.exp(-(distances - crop_min) * g) / crop_sum  # [B, n, P1, P2]
         pixel_weights = box_sums_transposed(weights, size)  # [B, n, H, W]
         numerators += (pixel_weights[:, :, None] * chunk).sum(1, dtype=torch.float64)
+    if distributed:
+        numerators = sum_across(numerators)
     return numerators / windows_per_pixel(*x.shape[2:], size, device=x.device)

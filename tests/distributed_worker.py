@@ -1,0 +1,80 @@
+"""One rank of the 2-process checks in test_distributed.py: `python distributed_worker.py RANK WORLD_SIZE INIT OUT`.
+
+Joins a gloo group at INIT (a file:// URL), builds every case of `cases(distributed=True)` and writes its outputs to
+OUT/rank-RANK.npz; test_distributed.py compares them with `cases(distributed=False)` in one process. Also records
+whether a call with different queries on the two ranks was refused (as it must be, on every rank).
+"""
+
+import datetime
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from denoiserlab.data import ImageSet
+from denoiserlab.denoisers import OptimalDenoiser, PatchSchedule, PSPCFlex, PSPCSquare
+from denoiserlab.errors import DenoiserLabError
+
+N_TRAIN = 13  # odd: the two shards differ in size (6 and 7 images)
+SIGMAS = torch.tensor([0.002, 0.05, 0.4, 3.0, 80.0])  # one per query: the sharp and flat limits included
+
+
+def training_sets() -> tuple[torch.Tensor, ImageSet]:
+    """The same N_TRAIN images 1x8x8 as a float tensor in [-1, 1] and as a uint8 ImageSet (streamed)."""
+    pixels = torch.randint(0, 256, (N_TRAIN, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return pixels.float() / 127.5 - 1, ImageSet(pixels, None, "random")
+
+
+def queries(train: torch.Tensor) -> torch.Tensor:
+    """Queries [5, 1, 8, 8]: noisy training images, so that sigma = 0.002 has one clear nearest image."""
+    eps = torch.randn(len(SIGMAS), 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    return train[[0, 5, 6, 12, 3]] + SIGMAS.view(-1, 1, 1, 1) * eps
+
+
+def cases(distributed: bool) -> dict:
+    """name -> (denoiser, sigma) for every checked configuration."""
+    floats, stored = training_sets()
+    masks = torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(2)) < 0.4
+    masks[:, 0, 0] = True  # no empty crop
+    schedule = PatchSchedule((5, 3, 1), sigma_min=0.01, sigma_max=10.0)
+    options = dict(distributed=distributed)
+    return {
+        "optimal": (OptimalDenoiser(floats, **options), SIGMAS),
+        "optimal_stream_xflip": (OptimalDenoiser(stored, xflip=True, chunk_size=3, storage="stream", **options),
+                                 SIGMAS),
+        "optimal_sigma_0.002": (OptimalDenoiser(floats, **options), 0.002),
+        "square_compiled": (PSPCSquare(floats, 3, kernel="compiled", **options), SIGMAS),
+        "square_compiled_stream": (PSPCSquare(stored, 3, kernel="compiled", storage="stream", chunk_size=16,
+                                              **options), 0.002),
+        "square_schedule_eager_stream_xflip": (PSPCSquare(stored, schedule, xflip=True, kernel="eager", chunk_size=4,
+                                                          storage="stream", **options), SIGMAS),
+        "flex_compiled": (PSPCFlex(floats, masks, kernel="compiled", **options), SIGMAS),
+        "flex_eager_stream_xflip": (PSPCFlex(stored, masks, xflip=True, kernel="eager", storage="stream", chunk_size=4,
+                                             **options), SIGMAS),
+    }
+
+
+def outputs(distributed: bool) -> dict[str, np.ndarray]:
+    """name -> float64 output [5, 1, 8, 8] of every case on the same queries."""
+    x = queries(training_sets()[0])
+    return {name: denoiser(x.double(), sigma).numpy() for name, (denoiser, sigma) in cases(distributed).items()}
+
+
+def main(rank: int, world_size: int, init_method: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=60))
+    results = outputs(distributed=True)
+    denoiser, _ = cases(distributed=True)["optimal"]
+    try:  # rank 1 passes other queries: every rank must refuse the call
+        denoiser(queries(training_sets()[0]) + rank, SIGMAS)
+        refused = False
+    except DenoiserLabError:
+        refused = True
+    np.savez(f"{out}/rank-{rank}.npz", refused=np.array(refused), **results)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
