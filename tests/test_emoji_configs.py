@@ -1,0 +1,45 @@
+"""The emoji configs of issue 16 (3x32x32 RGB): the two training configs are valid from-scratch runs with the
+fidelity recipe's training sigmas, and the two study configs load and name the checkpoints those runs write."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from denoiserlab.cli import train as train_cli
+from denoiserlab.config import load_toml
+from denoiserlab.networks.build import resolve_preset
+from denoiserlab.studies.gaussian_structure import GaussianStudyConfig
+from denoiserlab.studies.locality import LocalityStudyConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ARCHITECTURES = ("unet-small", "dit-small")
+
+
+def train_config(arch: str):
+    parser = argparse.ArgumentParser()
+    train_cli.add_parser(parser.add_subparsers())
+    path = CONFIGS / f"train-{arch}-emoji.toml"
+    return train_cli.config_from_args(parser.parse_args(["train", "--config", str(path), "--out", f"runs/{arch}-emoji"]))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_train_configs_train_from_scratch_with_the_fidelity_sigmas(arch):
+    config = train_config(arch)
+    assert (config.data, config.arch, config.init) == ("emoji", arch, None)
+    assert (config.sigma_loguniform_fraction, config.sigma_min, config.sigma_max) == (0.7, 0.2, 80.0)
+    assert config.target == "posterior"
+    if arch == "unet-small":  # 32 -> 16 -> 8: attention where the feature maps are 8x8
+        assert list(resolve_preset(config.arch, config.network)[1].attn_resolutions) == [8]
+
+
+def test_study_configs_name_the_last_checkpoints_of_those_runs():
+    checkpoints = {arch: f"runs/{arch}-emoji/network-{int(train_config(arch).kimg):06d}" for arch in ARCHITECTURES}
+    locality = load_toml(LocalityStudyConfig, CONFIGS / "locality-emoji.toml")
+    assert [network.path for network in locality.networks] == [checkpoints["unet-small"], checkpoints["dit-small"]]
+    assert all(network.heatmaps.startswith("runs/") for network in locality.networks)
+    gaussian = load_toml(GaussianStudyConfig, CONFIGS / "gaussian-emoji.toml")
+    assert gaussian.networks[0].path == checkpoints["unet-small"]
+    assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
