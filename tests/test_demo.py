@@ -1,8 +1,14 @@
-"""`make demo`'s configs ship inside the package and load; its index page shows both studies' headline numbers."""
+"""`make demo`'s configs ship inside the package and load; its index page shows both studies' headline numbers;
+`demo --dataset emoji` stops before any work while the emoji networks do not ship."""
 
+import pytest
+
+from denoiserlab.cli import main
 from denoiserlab.config import load_toml
 from denoiserlab.report.demo import demo_index_html
-from denoiserlab.studies.demo import GAUSSIAN_CONFIG, LOCALITY_CONFIG, demo_config_path
+from denoiserlab.studies import demo as demo_module
+from denoiserlab.studies.demo import (GAUSSIAN_CONFIG, LOCALITY_CONFIG, demo_config_path, demo_configs,
+                                      missing_shipped, shipped_names)
 from denoiserlab.studies.gaussian_structure.config import GaussianStudyConfig
 from denoiserlab.studies.locality.config import LocalityStudyConfig
 from denoiserlab.studies.common.inputs import heatmaps_path, network_path
@@ -30,10 +36,11 @@ def test_index_page_shows_headline_numbers_and_links():
                 "sweeps": {"entries": [{"label": "N=64", "kind": "n_train", "value": 64,
                                         "generalization_score": 0.05, "calibrated_score": 0.1,
                                         "memorized_fraction": 0.7, "verdict": "memorizes"}]}}
-    page = demo_index_html({"locality": locality, "gaussian": gaussian,
+    page = demo_index_html({"locality": locality, "gaussian": gaussian, "dataset": "Fashion-MNIST",
                             "timings_s": {"locality": 300.0, "gaussian": 100.0}})
     for text in ('href="locality/report.html"', 'href="gaussian/report.html"', "pspc_flex &lt; gaussian &lt; optimal",
-                 "0.962", "N=64", "9.5", "computed in 300 s", "generalizes", "memorizes", "score 0.36"):
+                 "0.962", "N=64", "9.5", "computed in 300 s", "generalizes", "memorizes", "score 0.36",
+                 "denoiserlab demo: Fashion-MNIST, shipped networks"):
         assert text in page
 
 
@@ -53,10 +60,50 @@ def test_index_page_shows_the_ranking_the_pearson_r_and_the_time_per_stage():
                 "nearest_neighbour": {"unet": {"network": 9.5}}}
     gaussian = {"checks": {}, "sweeps": {"entries": []}}
     stage_timings = {"locality: fitting sweeps: els": {"seconds": 61.5, "cpu_seconds": 60.2, "count": 9}}
-    page = demo_index_html({"locality": locality, "gaussian": gaussian, "stage_timings": stage_timings,
+    page = demo_index_html({"locality": locality, "gaussian": gaussian, "stage_timings": stage_timings, "dataset": "emoji",
                             "timings_s": {"locality": 300.0, "gaussian": 100.0, "total": 310.0},
                             "cpu_seconds": {"locality": 290.0, "gaussian": 95.0}})
     for text in ("Closest to unet on our data (fashion-mnist/train) by MSE: forward process: gaussian at high sigma,"
                  " els at middle sigma, optimal at low sigma", "els &lt; gaussian &lt; optimal", "0.871", "0.93",
-                 "fitting sweeps: els", "61.5", "Where the time went"):
+                 "fitting sweeps: els", "61.5", "Where the time went", "denoiserlab demo: emoji, shipped networks"):
         assert text in page, text
+
+
+def test_every_shipped_file_of_the_default_demo_is_there():
+    names = shipped_names(*demo_configs("fashion-mnist"))
+    assert "shipped:unet-small-fashion-mnist" in names["checkpoints"]
+    assert "shipped:sweep-fashion-mnist/n16" in names["checkpoints"]
+    assert names["heatmaps"] == ["shipped:unet-small.npz", "shipped:dit-small.npz", "shipped:mixer-small.npz"]
+    assert names["feature_models"] == ["shipped:fashion-mnist-classifier.pt"]
+    assert missing_shipped(*demo_configs("fashion-mnist")) == {}
+
+
+def test_emoji_demo_configs_name_the_emoji_networks_and_colour_pixels():
+    locality, gaussian = demo_configs("emoji")
+    assert [network.path for network in locality.networks] == ["shipped:unet-small-emoji", "shipped:dit-small-emoji"]
+    assert gaussian.networks[0].path == "shipped:unet-small-emoji" and not gaussian.sweeps.entries
+    assert [31] == [pixel[1] for pixel in locality.heatmaps.pixels if pixel[0] == 0]  # 32x32 corner
+    assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
+
+
+def test_demo_on_emoji_stops_before_any_work_naming_the_missing_networks(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo_module, "run_parts", lambda *args: pytest.fail("the demo started a study"))
+    out = tmp_path / "out"
+    assert main(["demo", "--dataset", "emoji", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("denoiserlab: error: demo --dataset emoji needs shipped files this package lacks")
+    for text in ("checkpoints unet-small-emoji, dit-small-emoji", "heatmaps unet-small-emoji.npz, dit-small-emoji.npz",
+                 "denoiserlab train --config configs/train-unet-small-emoji.toml --out runs/unet-small-emoji",
+                 "denoiserlab train --config configs/train-dit-small-emoji.toml --out runs/dit-small-emoji"):
+        assert text in line
+    assert captured.out == "" and not out.exists()
+    assert main(["demo", "--quick", "--dataset", "emoji", "--out", str(out)]) == 2
+    assert "--quick samples the shipped Fashion-MNIST U-Net" in capsys.readouterr().err
+
+
+def test_demo_runs_on_fashion_mnist_by_default(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("denoiserlab.cli.demo.run_demo", lambda out, **options: calls.append(options))
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 0
+    assert calls == [{"jobs": None, "device": "cpu", "dataset": "fashion-mnist"}]

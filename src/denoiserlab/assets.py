@@ -10,9 +10,14 @@ from denoiserlab.errors import DenoiserLabError
 SHIPPED_PREFIX = "shipped:"
 
 
+def assets_folder(folder: str) -> Path:
+    """src/denoiserlab/assets/<folder>, where the files named `shipped:NAME` live (it may not exist)."""
+    return Path(str(importlib.resources.files("denoiserlab") / "assets" / folder))
+
+
 def shipped_path(name: str, folder: str = "checkpoints") -> Path:
     """A file or folder shipped with the package: src/denoiserlab/assets/<folder>/NAME."""
-    path = Path(str(importlib.resources.files("denoiserlab") / "assets" / folder / name))
+    path = assets_folder(folder) / name
     if not path.exists():
         available = sorted(p.name for p in path.parent.glob("*")) if path.parent.is_dir() else []
         raise DenoiserLabError(f"nothing shipped as {SHIPPED_PREFIX}{name} (looked for {path}); "

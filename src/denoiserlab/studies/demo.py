@@ -1,8 +1,11 @@
 """`make demo`: the locality study and the hidden-Gaussian-structure study on the embedded Fashion-MNIST subset
-with the shipped networks, heatmaps and sweep checkpoints; one index page links both reports.
+with the shipped networks, heatmaps and sweep checkpoints; one index page links both reports. `--dataset emoji`
+runs the same two studies on the emoji set with the emoji networks, once they ship.
 
-The two study configs ship inside the package (assets/configs/demo-*.toml), so the demo needs no repository
+The study configs ship inside the package (assets/configs/demo-*.toml), so the demo needs no repository
 checkout; both studies cache their stages under OUT/<study>/stages, so a rerun resumes (or only re-renders).
+Before any work the demo checks that every shipped file its configs name (`shipped:` checkpoints, heatmaps,
+feature models) is in the package, and otherwise stops naming the missing ones and the commands that make them.
 
 The studies are independent, so on a machine with two or more cores they run side by side in two processes, each
 with half of the intra-op threads (one each on 2 cores). On a shared machine a second intra-op thread per process
@@ -17,13 +20,14 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from denoiserlab.assets import shipped_path
+from denoiserlab.assets import SHIPPED_PREFIX, assets_folder, shipped_path
 from denoiserlab.config import load_toml
+from denoiserlab.errors import DenoiserLabError
 from denoiserlab.report.demo import stage_groups, timing_rows, write_demo_index
 from denoiserlab.studies.gaussian_structure import GaussianStudyConfig, run_gaussian_study
 from denoiserlab.studies.locality import LocalityStudyConfig, run_locality_study
@@ -33,9 +37,74 @@ LOCALITY_CONFIG = "demo-locality.toml"
 GAUSSIAN_CONFIG = "demo-gaussian.toml"
 
 
+@dataclass(frozen=True)
+class DemoDataset:
+    """The demo on one dataset: its two shipped study configs and how its shipped files are made."""
+
+    title: str  # the dataset as the index page names it
+    locality_config: str  # assets/configs/NAME of the locality study
+    gaussian_config: str  # assets/configs/NAME of the hidden-Gaussian-structure study
+    how_to_ship: str  # the commands that make the shipped files the configs name (said when some are missing)
+
+
+EMOJI_HOW_TO_SHIP = (
+    "train them from a repository checkout with `OMP_NUM_THREADS=1 denoiserlab train --config "
+    "configs/train-unet-small-emoji.toml --out runs/unet-small-emoji` and `OMP_NUM_THREADS=1 denoiserlab train "
+    "--config configs/train-dit-small-emoji.toml --out runs/dit-small-emoji` (CPU-hours each), copy each run's last "
+    "network-KKKKKK folder to src/denoiserlab/assets/checkpoints/unet-small-emoji and dit-small-emoji, then make their "
+    "heatmaps with `denoiserlab heatmaps --network shipped:unet-small-emoji --n-samples 10 --out "
+    "src/denoiserlab/assets/heatmaps/unet-small-emoji.npz` (and likewise dit-small-emoji); meanwhile "
+    "configs/locality-emoji.toml and configs/gaussian-emoji.toml run the studies on networks under runs/")
+DEMO_DATASETS = {
+    "fashion-mnist": DemoDataset("Fashion-MNIST", LOCALITY_CONFIG, GAUSSIAN_CONFIG,
+                                 "reinstall denoiserlab: these files ship with it"),
+    "emoji": DemoDataset("emoji", "demo-locality-emoji.toml", "demo-gaussian-emoji.toml", EMOJI_HOW_TO_SHIP),
+}
+
+
 def demo_config_path(name: str) -> Path:
     """A config shipped for the demo (src/denoiserlab/assets/configs/NAME)."""
     return shipped_path(name, "configs")
+
+
+def demo_configs(dataset: str) -> tuple[LocalityStudyConfig, GaussianStudyConfig]:
+    """The two study configs of the demo on `dataset` (a DEMO_DATASETS name)."""
+    if dataset not in DEMO_DATASETS:
+        raise DenoiserLabError(f"the demo runs on {', '.join(DEMO_DATASETS)}, got {dataset!r}")
+    spec = DEMO_DATASETS[dataset]
+    return (load_toml(LocalityStudyConfig, demo_config_path(spec.locality_config)),
+            load_toml(GaussianStudyConfig, demo_config_path(spec.gaussian_config)))
+
+
+def shipped_names(locality: LocalityStudyConfig, gaussian: GaussianStudyConfig) -> dict[str, list[str]]:
+    """{assets folder: [shipped:NAME specs]} of every shipped file the two configs name."""
+    specs = {"checkpoints": [network.path for network in (*locality.networks, *gaussian.networks)]
+             + [entry.path for entry in gaussian.sweeps.entries],
+             "heatmaps": [network.heatmaps for network in (*locality.networks, *gaussian.networks)],
+             "feature_models": [locality.similarity.feature_model, gaussian.strong_generalization.feature_model]}
+    return {folder: list(dict.fromkeys(spec for spec in named if spec and spec.startswith(SHIPPED_PREFIX)))
+            for folder, named in specs.items()}
+
+
+def missing_shipped(locality: LocalityStudyConfig, gaussian: GaussianStudyConfig) -> dict[str, list[str]]:
+    """{assets folder: [NAME]} of the shipped files the two configs name that this package lacks."""
+    missing = {}
+    for folder, specs in shipped_names(locality, gaussian).items():
+        names = [spec[len(SHIPPED_PREFIX):] for spec in specs]
+        absent = [name for name in names if not (assets_folder(folder) / name).exists()]
+        if absent:
+            missing[folder] = absent
+    return missing
+
+
+def check_demo_dataset(dataset: str) -> None:
+    """Stop before any work, naming the missing files and how to make them, when the demo on `dataset` needs
+    shipped files this package lacks."""
+    missing = missing_shipped(*demo_configs(dataset))
+    if missing:
+        listed = "; ".join(f"{folder} {', '.join(names)}" for folder, names in missing.items())
+        raise DenoiserLabError(f"demo --dataset {dataset} needs shipped files this package lacks ({listed} under "
+                               f"src/denoiserlab/assets/): {DEMO_DATASETS[dataset].how_to_ship}")
 
 
 def available_cores() -> int:
@@ -43,20 +112,21 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_locality_part(out: Path, progress: bool, device: str) -> tuple[dict, float, float]:
-    """The locality study into OUT/locality on `device`: (results, wall seconds, CPU seconds of this process)."""
+def run_locality_part(out: Path, progress: bool, device: str, dataset: str) -> tuple[dict, float, float]:
+    """The locality study of the demo on `dataset` into OUT/locality on `device`: (results, wall seconds, CPU
+    seconds of this process)."""
     started, cpu = time.perf_counter(), time.process_time()
-    config = replace(load_toml(LocalityStudyConfig, demo_config_path(LOCALITY_CONFIG)), device=device)
+    config = replace(demo_configs(dataset)[0], device=device)
     results = run_locality_study(config, out / "locality", command="denoiserlab demo", log=stage_logger("locality"),
                                  progress=progress)
     return results, time.perf_counter() - started, time.process_time() - cpu
 
 
-def run_gaussian_part(out: Path, progress: bool, device: str) -> tuple[dict, float, float]:
-    """The Gaussian-structure study into OUT/gaussian on `device`: (results, wall seconds, CPU seconds of this
-    process)."""
+def run_gaussian_part(out: Path, progress: bool, device: str, dataset: str) -> tuple[dict, float, float]:
+    """The Gaussian-structure study of the demo on `dataset` into OUT/gaussian on `device`: (results, wall
+    seconds, CPU seconds of this process)."""
     started, cpu = time.perf_counter(), time.process_time()
-    config = replace(load_toml(GaussianStudyConfig, demo_config_path(GAUSSIAN_CONFIG)), device=device)
+    config = replace(demo_configs(dataset)[1], device=device)
     results = run_gaussian_study(config, out / "gaussian", "denoiserlab demo", progress=progress,
                                  log=stage_logger("gaussian"))
     return results, time.perf_counter() - started, time.process_time() - cpu
@@ -72,33 +142,39 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_parts(out: Path, jobs: int, progress: bool, device: str) -> dict[str, tuple[dict, float, float]]:
-    """Both studies on `device`, side by side in `jobs` >= 2 processes (spawned: no state shared), or one after the
-    other."""
+def run_parts(out: Path, jobs: int, progress: bool, device: str, dataset: str) -> dict[str, tuple[dict, float, float]]:
+    """Both studies of the demo on `dataset` on `device`, side by side in `jobs` >= 2 processes (spawned: no state
+    shared), or one after the other."""
     parts = {"locality": run_locality_part, "gaussian": run_gaussian_part}
     if jobs < 2:
-        return {name: part(out, progress, device) for name, part in parts.items()}
+        return {name: part(out, progress, device, dataset) for name, part in parts.items()}
     threads = max(1, torch.get_num_threads() // 2)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=context, initializer=set_threads, initargs=(threads,)) as pool:
-        futures = {name: pool.submit(part, out, False, device) for name, part in parts.items()}  # bars would interleave
+        futures = {name: pool.submit(part, out, False, device, dataset)
+                   for name, part in parts.items()}  # bars would interleave
         return {name: future.result() for name, future in futures.items()}
 
 
-def run_demo(out: str | Path, progress: bool = True, jobs: int | None = None, device: str = "cpu") -> dict:
+def run_demo(out: str | Path, progress: bool = True, jobs: int | None = None, device: str = "cpu",
+             dataset: str = "fashion-mnist") -> dict:
     """Both studies into OUT/locality and OUT/gaussian, then OUT/index.html; returns {study: results.json table,
-    "timings_s": {study: wall seconds}, "cpu_seconds": {study: CPU seconds}, "stage_timings": {group: ...}}.
-    jobs: studies run at once (None: 2 when the machine has two or more cores); device: torch device of both
-    studies ('cpu', 'cuda' or 'cuda:N', checked before any work)."""
+    "timings_s": {study: wall seconds}, "cpu_seconds": {study: CPU seconds}, "stage_timings": {group: ...},
+    "dataset": its title}. jobs: studies run at once (None: 2 when the machine has two or more cores); device: torch
+    device of both studies ('cpu', 'cuda' or 'cuda:N'); dataset: a DEMO_DATASETS name. Device and shipped files are
+    checked before any work."""
     check_device(device, "device")
+    check_demo_dataset(dataset)
     out = Path(out)
     jobs = (2 if available_cores() >= 2 else 1) if jobs is None else jobs
     started = time.perf_counter()
-    print(f"locality study ({LOCALITY_CONFIG}) -> {out / 'locality'}; hidden-Gaussian-structure study "
-          f"({GAUSSIAN_CONFIG}) -> {out / 'gaussian'}; {'side by side' if jobs >= 2 else 'one after the other'}",
+    spec = DEMO_DATASETS[dataset]
+    print(f"locality study ({spec.locality_config}) -> {out / 'locality'}; hidden-Gaussian-structure study "
+          f"({spec.gaussian_config}) -> {out / 'gaussian'}; {'side by side' if jobs >= 2 else 'one after the other'}",
           flush=True)
-    parts = run_parts(out, jobs, progress, device)
+    parts = run_parts(out, jobs, progress, device, dataset)
     results = {name: part[0] for name, part in parts.items()}
+    results["dataset"] = spec.title
     results["timings_s"] = {name: part[1] for name, part in parts.items()}
     results["cpu_seconds"] = {name: part[2] for name, part in parts.items()}
     results["stage_timings"] = {f"{name}: {group}": timing for name in parts
