@@ -103,14 +103,16 @@ def test_file_records_its_network_and_a_high_z_reference(tmp_path):
     independent reference map at the nearest grid sigma with the distance and crop IoU of the file's map to it."""
     from denoiserlab.analysis.heatmap_convergence import mask_iou, relative_distance
     from denoiserlab.networks import load as load_network
-    from denoiserlab.studies.common.cache import file_fingerprint
+    from denoiserlab.studies.common.cache import checkpoint_fingerprint
 
     path = tiny_checkpoint(tmp_path)
     out = tmp_path / "maps.npz"
     assert main(["heatmaps", "--network", str(path), "--out", str(out), "--steps", "3", "--n-samples", "2",
                  "--batch-size", "2", "--seed", "5", "--reference-sigma", "0.1", "--reference-samples", "6"]) == 0
     table = read_heatmaps_file(out)
-    assert table["network_fingerprint"] == file_fingerprint(path)
+    assert table["network_fingerprint"] == checkpoint_fingerprint(path)
+    (path / "README.md").write_text("shipped with notes")  # notes beside the weights: the same network
+    assert checkpoint_fingerprint(path) == table["network_fingerprint"]
     sigmas = edm_sigmas(3)
     level = int((sigmas.log() - torch.tensor(0.1).log()).abs().argmin())  # the middle sigma of 80, ~2.5, 0.002
     assert level == 1
@@ -142,7 +144,7 @@ def test_study_refuses_heatmaps_of_another_checkpoint(tmp_path):
     """A heatmap file records the checkpoint it was computed from: naming it for another network is one error
     before any stage; a file that does not record one is accepted and reported as unverified (None)."""
     from denoiserlab.errors import DenoiserLabError
-    from denoiserlab.studies.common.cache import file_fingerprint
+    from denoiserlab.studies.common.cache import checkpoint_fingerprint
     from denoiserlab.studies.locality.heatmaps import check_heatmaps_network
 
     path = tiny_checkpoint(tmp_path)
@@ -150,7 +152,7 @@ def test_study_refuses_heatmaps_of_another_checkpoint(tmp_path):
     assert main(["heatmaps", "--network", str(path), "--out", str(out), "--steps", "2", "--n-samples", "1",
                  "--batch-size", "1"]) == 0
     table = read_heatmaps_file(out)
-    assert check_heatmaps_network(table, file_fingerprint(path), str(out), "tiny") is True
+    assert check_heatmaps_network(table, checkpoint_fingerprint(path), str(out), "tiny") is True
     with pytest.raises(DenoiserLabError, match="another checkpoint"):
         check_heatmaps_network(table, "0" * 20, str(out), "other")
     assert check_heatmaps_network({**table, "network_fingerprint": None}, "0" * 20, str(out), "other") is None

@@ -31,7 +31,7 @@ from denoiserlab.diffusion.sigmas import check_steps
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load as load_network
 from denoiserlab.outputs import check_output_file, check_output_folder
-from denoiserlab.studies.common.cache import StageCache, file_fingerprint
+from denoiserlab.studies.common.cache import StageCache, checkpoint_fingerprint
 from denoiserlab.studies.locality.heatmaps import READINGS, save_heatmaps_file
 from denoiserlab.validation import check_count, check_device, check_seed
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     imageset = load(**network.training_data)
     train = imageset.as_float().to(args.device)
     cache = StageCache(parts_folder(args.out))
-    network_fingerprint = file_fingerprint(resolve(args.network))
+    network_fingerprint = checkpoint_fingerprint(resolve(args.network))
     key = {"network": network_fingerprint,
            "n_samples": args.n_samples, "seed": args.seed, "batch_size": args.batch_size, "steps": args.steps}
     if args.until_converged is not None:

@@ -53,6 +53,16 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """Content hash of a network: of its weights file when `path` is a checkpoint folder (so a README or sample grid
+    beside the weights does not change it), else of the file or folder (file_fingerprint)."""
+    from denoiserlab.networks.checkpoint import WEIGHTS_FILE
+
+    path = Path(path)
+    weights = path / WEIGHTS_FILE
+    return file_fingerprint(weights if path.is_dir() and weights.is_file() else path)
+
+
 class StageFileError(ValueError):
     """A stage file that cannot be read back as a stage value (corrupt, planted, or from another format)."""
 

@@ -12,7 +12,7 @@ from denoiserlab.denoisers.training_set import dataset_fingerprint, training_ima
 from denoiserlab import assets
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loaders import load as load_network_file
-from denoiserlab.studies.common.cache import file_fingerprint
+from denoiserlab.studies.common.cache import checkpoint_fingerprint
 from denoiserlab.studies.common.config import DataConfig, NetworkConfig
 
 
@@ -75,7 +75,7 @@ def load_network(config: NetworkConfig, device: str) -> LoadedNetwork:
     module = load_network_file(path, trust_pickle=config.trust_pickle, device=device, **config.options)
     module.eval().requires_grad_(False)
     return LoadedNetwork(config, module, {"path": config.path, "options": config.options,
-                                          "fingerprint": file_fingerprint(path)})
+                                          "fingerprint": checkpoint_fingerprint(path)})
 
 
 def check_image_shape(network: LoadedNetwork, image_shape: tuple[int, int, int]) -> None:

@@ -6,7 +6,7 @@ float32 [L, H, W, H, W] (indexed [sigma, y, x, y', x'], output pixel first) in b
 Heatmap files (to ship precomputed heatmaps instead of recomputing them): `.npz` or `.pt` holding
 `sigmas` float64 [L] (high -> low), `same_channel` float16 [L, H, W, H, W], optionally `all_channels` (same shape),
 `n_samples` (z per sigma: one number, or int64 [L] when the count was chosen per sigma), `command` (the
-command line that made them) and `network_fingerprint` (studies.common.cache.file_fingerprint of the checkpoint
+command line that made them) and `network_fingerprint` (studies.common.cache.checkpoint_fingerprint of the checkpoint
 they were computed from; a study refuses a file whose fingerprint is not its network's, and reports files without
 one as unverified); for one-channel images, where both readings coincide, only `same_channel` is stored,
 with `readings_equal` = True. A study reads such a file when a network's `heatmaps` key names it; its sigmas must
