@@ -1,15 +1,16 @@
 """The `denoiserlab` command line: parses arguments and calls the library; it computes nothing itself.
 
 Each sub-command lives in its own module with `add_parser(subparsers)` (which registers it and sets
-`func`) and the function it calls.
+`func`, and `under_torchrun=True` when it runs under torchrun) and the function it calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from denoiserlab import __version__
+from denoiserlab import __version__, process_group
 from denoiserlab.errors import DenoiserLabError
 
 COMMAND_MODULES = ("data_info", "sample", "train", "study", "gaussian_study", "heatmaps", "demo")
@@ -45,10 +46,16 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: bad input ends in one line on stderr and exit code 2, Ctrl-C in one line
-    and exit code 130. Outputs are written atomically, so an interrupted run leaves no partial file behind."""
+    and exit code 130. Outputs are written atomically, so an interrupted run leaves no partial file behind.
+
+    Started by torchrun (RANK and WORLD_SIZE set), a command that supports it runs in the process group torchrun
+    describes (`process_group.joined_from_environment`); the others refuse."""
     try:
         args = build_parser().parse_args(argv)
-        args.func(args)
+        if process_group.launched_by_torchrun():
+            run_under_torchrun(args)
+        else:
+            args.func(args)
     except DenoiserLabError as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     except OSError as error:  # the file system said no (permission, disk full, ...): name the file, no traceback
@@ -62,8 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_under_torchrun(args: argparse.Namespace) -> None:
+    """Run the parsed command as one rank of a torchrun group: `sample` and `train` only, so far."""
+    if not getattr(args, "under_torchrun", False):
+        raise DenoiserLabError(f"denoiserlab {args.command} does not run under torchrun (only sample and train do);"
+                               " run it as one process")
+    with process_group.joined_from_environment():
+        args.func(args)
+
+
 def _fail(message: str, code: int) -> int:
-    """Print the one error line (flushing stdout first, so the line comes last) and return the exit code."""
+    """Print the one error line (flushing stdout first, so the line comes last; naming the rank under torchrun) and
+    return the exit code."""
     sys.stdout.flush()
-    print(f"denoiserlab: error: {' '.join(message.split())}", file=sys.stderr)
+    rank = f"rank {os.environ['RANK']}: " if process_group.launched_by_torchrun() else ""
+    print(f"denoiserlab: error: {rank}{' '.join(message.split())}", file=sys.stderr)
     return code

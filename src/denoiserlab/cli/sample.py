@@ -1,8 +1,14 @@
-"""`denoiserlab sample`: sample any denoiser with the PF-ODE from seeded initial noise; PNG grid + .npz."""
+"""`denoiserlab sample`: sample any denoiser with the PF-ODE from seeded initial noise; PNG grid + .npz.
+
+Under torchrun every rank draws the same noise. An analytical denoiser that can shard its training set over the
+ranks does (distributed=True: every rank samples every image, each over its shard); a network, or a denoiser that
+cannot shard yet, samples each rank's share of the images. Every rank then holds all samples; only rank 0 writes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 from pathlib import Path
@@ -10,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from denoiserlab import process_group
 from denoiserlab.atomic import atomic_folder
 from denoiserlab.cli.common import (
     add_data_arguments,
@@ -57,21 +64,29 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     add_device_argument(parser)
     add_data_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, under_torchrun=True)
 
 
 def run(args: argparse.Namespace) -> None:
     check_arguments(args)
+    args.device = process_group.rank_device(args.device)  # under torchrun, "cuda" is this rank's GPU
     denoiser, image_shape, metadata = network_from_args(args) if args.network else denoiser_from_args(args)
     check_memory(WORKING_COPIES * 4 * args.n * math.prod(image_shape), f"sampling {args.n} images of shape"
                  f" {list(image_shape)}")
     noise = standard_noise((args.n, *image_shape), args.seed).to(args.device)  # drawn on the CPU: same on any device
     sigmas = edm_sigmas(args.steps, sigma_max=min(80.0, getattr(denoiser, "sigma_max", 80.0)))
-    with torch.no_grad():
-        result = SAMPLERS[args.sampler](denoiser, noise, sigmas, progress=True)
+
+    def sample(initial_noise: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return SAMPLERS[args.sampler](denoiser, initial_noise, sigmas,
+                                          progress=process_group.is_main_process()).images
+
+    sharded = getattr(getattr(denoiser, "config", None), "distributed", False)  # needs every rank on every image
+    images = sample(noise) if sharded else process_group.parallel_over_rows(sample, noise)
     metadata.update(steps=args.steps, sigma_max=float(sigmas[0]), sampler=args.sampler, seed=args.seed,
-                    device=args.device)
-    write_samples(args.out, result.images.cpu(), metadata)
+                    device=args.device, processes=process_group.world_size())
+    if process_group.is_main_process():
+        write_samples(args.out, images.cpu(), metadata)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -87,8 +102,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def denoiser_from_args(args: argparse.Namespace):
-    """The analytical denoiser named by --denoiser, built on the --data training set (its files read first)."""
+    """The analytical denoiser named by --denoiser, built on the --data training set (its files read first); in a
+    process group, with distributed=True when it takes that option (its training set sharded over the ranks)."""
     options = parse_key_values(args.option, "--option")
+    if process_group.in_process_group() and "distributed" in inspect.signature(REGISTRY[args.denoiser]).parameters:
+        options["distributed"] = True
     if args.xflip:
         options["xflip"] = True
     options.update(pspc_options(args))  # masks and schedule files parse before the data is loaded
