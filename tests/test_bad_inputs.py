@@ -89,17 +89,21 @@ def test_gaussian_cache_entry_of_the_wrong_shape_is_recomputed(tmp_path, monkeyp
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     train = tiny_images()
     reference = GaussianDenoiser(train, cache=False)
-    from denoiserlab.denoisers.training_set import dataset_fingerprint
+    from denoiserlab.denoisers.gaussian import cache_key, cache_path, moment_sums
+    from denoiserlab.denoisers.training_set import training_source
 
-    folder = tmp_path / "gaussian"
-    folder.mkdir(exist_ok=True)
-    planted = {"mean": torch.zeros(3, dtype=torch.float64), "eigvals": torch.ones(3, dtype=torch.float64),
-               "eigvecs": torch.eye(3, dtype=torch.float64)}
-    for name in (f"{dataset_fingerprint(train)}.pt", f"{dataset_fingerprint(train)}.safetensors"):
-        torch.save(planted, folder / name) if name.endswith(".pt") else save_file(planted, str(folder / name))
-    cached = GaussianDenoiser(train)
+    counts, sums, sketches = moment_sums(training_source(train))
+    path = cache_path(cache_key(int(counts[0]), tuple(train.shape[1:]), sums[0], sketches[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
     x = tiny_images(3, seed=1)
-    assert torch.allclose(cached(x, 0.5), reference(x, 0.5), atol=1e-6)
+    for planted in ({"mean": torch.zeros(3, dtype=torch.float64), "eigvals": torch.ones(3, dtype=torch.float64),
+                     "eigvecs": torch.eye(3, dtype=torch.float64)},  # wrong shapes
+                    {"mean": reference.mean_ + 1e-9, "eigvals": 0 * reference.eigvals_,  # another set's mean
+                     "eigvecs": reference.eigvecs_}):
+        save_file(planted, str(path))
+        torch.save(planted, path.with_suffix(".pt"))
+        cached = GaussianDenoiser(train, cache=True)
+        assert torch.allclose(cached(x, 0.5), reference(x, 0.5), atol=1e-6)
 
 
 def test_unwritable_cache_folder_still_gives_the_gaussian_denoiser(tmp_path, monkeypatch):

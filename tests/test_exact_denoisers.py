@@ -110,16 +110,41 @@ def test_gaussian_is_exact_posterior_mean_for_gaussian_data():
     assert torch.allclose(den(x.reshape(3, 1, 2, 2), 0.5).reshape(3, 4), exact, atol=1e-2)
 
 
-def test_gaussian_cache_round_trip(tiny_train, tmp_path, monkeypatch):
+def test_gaussian_cache_is_off_by_default_and_round_trips(tiny_train, tmp_path, monkeypatch):
+    from denoiserlab.denoisers import gaussian
+
     monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path))
-    first = GaussianDenoiser(tiny_train)
+    reference = GaussianDenoiser(tiny_train)
+    assert not (tmp_path / "gaussian").exists()  # nothing written unless asked
+    first = GaussianDenoiser(tiny_train, cache=True)
     files = list((tmp_path / "gaussian").glob("*.safetensors"))
-    assert len(files) == 1
-    second = GaussianDenoiser(tiny_train)
-    assert torch.equal(first.eigvecs_, second.eigvecs_)
+    assert len(files) == 1 and torch.equal(first.eigvecs_, reference.eigvecs_)
+    recomputed = []
+    monkeypatch.setattr(gaussian, "centred_scatters", lambda images, means, wanted, *args: recomputed.extend(wanted))
+    second = GaussianDenoiser(tiny_train, cache=True)  # read back: no covariance wanted
+    assert recomputed == [] and torch.equal(first.eigvecs_, second.eigvecs_)
+    monkeypatch.undo()
+    monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path))
     files[0].write_bytes(b"corrupt")  # a corrupt cache entry is recomputed, not trusted
-    third = GaussianDenoiser(tiny_train)
+    third = GaussianDenoiser(tiny_train, cache=True)
     assert torch.allclose(third.eigvals_, first.eigvals_)
+
+
+def test_gaussian_cache_tells_apart_sets_with_the_same_pixel_sums(tmp_path, monkeypatch):
+    # values k / 8 sum exactly in float64 whatever the order, so both sets have bit-identical per-pixel sums; the
+    # second swaps the left halves of two images (a patch-shuffling control): same sums, another covariance
+    from denoiserlab.denoisers.gaussian import moment_sums
+    from denoiserlab.denoisers.training_set import training_source
+
+    monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path))
+    train = torch.randint(-8, 9, (12, 1, 4, 4), generator=torch.Generator().manual_seed(2)).float() / 8
+    swapped = train.clone()
+    swapped[0, ..., :2], swapped[1, ..., :2] = train[1, ..., :2], train[0, ..., :2]
+    assert torch.equal(moment_sums(training_source(train))[1], moment_sums(training_source(swapped))[1])
+    first, second = GaussianDenoiser(train, cache=True), GaussianDenoiser(swapped, cache=True)
+    assert len(list((tmp_path / "gaussian").glob("*.safetensors"))) == 2  # two keys: the sketch sees the swap
+    assert not torch.allclose(first.eigvals_, second.eigvals_)
+    assert torch.equal(second.eigvals_, GaussianDenoiser(swapped).eigvals_)
 
 
 def test_gaussian_rank_out_of_range(tiny_train):

@@ -383,12 +383,15 @@ def test_locality_and_mixture_reuse_the_gaussian_eigendecomposition_cache(tmp_pa
     train, x = random_problem((1, 6, 6), 21)
     labels = torch.arange(20) % 2
     locality, mixture = DataLocality(train)(x, SIGMAS), GaussianMixture(train, labels=labels)(x, SIGMAS)
+    assert not (tmp_path / "gaussian").exists()  # nothing written unless asked
+    assert torch.equal(DataLocality(train, cache=True)(x, SIGMAS), locality)
+    assert torch.equal(GaussianMixture(train, labels=labels, cache=True)(x, SIGMAS), mixture)
     files = sorted((tmp_path / "gaussian").glob("*.safetensors"))
     assert len(files) == 3  # the whole set, and each of the two classes
     for path in files:
         path.write_bytes(b"not safetensors")
-    assert torch.equal(DataLocality(train)(x, SIGMAS), locality)
-    assert torch.equal(GaussianMixture(train, labels=labels)(x, SIGMAS), mixture)
+    assert torch.equal(DataLocality(train, cache=True)(x, SIGMAS), locality)
+    assert torch.equal(GaussianMixture(train, labels=labels, cache=True)(x, SIGMAS), mixture)
     assert all(path.read_bytes() != b"not safetensors" for path in files)  # rewritten (atomically) once recomputed
     assert torch.equal(DataLocality(train, cache=False)(x, SIGMAS), locality)
 

@@ -142,6 +142,21 @@ def test_config_checks_study_keys_before_any_data():
     assert list(config.methods())[:1] == ["optimal"] and set(config.methods()) == set(REGISTRY)
 
 
+def test_studies_keep_eigendecompositions_in_the_disk_cache_unless_configured_off(tiny_train, tmp_path, monkeypatch):
+    # the denoisers write nothing to disk by default; studies and demos ask for the cache explicitly
+    from denoiserlab.data import ImageSet, float_to_uint8
+    from denoiserlab.studies.common.methods import with_disk_cache
+
+    assert with_disk_cache("gaussian", {"rank": 3}) == {"rank": 3, "cache": True}
+    assert with_disk_cache("data_locality", {"cache": False}) == {"cache": False}
+    assert with_disk_cache("optimal", {}) == {}  # no such option: nothing added
+    monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path))
+    data = TrainingData(ImageSet(float_to_uint8(tiny_train), None, "tiny"), tiny_train, False, {"data": "tiny"})
+    assert build_method(method_spec("gaussian_mixture", {"components": 2}), data).config.cache
+    assert not build_method(method_spec("gaussian", {"cache": False}), data).config.cache
+    assert len(list((tmp_path / "gaussian").glob("*.safetensors"))) == 2  # the mixture's two components
+
+
 def test_a_registered_denoiser_appears_in_the_gaussian_linearity_figure(tmp_path, monkeypatch):
     pixels = (torch.rand(30, 8, 8, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
     np.savez(tmp_path / "tiny.npz", train_images=pixels[:24].numpy(), test_images=pixels[24:].numpy())

@@ -45,7 +45,7 @@ class DataLocalityConfig:
     threshold: float | Callable[[float], float] = 0.05  # relative threshold on |A| per row in [0, 1], or sigma -> it
     xflip: bool = False  # also use the horizontal flip of every training image (in the covariance too)
     chunk_size: int | None = None  # training images per chunk (None: about 32 MiB of [B, n, D] logits)
-    cache: bool = True  # keep the eigendecomposition in the user cache folder (the Gaussian denoiser's cache)
+    cache: bool = False  # keep the eigendecomposition in the user cache folder (the Gaussian denoiser's cache)
 
     def __post_init__(self):
         if not callable(self.threshold):
@@ -69,12 +69,12 @@ class DataLocality:
     tunable = Tunable("threshold", "threshold", (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
 
     def __init__(self, train: Tensor | ImageSet, threshold: float | Callable[[float], float] = 0.05,
-                 xflip: bool = False, chunk_size: int | None = None, cache: bool = True):
+                 xflip: bool = False, chunk_size: int | None = None, cache: bool = False):
         self.config = DataLocalityConfig(threshold=threshold, xflip=xflip, chunk_size=chunk_size, cache=cache)
         images = training_images(train, xflip)
         self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
-        # its linear map A_sigma gives the masks; its eigendecomposition comes from (or goes to) the user cache
-        # folder as checked safetensors, written atomically (gaussian._cached_eigendecomposition)
+        # its linear map A_sigma gives the masks; with cache=True its eigendecomposition comes from (or goes to) the
+        # user cache folder as checked safetensors, written atomically (gaussian.fit_gaussians)
         self.gaussian_ = GaussianDenoiser(images, cache=cache)
         self.train_flat_ = images.reshape(images.shape[0], -1)  # [N, D] float32
         self.masks_ = {}  # (sigma, threshold) -> bool [D, D], filled on use

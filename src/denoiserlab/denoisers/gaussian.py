@@ -1,10 +1,18 @@
-"""The Gaussian (Wiener) denoiser of the training set's empirical mean and covariance (Li et al. 2024, eq. 6)."""
+"""The Gaussian (Wiener) denoiser of the training set's empirical mean and covariance (Li et al. 2024, eq. 6).
+
+The mean and covariance are accumulated in float64 over chunks of the training set read from its storage (an
+ImageSet's uint8, memory-mapped or not, is converted chunk by chunk), so no float copy of the set is made. The
+eigendecomposition can be kept in the user cache folder (`cache=True`); see `cache_key` for how an entry is found.
+The Gaussian mixture (`gaussian_mixture.py`) fits its components with the same passes and the same cache.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,7 +20,7 @@ from torch import Tensor
 
 from denoiserlab.atomic import atomic_write
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.training_set import TrainingImages, dataset_fingerprint, training_source
+from denoiserlab.denoisers.training_set import TrainingImages, training_source
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.user_cache import user_cache_dir
 from denoiserlab.validation import (
@@ -25,43 +33,58 @@ from denoiserlab.validation import (
     sigma_per_sample,
 )
 
+CHUNK_IMAGES = 4096  # training images converted at a time by the mean and covariance passes
+SKETCH_DIRECTIONS = 8  # k fixed random directions r_j of the cache key's second-moment sketch sum_i (x_i . r_j)^2
+CACHE_FORMAT = "gaussian-eigh-v2"  # hashed into every cache key: entries of another key scheme are never read
+
 
 @dataclass(frozen=True)
 class GaussianConfig:
     rank: int | None = None  # keep the top `rank` principal components (None: all C*H*W)
     xflip: bool = False  # also use the horizontal flip of every training image
+    cache: bool = False  # keep the eigendecomposition in the user cache folder (read back if already there)
 
     def __post_init__(self):
         check_optional_count(self.rank, "rank")  # the upper bound C*H*W is checked once the data is known
         check_flag(self.xflip, "xflip")
+        check_flag(self.cache, "cache")
+
+
+@dataclass(frozen=True)
+class FittedGaussian:
+    """The empirical Gaussian of n training images, float64: mean [D], eigenvalues [D] (descending, >= 0; those
+    below eigh's rounding noise set to 0) and eigenvectors [D, D] as orthonormal columns."""
+
+    n_images: int
+    mean: Tensor
+    eigvals: Tensor
+    eigvecs: Tensor
 
 
 class GaussianDenoiser:
     """D(x, sigma) = mu + U diag(S / (S + sigma^2)) U^T (x - mu), with U, S the eigenvectors and eigenvalues of the
-    biased (divide by N) empirical covariance. Computed once in float64 and cached on disk keyed by the data.
+    biased (divide by N) empirical covariance, computed once in float64 (`fit_gaussians`).
 
-    The mean and covariance are accumulated over chunks of the training set read from its storage (an ImageSet's
-    uint8, memory-mapped or not, is converted chunk by chunk; see `empirical_mean_covariance`), so no float copy of
-    the set is made. Memory: 24 D^2 bytes for the covariance and eigh (D = C*H*W) plus about 24 n D for one chunk
-    of n = 4096 images (as float32 and float64, centred), independent of N; the denoiser then holds 8 D (r + 1)
-    bytes (r = rank or D).
+    cache=True keeps the eigendecomposition in the user cache folder ($DENOISERLAB_CACHE, else
+    ~/.cache/denoiserlab) and reads it back when the same data comes again; the default writes nothing to disk.
+    Memory: 24 D^2 bytes for the covariance and eigh (D = C*H*W) plus about 24 n D for one chunk of n = CHUNK_IMAGES
+    images (as float32, float64 and centred), independent of N; the denoiser then holds 8 D (r + 1) bytes (r = rank
+    or D).
     """
 
     config_class = GaussianConfig
     tunable = None  # no option to fit per sigma
 
-    def __init__(self, train: Tensor | ImageSet, rank: int | None = None, xflip: bool = False,
-                 cache: bool = True):
-        self.config = GaussianConfig(rank=rank, xflip=xflip)
-        check_flag(cache, "cache")
+    def __init__(self, train: Tensor | ImageSet, rank: int | None = None, xflip: bool = False, cache: bool = False):
+        self.config = GaussianConfig(rank=rank, xflip=xflip, cache=cache)
         images = training_source(train, xflip)
         self.image_shape_ = images.image_shape
         check_rank(rank, math.prod(self.image_shape_))
-        mean, eigvals, eigvecs = _cached_eigendecomposition(images, cache)
+        (fitted,) = fit_gaussians(images, cache=cache, chunk_images=CHUNK_IMAGES)
         keep = slice(None) if rank is None else slice(0, rank)
-        self.mean_ = mean  # [D] float64
-        self.eigvals_ = eigvals[keep]  # [r] float64, descending
-        self.eigvecs_ = eigvecs[:, keep].contiguous()  # [D, r] float64, orthonormal columns
+        self.mean_ = fitted.mean  # [D] float64
+        self.eigvals_ = fitted.eigvals[keep]  # [r] float64, descending
+        self.eigvecs_ = fitted.eigvecs[:, keep].contiguous()  # [D, r] float64, orthonormal columns
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns [B, C, H, W] in x's dtype and device."""
@@ -102,68 +125,149 @@ def wiener_gains(eigvals: Tensor, sigma_squared: Tensor) -> Tensor:
     return torch.where(eigvals > 0, eigvals / (eigvals + sigma_squared), 0.0)
 
 
-def empirical_mean_covariance(images: TrainingImages, chunk_images: int = 4096) -> tuple[Tensor, Tensor]:
-    """Mean [D] and biased covariance [D, D] (divided by N) of the N images, float64, over chunks of chunk_images.
+def fit_gaussians(images: TrainingImages, labels: Tensor | None = None, n_groups: int = 1, cache: bool = False,
+                  chunk_images: int = CHUNK_IMAGES) -> list[FittedGaussian]:
+    """The empirical Gaussian (biased covariance, divided by n) of each group of the training images: of all of them
+    (labels None), or of the images with labels == g for g = 0 .. n_groups - 1 (labels: int64 [N] over the N images
+    of `images`, flips included; every group non-empty). Returns one FittedGaussian per group.
 
-    Two passes, each accumulating float64 sums chunk by chunk: sum x (the mean mu), then sum (x - mu)(x - mu)^T.
-    Centring first keeps the covariance free of the cancellation of sum x x^T / N - mu mu^T (at the same GEMM cost),
-    and nothing larger than one chunk of images is ever converted to float.
+    Two float64 passes over chunks of the storage: sums of x per group (`moment_sums`), then the sums of centred
+    outer products (x - mu)(x - mu)^T (`centred_scatters`), which avoid the cancellation of sum x x^T / n - mu mu^T
+    at the same GEMM cost. With cache=True, a group found in the user cache folder under its `cache_key` (and with
+    the same mean) skips the second pass and eigh; the others are written there. Memory: 8 D^2 bytes per group not
+    found, plus 16 D^2 for eigh and about 20 n D for a chunk of n images, whatever N.
     """
     dim = math.prod(images.image_shape)
-    check_memory(3 * 8 * dim**2, f"the covariance of {list(images.image_shape)} images")
-    total = torch.zeros(dim, dtype=torch.float64)
-    for chunk in images.chunks(chunk_images):
-        total += chunk.reshape(chunk.shape[0], -1).double().sum(0)
-    mean = total / len(images)
-    covariance = torch.zeros(dim, dim, dtype=torch.float64)
-    for chunk in images.chunks(chunk_images):
-        centred = chunk.reshape(chunk.shape[0], -1).double() - mean  # [n, D]
-        covariance += centred.T @ centred
-    return mean, covariance / len(images)
+    check_memory(8 * dim**2 * (n_groups + 2), f"the covariance of {list(images.image_shape)} images")
+    counts, sums, sketches = moment_sums(images, labels, n_groups, chunk_images)
+    means = sums / counts[:, None]  # [G, D]
+    paths = [cache_path(cache_key(int(counts[g]), images.image_shape, sums[g], sketches[g])) for g in range(n_groups)]
+    stored = [read_cached(path, means[g]) if cache else None for g, path in enumerate(paths)]
+    missing = [g for g in range(n_groups) if stored[g] is None]
+    scatters = centred_scatters(images, means, missing, labels, chunk_images)  # [D, D] per missing group
+    for g in missing:
+        scatter = scatters.pop(0)  # dropped once its eigendecomposition is made
+        eigvals, eigvecs = descending_eigh(scatter.div_(int(counts[g])))
+        stored[g] = means[g], eigvals, eigvecs
+        if cache:
+            write_cached(paths[g], *stored[g])
+    return [FittedGaussian(int(counts[g]), *stored[g]) for g in range(n_groups)]
 
 
-def eigendecomposition(images: TrainingImages) -> tuple[Tensor, Tensor, Tensor]:
-    """(mean [D], eigenvalues [D] descending, eigenvectors [D, D] as columns), float64.
+def labelled_chunks(images: TrainingImages, labels: Tensor | None,
+                    chunk_images: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The images in order, chunk by chunk: (rows float64 [n, D], their groups int64 [n]: labels, or all 0)."""
+    for start in range(0, len(images), chunk_images):
+        chunk = images.read(start, start + chunk_images)
+        rows = chunk.reshape(chunk.shape[0], -1).double()
+        groups = torch.zeros(rows.shape[0], dtype=torch.int64) if labels is None else labels[start : start + len(rows)]
+        yield rows, groups
+
+
+def sketch_directions(dim: int) -> Tensor:
+    """The k = SKETCH_DIRECTIONS fixed directions r_j of the cache key's sketch: float64 [D, k], seeded N(0, 1)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(dim, SKETCH_DIRECTIONS, generator=generator, dtype=torch.float64)
+
+
+def moment_sums(images: TrainingImages, labels: Tensor | None = None, n_groups: int = 1,
+                chunk_images: int = CHUNK_IMAGES) -> tuple[Tensor, Tensor, Tensor]:
+    """Pass 1, per group (see `fit_gaussians`): image counts int64 [G], sums of x float64 [G, D], and the sketch
+    sum_i (x_i . r_j)^2 float64 [G, k] of the second moments along `sketch_directions` (for `cache_key`; k D
+    multiply-adds an image, against D^2 for the covariance)."""
+    directions = sketch_directions(math.prod(images.image_shape))
+    counts = torch.zeros(n_groups, dtype=torch.int64)
+    sums = torch.zeros(n_groups, directions.shape[0], dtype=torch.float64)
+    sketches = torch.zeros(n_groups, SKETCH_DIRECTIONS, dtype=torch.float64)
+    for rows, groups in labelled_chunks(images, labels, chunk_images):
+        counts += torch.bincount(groups, minlength=n_groups)
+        sums.index_add_(0, groups, rows)
+        sketches.index_add_(0, groups, (rows @ directions).square())
+    return counts, sums, sketches
+
+
+def centred_scatters(images: TrainingImages, means: Tensor, wanted: list[int], labels: Tensor | None = None,
+                     chunk_images: int = CHUNK_IMAGES) -> list[Tensor]:
+    """Pass 2: sum over the images of group g of (x - mu_g)(x - mu_g)^T for each g in `wanted`: a float64 [D, D]
+    each. means: float64 [G, D]; labels as in `fit_gaussians`. No pass when nothing is wanted."""
+    dim = means.shape[1]
+    scatters = [torch.zeros(dim, dim, dtype=torch.float64) for _ in wanted]
+    if not wanted:
+        return scatters
+    slot_of_group = torch.full((means.shape[0],), -1, dtype=torch.int64)
+    slot_of_group[wanted] = torch.arange(len(wanted))
+    for rows, groups in labelled_chunks(images, labels, chunk_images):
+        slots = slot_of_group[groups]  # [n], -1 for groups not wanted
+        for slot in slots[slots >= 0].unique().tolist():
+            members = slots == slot
+            centred = (rows if members.all() else rows[members]) - means[wanted[slot]]  # [m, D]
+            scatters[slot].addmm_(centred.T, centred)
+    return scatters
+
+
+def descending_eigh(covariance: Tensor) -> tuple[Tensor, Tensor]:
+    """(eigenvalues [D] descending, eigenvectors [D, D] as columns) of a float64 covariance [D, D].
 
     Eigenvalues below D * eps * the largest (the rounding noise of eigh, as in numpy's matrix_rank) are set to 0:
     they are directions the data does not span, which the sigma -> 0 limit (wiener_gains) must leave out."""
-    mean, covariance = empirical_mean_covariance(images)
     eigvals, eigvecs = torch.linalg.eigh(covariance)
     eigvals = eigvals.flip(0)
     tolerance = eigvals.abs().max() * eigvals.numel() * torch.finfo(torch.float64).eps
-    return mean, torch.where(eigvals > tolerance, eigvals, 0.0), eigvecs.flip(1).contiguous()
+    return torch.where(eigvals > tolerance, eigvals, 0.0), eigvecs.flip(1).contiguous()
 
 
-def _cached_eigendecomposition(images: TrainingImages, use_cache: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """eigendecomposition(images), read from or written (atomically, as safetensors) to the user cache folder,
-    keyed by the data's hash (`dataset_fingerprint`, streamed). The cache is a convenience: an entry that does not
-    load as the three float64 tensors of the right shapes is recomputed, and a cache folder that cannot be written
-    is skipped."""
-    if not use_cache:
-        return eigendecomposition(images)
-    dim = math.prod(images.image_shape)
-    path = user_cache_dir("gaussian") / f"{dataset_fingerprint(images)}.safetensors"
-    stored = _read_cached_eigendecomposition(path, dim)
-    if stored is not None:
-        return stored
-    mean, eigvals, eigvecs = eigendecomposition(images)
+def cache_key(n_images: int, image_shape: tuple[int, ...], sums: Tensor, sketch: Tensor) -> str:
+    """Key of an eigendecomposition in the user cache folder: SHA-256 of CACHE_FORMAT, n, the image shape, the
+    float64 sums of x [D] and the second-moment sketch [k] that `moment_sums` computes anyway.
+
+    Why this and not a hash of every value: a hit then costs the first pass alone (reading and converting the set,
+    D + k D multiply-adds an image), not a SHA-256 of all 4 N D bytes of float32 on top of it. What it sees: it is a
+    function of the set of images, not of their order (as the covariance is). A change of any value changes a
+    per-coordinate sum (a step of 1 / 127.5 is far above the sums' rounding). Edits that keep every per-coordinate
+    sum, such as swapping one pixel between two images or shuffling patches across images (a control in locality
+    studies), change the covariance Sigma but not the sums; they change the sketch r_j^T (sum x x^T) r_j for fixed
+    random directions r_j unless the change of sum x x^T is orthogonal to all k rank-one r_j r_j^T, which no
+    accidental edit does (measure zero). It is no cryptographic hash: data can be built to collide on purpose, as
+    with any cache a user can write to. A hit is also checked: shapes, finite values, eigenvalues >= 0 and the
+    stored mean equal to the one just computed (`read_cached`). Float64 sums depend on the order of additions, so
+    the same images in another chunking, thread count, BLAS or number of processes may give another key: a miss
+    and a recomputation, never a wrong entry.
+    """
+    digest = hashlib.sha256(f"{CACHE_FORMAT} {n_images} {list(image_shape)}".encode())
+    for values in (sums, sketch):
+        digest.update(values.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cache_path(key: str) -> Path:
+    """Where the eigendecomposition of `key` is kept: a safetensors file in the user cache folder."""
+    return user_cache_dir("gaussian") / f"{key}.safetensors"
+
+
+def write_cached(path: Path, mean: Tensor, eigvals: Tensor, eigvecs: Tensor) -> None:
+    """Write an eigendecomposition atomically as safetensors. The cache is a convenience: a cache folder that
+    cannot be written is skipped (the result is still right, only not kept)."""
     try:
         atomic_write(path, lambda temp: save_file({"mean": mean, "eigvals": eigvals, "eigvecs": eigvecs}, str(temp)))
-    except OSError:  # read-only or full cache folder: the result is still right, only not kept
+    except OSError:
         pass
-    return mean, eigvals, eigvecs
 
 
-def _read_cached_eigendecomposition(path: Path, dim: int) -> tuple[Tensor, Tensor, Tensor] | None:
-    """(mean [D], eigvals [D], eigvecs [D, D]) from a cache file, or None when it is absent or not exactly that."""
+def read_cached(path: Path, mean: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(mean [D], eigvals [D], eigvecs [D, D]) from a cache file, or None when it is absent or not exactly that:
+    three float64 tensors of these shapes, finite, eigenvalues >= 0, and its mean equal to `mean` [D] (computed
+    from the data). Anything else (truncated, foreign or planted files) is recomputed."""
     try:
         stored = load_file(str(path))
     except Exception:  # absent, truncated or not safetensors at all (safetensors raises its own error types)
         return None
+    dim = mean.shape[0]
     shapes = {"mean": (dim,), "eigvals": (dim,), "eigvecs": (dim, dim)}
     if set(stored) != set(shapes) or any(tuple(stored[name].shape) != shape or stored[name].dtype != torch.float64
                                          for name, shape in shapes.items()):
         return None
     if not all(torch.isfinite(tensor).all() for tensor in stored.values()) or (stored["eigvals"] < 0).any():
+        return None
+    if not torch.equal(stored["mean"], mean):
         return None
     return stored["mean"], stored["eigvals"], stored["eigvecs"]

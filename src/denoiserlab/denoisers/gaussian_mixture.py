@@ -5,14 +5,14 @@ Component k has the mean mu_k, biased covariance S_k = U_k diag(lambda_k) U_k^T 
 eigenpairs) and weight pi_k = n_k / N of its n_k training images. Under x = x0 + sigma eps the posterior mean is
     D(x, sigma) = sum_k w_k(x) [mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k)],
     w_k(x) proportional to pi_k N(x; mu_k, S_k + sigma^2 I),
-computed in float64 from each component's eigendecomposition, which the Gaussian denoiser's cache keeps
-(`gaussian._cached_eigendecomposition`: safetensors in the user cache folder, keyed by the component's images, read
-back as untrusted and written atomically). In the eigenbasis, with p = U_k^T (x - mu_k), the Mahalanobis term is
-sum_j p_j^2 / (lambda_j + sigma^2) + |residual|^2 / sigma^2 and log det(S_k + sigma^2 I) = D log sigma^2 +
-sum_j log(1 + lambda_j / sigma^2), whose first term all components share. The weights are formed relative to the
-smallest Mahalanobis term (`mixture_weights`), so any sigma in (0, inf) gives a finite answer: as sigma -> 0 the
-component nearest to x (outside its span) takes all the weight, as sigma -> inf the weights are the pi_k. One
-component is the Gaussian denoiser.
+computed in float64 from each component's eigendecomposition, fitted as the Gaussian denoiser's
+(`gaussian.fit_gaussians`; with cache=True kept in its cache: safetensors in the user cache folder, keyed by the
+component's images, read back as untrusted and written atomically). In the eigenbasis, with p = U_k^T (x - mu_k),
+the Mahalanobis term is sum_j p_j^2 / (lambda_j + sigma^2) + |residual|^2 / sigma^2 and
+log det(S_k + sigma^2 I) = D log sigma^2 + sum_j log(1 + lambda_j / sigma^2), whose first term all components
+share. The weights are formed relative to the smallest Mahalanobis term (`mixture_weights`), so any sigma in
+(0, inf) gives a finite answer: as sigma -> 0 the component nearest to x (outside its span) takes all the weight, as
+sigma -> inf the weights are the pi_k. One component is the Gaussian denoiser.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.gaussian import _cached_eigendecomposition, check_rank, wiener_gains
-from denoiserlab.denoisers.training_set import TrainingImages, training_images
+from denoiserlab.denoisers.gaussian import check_rank, fit_gaussians, wiener_gains
+from denoiserlab.denoisers.training_set import TrainingImages, training_source
 from denoiserlab.distances import nearest_neighbours
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
@@ -39,6 +39,7 @@ from denoiserlab.validation import (
 )
 
 KMEANS_MAX_ITERATIONS = 100
+CHUNK_IMAGES = 4096  # training images converted at a time by the k-means and fitting passes
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class GaussianMixtureConfig:
     rank: int | None = None  # keep the top `rank` eigenpairs of each covariance (None: all C*H*W)
     seed: int = 0  # seed of the k-means initialisation
     xflip: bool = False  # also use the horizontal flip of every training image (same label)
-    cache: bool = True  # keep each component's eigendecomposition in the user cache folder (as the Gaussian denoiser)
+    cache: bool = False  # keep each component's eigendecomposition in the user cache folder (as the Gaussian denoiser)
 
     def __post_init__(self):
         if self.components != "labels" and (isinstance(self.components, bool) or not isinstance(self.components, int)
@@ -73,26 +74,36 @@ class Component:
 
 
 class GaussianMixture:
-    """Mixture-of-Gaussians denoiser D(x, sigma); components from class labels or seeded k-means."""
+    """Mixture-of-Gaussians denoiser D(x, sigma); components from class labels or seeded k-means.
+
+    The components are fitted over chunks of the training set read from its storage (an ImageSet's uint8, memory-
+    mapped or not, converted chunk by chunk; `gaussian.fit_gaussians`: per-component float64 sums, then centred
+    outer products), and k-means reads it once per step (`kmeans_labels`), so no float copy of the set is made.
+    Memory while fitting: 8 D^2 (K + 2) bytes (D = C*H*W, K components) plus about 24 n D for a chunk of
+    n = CHUNK_IMAGES images and 24 N for k-means' labels and distances (N images, 2N with xflip); the denoiser then
+    holds its labels (8 N bytes) and about 8 K D (r + 1) (r = rank or D).
+    """
 
     config_class = GaussianMixtureConfig
     tunable = None  # the components come from the data, not fitted per sigma
 
     def __init__(self, train: Tensor | ImageSet, components: str | int = "labels", labels: Tensor | None = None,
-                 rank: int | None = None, seed: int = 0, xflip: bool = False, cache: bool = True):
+                 rank: int | None = None, seed: int = 0, xflip: bool = False, cache: bool = False):
         self.config = GaussianMixtureConfig(components=components, rank=rank, seed=seed, xflip=xflip, cache=cache)
-        images = training_images(train, xflip)
-        check_rank(rank, images[0].numel())
-        self.image_shape_ = tuple(images.shape[1:])
+        images = training_source(train, xflip)
+        check_rank(rank, math.prod(images.image_shape))
+        self.image_shape_ = images.image_shape
         if components == "labels":
             self.labels_ = component_labels(train, labels, xflip)  # [N] int64, 0 .. K - 1
         elif labels is not None:
             raise DenoiserLabError("labels= is used with components='labels' only, got components="
                                    f"{components!r}")
         else:
-            self.labels_ = kmeans_labels(images.reshape(images.shape[0], -1), components, seed)
-        self.components_ = [fit_component(images[self.labels_ == k], images.shape[0], rank, cache)
-                            for k in range(int(self.labels_.max()) + 1)]
+            self.labels_ = kmeans_labels(images, components, seed, CHUNK_IMAGES)
+        fitted = fit_gaussians(images, self.labels_, int(self.labels_.max()) + 1, cache, CHUNK_IMAGES)
+        keep = slice(None) if rank is None else slice(0, rank)
+        self.components_ = [Component(math.log(part.n_images / len(images)), part.mean, part.eigvals[keep].contiguous(),
+                                      part.eigvecs[:, keep].contiguous()) for part in fitted]
         self._device_components = {torch.device("cpu"): self.components_}
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -129,53 +140,75 @@ def component_labels(train: Tensor | ImageSet, labels: Tensor | None, xflip: boo
     return torch.cat([renumbered, renumbered]) if xflip else renumbered
 
 
-def kmeans_labels(flat: Tensor, n_clusters: int, seed: int) -> Tensor:
-    """Lloyd's k-means (k-means++ start from a seeded generator) on rows [N, D]: cluster labels int64 [N].
+def kmeans_labels(images: TrainingImages, n_clusters: int, seed: int, chunk_images: int) -> Tensor:
+    """Lloyd's k-means (k-means++ start from a seeded generator) on the N images: cluster labels int64 [N].
 
-    Float64 distances; stops when no label changes (at most KMEANS_MAX_ITERATIONS); an emptied cluster restarts at
-    the row farthest from its centre.
+    Each step is one pass over chunks of the storage: float64 distances to the centres, the nearest centre of each
+    image, and the float64 sums of each cluster's new members (the next centres). Stops when no label changes (at
+    most KMEANS_MAX_ITERATIONS); an emptied cluster restarts at the image farthest from its centre.
     """
-    if n_clusters > flat.shape[0]:
-        raise DenoiserLabError(f"components={n_clusters} needs at least as many training images, got {flat.shape[0]}")
-    flat = flat.double()
-    centres = kmeans_plus_plus(flat, n_clusters, torch.Generator().manual_seed(seed))
+    if n_clusters > len(images):
+        raise DenoiserLabError(f"components={n_clusters} needs at least as many training images, got {len(images)}")
+    centres = kmeans_plus_plus(images, n_clusters, torch.Generator().manual_seed(seed), chunk_images)
     labels = None
     for _ in range(KMEANS_MAX_ITERATIONS):
-        distances, new_labels = nearest_neighbours(flat, centres)
+        distances, new_labels, counts, sums = assign_to_centres(images, centres, chunk_images)
         if labels is not None and torch.equal(new_labels, labels):
             break
         labels = new_labels
         for k in range(n_clusters):
-            members = labels == k
-            if not members.any():  # restart an empty cluster at the worst-served row
+            if counts[k] == 0:  # restart an empty cluster at the worst-served image
                 farthest = int(distances.argmax())
-                labels[farthest], distances[farthest] = k, 0
-                members = labels == k
-            centres[k] = flat[members].mean(0)
+                row = image_row(images, farthest)
+                counts[labels[farthest]] -= 1
+                sums[labels[farthest]] -= row
+                labels[farthest], distances[farthest], counts[k], sums[k] = k, 0, 1, row
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
     return labels
 
 
-def kmeans_plus_plus(flat: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): rows drawn with probability proportional to the squared
-    distance to the nearest centre so far. flat: float64 [N, D]; returns float64 [K, D]."""
-    first = int(torch.randint(flat.shape[0], (1,), generator=generator))
-    centres = [flat[first]]
-    nearest = (flat - flat[first]).square().sum(1)  # [N]
+def image_row(images: TrainingImages, index: int) -> Tensor:
+    """Training image `index` as a float64 row [D]."""
+    return images.read(index, index + 1).reshape(-1).double()
+
+
+def assign_to_centres(images: TrainingImages, centres: Tensor,
+                      chunk_images: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One k-means pass: (distance to the nearest centre float64 [N], its index int64 [N], members per centre int64
+    [K], float64 sums of the members [K, D]). centres: float64 [K, D]."""
+    distances, labels = [], []
+    counts = torch.zeros(centres.shape[0], dtype=torch.int64)
+    sums = torch.zeros_like(centres)
+    for chunk in images.chunks(chunk_images):
+        rows = chunk.reshape(chunk.shape[0], -1).double()  # [n, D]
+        chunk_distances, chunk_labels = nearest_neighbours(rows, centres)
+        counts += torch.bincount(chunk_labels, minlength=centres.shape[0])
+        sums.index_add_(0, chunk_labels, rows)
+        distances.append(chunk_distances)
+        labels.append(chunk_labels)
+    return torch.cat(distances), torch.cat(labels), counts, sums
+
+
+def kmeans_plus_plus(images: TrainingImages, n_clusters: int, generator: torch.Generator,
+                     chunk_images: int) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): images drawn with probability proportional to the squared
+    distance to the nearest centre so far, one pass over the storage per centre. Returns float64 [K, D]."""
+    first = int(torch.randint(len(images), (1,), generator=generator))
+    centres = [image_row(images, first)]
+    nearest = squared_distances_to_row(images, centres[0], chunk_images)  # [N]
     for _ in range(1, n_clusters):
         total = nearest.sum()
         probabilities = nearest / total if total > 0 else torch.full_like(nearest, 1 / len(nearest))
         chosen = int(torch.multinomial(probabilities, 1, generator=generator))
-        centres.append(flat[chosen])
-        nearest = torch.minimum(nearest, (flat - flat[chosen]).square().sum(1))
+        centres.append(image_row(images, chosen))
+        nearest = torch.minimum(nearest, squared_distances_to_row(images, centres[-1], chunk_images))
     return torch.stack(centres)
 
 
-def fit_component(images: Tensor, n_total: int, rank: int | None, cache: bool) -> Component:
-    """The Gaussian of one component's images [n_k, C, H, W], its weight n_k / n_total, top-`rank` eigenpairs."""
-    mean, eigvals, eigvecs = _cached_eigendecomposition(TrainingImages(images, xflip=False), cache)
-    keep = slice(None) if rank is None else slice(0, rank)
-    return Component(math.log(images.shape[0] / n_total), mean, eigvals[keep].contiguous(),
-                     eigvecs[:, keep].contiguous())
+def squared_distances_to_row(images: TrainingImages, row: Tensor, chunk_images: int) -> Tensor:
+    """|x_i - row|^2 in float64 for every image, as sums of squared differences: [N]. row: float64 [D]."""
+    return torch.cat([(chunk.reshape(chunk.shape[0], -1).double() - row).square().sum(1)
+                      for chunk in images.chunks(chunk_images)])
 
 
 def component_posterior(component: Component, queries: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:

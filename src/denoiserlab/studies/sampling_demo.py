@@ -20,6 +20,7 @@ from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.distances import nearest_neighbours
 from denoiserlab.networks import load as load_network
 from denoiserlab.report.sampling_demo import write_sampling_demo_figures
+from denoiserlab.studies.common.methods import with_disk_cache
 from denoiserlab.validation import check_device
 
 
@@ -45,7 +46,7 @@ def run_sampling_demo(config: SamplingDemoConfig, out: Path) -> dict:
     samples, timings = {}, {}
     for name, options in config.denoisers.items():
         started = time.perf_counter()
-        denoiser = create(name, train_images, **resolve_named_schedules(options))
+        denoiser = create(name, train_images, **with_disk_cache(name, resolve_named_schedules(options)))
         samples[name] = sample_heun(denoiser, noise, config.steps, progress=True).images.cpu()
         timings[name] = time.perf_counter() - started
         print(f"  {name:12s} sampled {config.n_samples} images in {timings[name]:.1f} s")

@@ -153,7 +153,7 @@ def build_method(spec: MethodSpec, data: TrainingData, value: object = None, inp
     """The configured denoiser on its training images (flips as the study's unless its options say otherwise);
     `value` is the tuned value or schedule (None: the fixed one, else the method's default), `inputs` what the
     tunable needs (e.g. heatmaps)."""
-    options = dict(spec.options)
+    options = with_disk_cache(spec.name, spec.options)
     if "xflip" not in options and "xflip" in inspect.signature(REGISTRY[spec.name]).parameters:
         options["xflip"] = data.xflip
     if spec.tunable is not None:
@@ -161,6 +161,16 @@ def build_method(spec: MethodSpec, data: TrainingData, value: object = None, inp
             value = spec.fixed if spec.fixed is not None else default_value(spec)
         options.update(spec.tunable.options(value, inputs))
     return create(spec.name, method_images(data, spec), **options)
+
+
+def with_disk_cache(name: str, options: dict) -> dict:
+    """A copy of the options of denoiser `name` with cache=True when it takes a `cache` option and the options do
+    not set one: studies and demos keep eigendecompositions in the user cache folder (a rerun, or another study on
+    the same set, skips the covariance and eigh), while the denoisers write nothing to disk by default."""
+    options = dict(options)
+    if "cache" not in options and "cache" in inspect.signature(REGISTRY[name]).parameters:
+        options["cache"] = True
+    return options
 
 
 def default_value(spec: MethodSpec) -> object:

@@ -11,6 +11,7 @@ from denoiserlab.denoisers import create
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.common.config import DataConfig, NetworkConfig
 from denoiserlab.studies.common.inputs import TrainingData, check_image_shape, load_network, load_training_data
+from denoiserlab.studies.common.methods import with_disk_cache
 
 
 @dataclass
@@ -26,7 +27,7 @@ class StudyData:
         """The registered denoiser `name` on these images (built on first use, then reused)."""
         label = f"{name}:{sorted((options or {}).items())}"
         if label not in self.denoisers_:
-            self.denoisers_[label] = create(name, self.images.cpu(), **(options or {}))
+            self.denoisers_[label] = create(name, self.images.cpu(), **with_disk_cache(name, options or {}))
         return self.denoisers_[label]
 
 
