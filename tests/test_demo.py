@@ -60,7 +60,8 @@ def test_index_page_shows_the_ranking_the_pearson_r_and_the_time_per_stage():
                 "nearest_neighbour": {"unet": {"network": 9.5}}}
     gaussian = {"checks": {}, "sweeps": {"entries": []}}
     stage_timings = {"locality: fitting sweeps: els": {"seconds": 61.5, "cpu_seconds": 60.2, "count": 9}}
-    page = demo_index_html({"locality": locality, "gaussian": gaussian, "stage_timings": stage_timings, "dataset": "emoji",
+    page = demo_index_html({"locality": locality, "gaussian": gaussian, "stage_timings": stage_timings,
+                            "dataset": "emoji",
                             "timings_s": {"locality": 300.0, "gaussian": 100.0, "total": 310.0},
                             "cpu_seconds": {"locality": 290.0, "gaussian": 95.0}})
     for text in ("Closest to unet on our data (fashion-mnist/train) by MSE: forward process: gaussian at high sigma,"

@@ -22,7 +22,8 @@ def train_config(arch: str):
     parser = argparse.ArgumentParser()
     train_cli.add_parser(parser.add_subparsers())
     path = CONFIGS / f"train-{arch}-emoji.toml"
-    return train_cli.config_from_args(parser.parse_args(["train", "--config", str(path), "--out", f"runs/{arch}-emoji"]))
+    arguments = ["train", "--config", str(path), "--out", f"runs/{arch}-emoji"]
+    return train_cli.config_from_args(parser.parse_args(arguments))
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -35,10 +35,11 @@ CONTRACT_KEYS = {"sigmas", "forward", "reverse", "network_vs_optimal", "fitted_s
                  "nearest_neighbour", "timings_s"}
 
 
-def tiny_network(folder: Path, architecture: str, overrides: dict, seed: int) -> Path:
-    """A real architecture at a tiny size with random (perturbed, so not zero-initialised) weights, saved."""
+def tiny_network(folder: Path, architecture: str, overrides: dict, seed: int, channels: int = 1) -> Path:
+    """A real architecture at a tiny size (channels x 8 x 8) with random (perturbed, so not zero-initialised)
+    weights, saved."""
     torch.manual_seed(seed)
-    denoiser = build_denoiser(architecture, 1, 8, overrides=overrides).eval()
+    denoiser = build_denoiser(architecture, channels, 8, overrides=overrides).eval()
     with torch.no_grad():
         for parameter in denoiser.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -192,7 +193,52 @@ def test_report_is_self_contained_with_embedded_figures(setup):
     assert len(figures) >= 10
     assert page.count('src="data:image/png;base64,') == len(figures)
     assert 'src="figures/' not in page and "<link" not in page
-    for text in ("Headline numbers", "pspc_flex", "No feature model was given", "Timings per stage", "torch"):
+    for text in ("Headline numbers", "pspc_flex", "No feature model was given", "Timings per stage", "torch",
+                 "mixer: the two readings coincide (one-channel images)"):
+        assert text in page
+
+
+def test_one_channel_heatmap_readings_coincide(setup):
+    results = setup["results"]
+    for name in ("mixer", "dit"):
+        readings = results["heatmap_readings"][name]
+        assert readings["used"] == "same_channel" and readings["equal"] is True
+        fitted = results["fitted_schedules"]["pspc_flex"][name]
+        assert readings["fitted"]["pspc_flex"] == {"same_channel": fitted, "all_channels": fitted}
+        extent = results["heatmaps"][name]["extent"]
+        assert extent["same_channel"] == extent["all_channels"]
+    assert not [stage for stage in results["stages"] if stage.endswith("_channel") or stage.endswith("_channels")]
+
+
+def test_colour_heatmap_readings_both_reach_results_and_report(tmp_path):
+    """3x8x8 images: the readings differ; lambda fitted under the other reading is what a study using that reading
+    fits, and the report sets extent and fitted lambda of the two readings side by side."""
+    images = (np.random.default_rng(1).random((12, 8, 8, 3)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "rgb.npz", images=images)
+    mixer = tiny_network(tmp_path, "mixer", dict(hidden_size=16, depth=1, patch_size=2), seed=0, channels=3)
+    table = {"data": {"source": str(tmp_path / "rgb.npz"), "xflip": True},
+             "networks": [{"name": "mixer", "path": str(mixer)}],
+             "denoisers": {"optimal": {}, "pspc_flex": {"candidates": [0.2, 0.5, 1.0]}},
+             "sigmas": {"steps": STEPS},
+             "evaluation": {"forward_pairs": 2, "reverse_trajectories": 2, "batch_size": 8},
+             "heatmaps": {"n_samples": 2}, "fitting": {"pairs": 2, "trajectories": 2}}
+    results = run_locality_study(from_dict(LocalityStudyConfig, table), tmp_path / "same")
+    readings = results["heatmap_readings"]["mixer"]
+    assert readings["used"] == "same_channel" and readings["equal"] is False
+    extent = results["heatmaps"]["mixer"]["extent"]
+    assert extent["same_channel"] != extent["all_channels"] and len(extent["all_channels"]) == STEPS
+    assert readings["fitted"]["pspc_flex"]["same_channel"] == results["fitted_schedules"]["pspc_flex"]["mixer"]
+    assert "outputs-fit_reverse-mixer-pspc_flex=0.2-all_channels" in results["stages"]
+    other_table = dict(table, heatmaps={"n_samples": 2, "reading": "all_channels"})
+    other = run_locality_study(from_dict(LocalityStudyConfig, other_table), tmp_path / "all", write_report=False)
+    assert other["fitted_schedules"]["pspc_flex"]["mixer"] == readings["fitted"]["pspc_flex"]["all_channels"]
+    assert other["heatmap_readings"]["mixer"]["fitted"] == readings["fitted"]
+    for reading in ("same_channel", "all_channels"):
+        assert other["heatmap_readings"]["mixer"]["fit_mse"]["pspc_flex"][reading] == pytest.approx(
+            readings["fit_mse"]["pspc_flex"][reading], rel=1e-6)
+    page = (tmp_path / "same" / "report.html").read_text()
+    for text in ("mixer: the readings differ; the study uses same_channel", "extent (all_channels)",
+                 "pspc_flex fitted threshold (same_channel)", "pspc_flex fitted threshold (all_channels)"):
         assert text in page
 
 

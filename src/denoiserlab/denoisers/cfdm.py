@@ -5,7 +5,8 @@ D(x, sigma) = (1 / K) sum_k D_opt(x + smoothing * eps_k, sigma): the optimal emp
 perturbations of its input, a Monte Carlo estimate of the Gaussian-smoothed closed-form denoiser. The perturbations
 eps = standard_noise((K, C, H, W), seed) are drawn once and shared by every sample and call, so D is a deterministic
 function of (x, sigma). All B * K perturbed queries go through one streaming pass over the training set
-(`optimal.posterior_mean`, float64 distances). smoothing = 0 is the optimal denoiser.
+(`optimal.posterior_mean`, float64 distances), read as the optimal denoiser reads it: from a float64 copy, or chunk
+by chunk from its storage (`storage`, as `OptimalDenoiser`). smoothing = 0 is the optimal denoiser.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.optimal import posterior_mean
+from denoiserlab.denoisers.optimal import OptimalDenoiser, posterior_mean
 from denoiserlab.denoisers.schedules import Tunable, samples_by_value, value_at
-from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.denoisers.training_set import DeviceCopies, check_storage
 from denoiserlab.diffusion.noise import standard_noise
-from denoiserlab.distances import row_chunks, squared_norms
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_count,
@@ -43,7 +43,11 @@ class CFDMConfig:
     n_noise: int = 10  # K, the number of perturbations averaged
     seed: int = 0  # seed of the perturbations eps = standard_noise((K, C, H, W), seed)
     xflip: bool = False  # also use the horizontal flip of every training image
-    chunk_size: int | None = None  # training images per chunk of the streaming pass (None: about 32 MiB)
+    # training images per chunk of the streaming pass (None: about 32 MiB of float64 rows in RAM, 2 MiB streamed)
+    chunk_size: int | None = None
+    # "ram": a float64 copy of the training set (8 bytes a value), made once; "stream": every call reads the set
+    # chunk by chunk from its storage; "auto": as OptimalDenoiser (ram up to training_set.AUTO_RAM_BYTES). Same results.
+    storage: str = "auto"
 
     def __post_init__(self):
         if not callable(self.smoothing):
@@ -52,6 +56,7 @@ class CFDMConfig:
         check_seed(self.seed)
         check_flag(self.xflip, "xflip")
         check_optional_count(self.chunk_size, "chunk_size")
+        check_storage(self.storage)
 
 
 def check_smoothing(smoothing: object) -> float:
@@ -63,21 +68,27 @@ def check_smoothing(smoothing: object) -> float:
 
 
 class CFDM:
-    """Smoothed closed-form denoiser D(x, sigma); sigma may differ per sample (grouped by their smoothing)."""
+    """Smoothed closed-form denoiser D(x, sigma); sigma may differ per sample (grouped by their smoothing).
+
+    Memory: that of `OptimalDenoiser` with B K queries (N training images of D values, 2N with xflip): storage="ram"
+    holds 8 N D + 8 N bytes; storage="stream" holds nothing per image, and a call adds about 20 n D + 24 B K n +
+    16 B K D bytes for chunks of n images; either way 8 K D for the perturbations.
+    """
 
     config_class = CFDMConfig
     tunable = Tunable("smoothing", "smoothing", (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
 
     def __init__(self, train: Tensor | ImageSet, smoothing: float | Callable[[float], float] = 0.1, n_noise: int = 10,
-                 seed: int = 0, xflip: bool = False, chunk_size: int | None = None):
-        self.config = CFDMConfig(smoothing=smoothing, n_noise=n_noise, seed=seed, xflip=xflip, chunk_size=chunk_size)
-        images = training_images(train, xflip)
-        self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
-        check_memory(8 * n_noise * images[0].numel(), f"{n_noise} perturbations of {list(self.image_shape_)} images")
-        self.train_flat_ = images.reshape(images.shape[0], -1).double()  # [N, D] float64, as OptimalDenoiser
-        self.train_norms_ = squared_norms(self.train_flat_)  # [N]
+                 seed: int = 0, xflip: bool = False, chunk_size: int | None = None, storage: str = "auto"):
+        self.config = CFDMConfig(smoothing=smoothing, n_noise=n_noise, seed=seed, xflip=xflip, chunk_size=chunk_size,
+                                 storage=storage)
+        self.optimal_ = OptimalDenoiser(train, xflip=xflip, chunk_size=chunk_size, storage=storage)  # reads the set
+        self.image_shape_ = self.optimal_.image_shape_  # (C, H, W)
+        self.storage_ = self.optimal_.storage_  # "ram" or "stream"
+        check_memory(8 * n_noise * math.prod(self.image_shape_),
+                     f"{n_noise} perturbations of {list(self.image_shape_)} images")
         self.eps_ = standard_noise((n_noise, *self.image_shape_), seed).double().flatten(1)  # [K, D]
-        self._device_copies = DeviceCopies(self.train_flat_, self.train_norms_, self.eps_)
+        self._device_copies = DeviceCopies(self.eps_)
 
     def smoothing_at(self, sigma: float) -> float:
         """The perturbation scale used at noise level sigma."""
@@ -95,11 +106,10 @@ class CFDM:
 
     def smoothed_mean(self, x: Tensor, sigma: Tensor, smoothing: float) -> Tensor:
         """(1/K) sum_k D_opt(x + smoothing eps_k, sigma). x: [B, C, H, W]; sigma: float64 [B]; returns float64."""
-        train_flat, train_norms, eps = self._device_copies.on(x.device)
+        (eps,) = self._device_copies.on(x.device)
         if smoothing == 0:
             eps = eps[:1] * 0  # every perturbation is zero: one query per sample gives the same average
         queries = x.double().flatten(1)[:, None] + smoothing * eps[None]  # [B, K, D]
         sigmas = sigma.repeat_interleave(eps.shape[0])  # [B * K], sample-major like queries
-        train_chunks = row_chunks(train_flat, train_norms, self.config.chunk_size)
-        means = posterior_mean(queries.flatten(0, 1), sigmas, train_chunks)
+        means = posterior_mean(queries.flatten(0, 1), sigmas, self.optimal_.train_rows(x.device))
         return means.unflatten(0, queries.shape[:2]).mean(1).reshape(x.shape)  # [B, C, H, W]

@@ -12,7 +12,9 @@ Fast path: with d_i = (x - x_i)^2 the per-coordinate squared differences, all ma
 training images are one GEMM d @ M^T (sums of non-negative terms: no cancellation), streamed over the training set
 with running softmax sums per (query, output coordinate) kept relative to the nearest masked distance (no logit that
 overflows at a tiny sigma). The work is in float64 for float64 queries, else float32 (like PSPC-Flex); the sums are
-float64. The dense GEMM costs D^2 per (query, training image) whatever the mask density.
+float64. The dense GEMM costs D^2 per (query, training image) whatever the mask density. The chunks come from a
+float32 copy of the training set or straight from its storage (`storage`), with the same results; the covariance
+is accumulated from the storage either way (`GaussianDenoiser`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.gaussian import GaussianDenoiser
 from denoiserlab.denoisers.schedules import Tunable, samples_by_value, value_at
-from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.denoisers.training_set import (
+    DeviceCopies,
+    TrainingImages,
+    check_storage,
+    resolve_storage,
+    training_source,
+)
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_finite_output,
@@ -46,6 +54,10 @@ class DataLocalityConfig:
     xflip: bool = False  # also use the horizontal flip of every training image (in the covariance too)
     chunk_size: int | None = None  # training images per chunk (None: about 32 MiB of [B, n, D] logits)
     cache: bool = False  # keep the eigendecomposition in the user cache folder (the Gaussian denoiser's cache)
+    # "ram": a float32 copy of the training set (4 bytes a value), made once; "stream": every call reads the set
+    # chunk by chunk from its storage; "auto": ram for a float tensor and for an ImageSet whose copy fits in
+    # training_set.AUTO_RAM_BYTES (1 GiB), else stream. Same results.
+    storage: str = "auto"
 
     def __post_init__(self):
         if not callable(self.threshold):
@@ -53,6 +65,7 @@ class DataLocalityConfig:
         check_flag(self.xflip, "xflip")
         check_optional_count(self.chunk_size, "chunk_size")
         check_flag(self.cache, "cache")
+        check_storage(self.storage)
 
 
 def check_threshold(threshold: object) -> float:
@@ -63,22 +76,33 @@ def check_threshold(threshold: object) -> float:
 
 
 class DataLocality:
-    """Data-statistics locality denoiser D(x, sigma); sigma may differ per sample (grouped by sigma)."""
+    """Data-statistics locality denoiser D(x, sigma); sigma may differ per sample (grouped by sigma).
+
+    Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; n images per chunk): storage="ram"
+    holds 4 N D bytes for the denoiser's life, storage="stream" nothing per image; both hold the Gaussian
+    denoiser's 16 D^2 and up to MASK_CACHE_SIZE masks of D^2 bytes. A call adds about 4 n D for a streamed chunk,
+    4 B n D w for its [B, n, D] intermediates (w = 4 or 8 bytes; n by default about 32 MiB of each) and 4 D^2 (8 D^2
+    for float64 queries) for the mask as a matrix.
+    """
 
     config_class = DataLocalityConfig
     tunable = Tunable("threshold", "threshold", (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
 
     def __init__(self, train: Tensor | ImageSet, threshold: float | Callable[[float], float] = 0.05,
-                 xflip: bool = False, chunk_size: int | None = None, cache: bool = False):
-        self.config = DataLocalityConfig(threshold=threshold, xflip=xflip, chunk_size=chunk_size, cache=cache)
-        images = training_images(train, xflip)
-        self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
+                 xflip: bool = False, chunk_size: int | None = None, cache: bool = False, storage: str = "auto"):
+        self.config = DataLocalityConfig(threshold=threshold, xflip=xflip, chunk_size=chunk_size, cache=cache,
+                                         storage=storage)
+        source = training_source(train, xflip)
+        self.image_shape_ = source.image_shape  # (C, H, W)
         # its linear map A_sigma gives the masks; with cache=True its eigendecomposition comes from (or goes to) the
         # user cache folder as checked safetensors, written atomically (gaussian.fit_gaussians)
-        self.gaussian_ = GaussianDenoiser(images, cache=cache)
-        self.train_flat_ = images.reshape(images.shape[0], -1)  # [N, D] float32
+        self.gaussian_ = GaussianDenoiser(train, xflip=xflip, cache=cache)
+        self.storage_ = resolve_storage(storage, train, source, bytes_per_value=4)  # "ram" or "stream"
+        self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
+        if self.storage_ == "ram":
+            self.images_ = source.read(0, len(source)).contiguous()  # [N, C, H, W] float32
+            self._device_copies = DeviceCopies(self.images_)
         self.masks_ = {}  # (sigma, threshold) -> bool [D, D], filled on use
-        self._device_copies = DeviceCopies(self.train_flat_)
 
     def threshold_at(self, sigma: float) -> float:
         """The mask threshold used at noise level sigma."""
@@ -98,10 +122,11 @@ class DataLocality:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        (train_flat,) = self._device_copies.on(x.device)
+        images = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0],
+                                                                               xflip=False)
         out = torch.empty_like(x)
         for value, group in samples_by_value(sigma.tolist(), x.device):
-            mean = masked_posterior_mean(x[group].flatten(1), sigma[group], train_flat, self.mask(value).to(x.device),
+            mean = masked_posterior_mean(x[group].flatten(1), sigma[group], images, self.mask(value).to(x.device),
                                          self.config.chunk_size)
             out[group] = mean.reshape(out[group].shape).to(x.dtype)
         return check_finite_output(out, "DataLocality", sigma)
@@ -119,12 +144,13 @@ def default_chunk(batch: int, dim: int, itemsize: int, bytes_per_chunk: int = 1 
     return max(1, bytes_per_chunk // (itemsize * batch * dim))
 
 
-def masked_posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, mask: Tensor,
+def masked_posterior_mean(queries: Tensor, sigma: Tensor, images: TrainingImages, mask: Tensor,
                           chunk_size: int | None = None) -> Tensor:
     """Per output coordinate m, sum_i softmax_i(-sum_n M[m, n] (q_n - x_{i,n})^2 / (2 sigma^2)) x_{i,m}.
 
-    queries: [B, D]; sigma: float64 [B]; train_flat: [N, D]; mask: bool [D, D]. Returns float64 [B, D]. The running
-    sums are relative to the smallest masked distance so far, so no logit that overflows at a tiny sigma is formed.
+    queries: [B, D]; sigma: float64 [B]; images: the N training images, read in chunks on the queries' device;
+    mask: bool [D, D]. Returns float64 [B, D]. The running sums are relative to the smallest masked distance so far,
+    so no logit that overflows at a tiny sigma is formed.
     """
     work = torch.float64 if queries.dtype == torch.float64 else torch.float32
     queries, mask_t = queries.to(work), mask.to(work).T  # mask_t[n, m] = M[m, n]
@@ -133,8 +159,8 @@ def masked_posterior_mean(queries: Tensor, sigma: Tensor, train_flat: Tensor, ma
     nearest = torch.full(queries.shape, torch.inf, dtype=torch.float64, device=queries.device)  # [B, D]
     normaliser = torch.zeros_like(nearest)
     numerator = torch.zeros_like(nearest)
-    for start in range(0, train_flat.shape[0], chunk_size):
-        chunk = train_flat[start : start + chunk_size].to(work)  # [n, D]
+    for chunk in images.chunks(chunk_size, queries.device):
+        chunk = chunk.flatten(1).to(work)  # [n, D]
         distances = (queries[:, None] - chunk).square() @ mask_t  # [B, n, D], masked squared distances
         new = torch.minimum(nearest, distances.amin(1).double())
         rescale = torch.where(nearest.isinf(), 0.0, torch.exp(-(nearest - new) * inv_two_var))  # [B, D]

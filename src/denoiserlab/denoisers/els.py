@@ -44,10 +44,17 @@ class ELSConfig:
     padding: str = "zeros"  # "zeros" (boundary-broken, like zero-padded networks) or "circular" (equivariant)
     xflip: bool = False  # also use the horizontal flip of every training image
     kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled for CPU float32
-    chunk_size: int | None = None  # training images per chunk on the eager path (None: about 32 MiB)
+    # training images per chunk (None: about 32 MiB of intermediates on the eager path, of float32 lanes on the
+    # compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
+    chunk_size: int | None = None
+    # "ram": a float32 copy of the training set (and the C kernel's layout of it: 8 bytes a value), made once;
+    # "stream": every call reads the set chunk by chunk from its storage (an ImageSet's uint8, memory-mapped or
+    # not); "auto": ram for a float tensor and for an ImageSet whose copies fit in training_set.AUTO_RAM_BYTES
+    # (1 GiB), else stream. Same results up to float32 summation order.
+    storage: str = "auto"
 
     def __post_init__(self):
-        check_local_options(self.patch_size, self.xflip, self.kernel, self.chunk_size)
+        check_local_options(self.patch_size, self.xflip, self.kernel, self.chunk_size, self.storage)
         if self.padding not in PADDINGS:
             raise DenoiserLabError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
 
@@ -60,9 +67,9 @@ class ELS(LocalScoreMachine):
     name = "ELS"
 
     def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], padding: str = "zeros",
-                 xflip: bool = False, kernel: str = "auto", chunk_size: int | None = None):
+                 xflip: bool = False, kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto"):
         self.config = ELSConfig(patch_size=patch_size, padding=padding, xflip=xflip, kernel=kernel,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, storage=storage)
         super().__init__(train, xflip)
 
     def axes(self, size: int) -> tuple[AxisCandidates, AxisCandidates]:

@@ -27,12 +27,15 @@ import torch
 from torch import Tensor
 
 from denoiserlab.denoisers.pspc_kernel import (
+    LANES,
     check_status,
     compiled_library,
     inverse_two_variance,
     kernel_source,
     run_parts,
+    training_lanes,
 )
+from denoiserlab.denoisers.training_set import TrainingImages
 
 _c_int, _pointer_type = ctypes.c_int, ctypes.c_void_p
 # z, lanes, (B, C, H, W, N, s, circular), rows (n, offset, first, last), columns (same), inv_two_var, the three
@@ -69,9 +72,11 @@ def _axis_arguments(offsets: Tensor, first: Tensor, last: Tensor) -> list:
     return [ctypes.c_int(offsets.shape[0]), _pointer(offsets), _pointer(first), _pointer(last)]
 
 
-def local_posterior_compiled(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, size: int,
-                             circular: bool, rows: tuple, cols: tuple, threads: int) -> Tensor:
-    """Posterior means of the candidates' centre pixels, float64 [B, C, H, W].
+def local_partials_compiled(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, size: int,
+                            circular: bool, rows: tuple, cols: tuple, threads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The softmax sums over the candidates of the n_train images in `lanes`, merged over the kernel's shares:
+    (reference distance [B, H, W], sum of weights [B, H, W], numerator [B, C, H, W]), float64, the weights taken
+    relative to the reference (`merge_partials`).
 
     queries: [B, C, H, W]; lanes: `pspc_kernel.training_lanes`; sigma: [B]; size: the odd window side P; circular:
     wrap around (else zero padding); rows, cols: (offsets, first, last) int32 tensors of each axis
@@ -89,7 +94,45 @@ def local_posterior_compiled(queries: Tensor, lanes: Tensor, n_train: int, sigma
                  *_axis_arguments(*cols), _pointer(inv_two_var), _pointer(nearest), _pointer(sums),
                  _pointer(numerators)]
     check_status(run_parts(load_library().els_part, arguments, parts, threads), "els_part", "ELS / LS")
-    # each share's sums are relative to its own reference distance (near its nearest): bring them to the smallest
-    k = inv_two_var.double()[None, :, None, None]
-    scale = torch.exp(-(nearest - nearest.amin(0)) * k)  # [parts, B, H, W], 1 for the share with the smallest
-    return (numerators * scale[:, :, None]).sum(0) / (sums * scale).sum(0)[:, None]
+    return merge_partials(nearest, sums, numerators, inv_two_var.double())
+
+
+def merge_partials(nearest: Tensor, sums: Tensor, numerators: Tensor,
+                   inv_two_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge P partial softmax states over disjoint candidates into one: nearest, sums [P, B, H, W] and numerators
+    [P, B, C, H, W] float64, each part's weights relative to its own reference distance; inv_two_var: g float64 [B].
+    Each part is brought to the smallest reference m, exp(-(m_p - m) g) <= 1. Returns ([B, H, W], [B, H, W],
+    [B, C, H, W])."""
+    smallest = nearest.amin(0)
+    scale = torch.exp(-(nearest - smallest) * inv_two_var[None, :, None, None])  # [P, B, H, W], 1 for the smallest
+    return smallest, (sums * scale).sum(0), (numerators * scale[:, :, None]).sum(0)
+
+
+def local_posterior_compiled(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, size: int,
+                             circular: bool, rows: tuple, cols: tuple, threads: int) -> Tensor:
+    """Posterior means of the candidates' centre pixels over the images in `lanes`, float64 [B, C, H, W]
+    (arguments as `local_partials_compiled`)."""
+    _, sums, numerators = local_partials_compiled(queries, lanes, n_train, sigma, size, circular, rows, cols, threads)
+    return numerators / sums[:, None]
+
+
+def local_posterior_compiled_streamed(queries: Tensor, images: TrainingImages, sigma: Tensor, size: int,
+                                      circular: bool, rows: tuple, cols: tuple, threads: int,
+                                      chunk_images: int) -> Tensor:
+    """As `local_posterior_compiled` over a training set read chunk by chunk from its storage: each chunk of
+    chunk_images (a multiple of LANES) is laid out (`training_lanes`, converting uint8 on the way) into one reused
+    buffer, and the chunks' partial sums are merged exactly in float64 (`merge_partials`). Same blocks of 16 images
+    and float32 values as the whole-set call, so the result differs from it only in the order of float32 partial
+    sums (~1e-7 relative). Extra memory: 4 n D bytes for the buffer of n images of D values (+ n D stored values for
+    a chunk with flips)."""
+    inv_two_var = inverse_two_variance(sigma).double()
+    buffer = torch.empty((-(-min(chunk_images, len(images)) // LANES), *images.image_shape, LANES))
+    state = None
+    for start in range(0, len(images), chunk_images):
+        lanes = training_lanes(images.read_stored(start, start + chunk_images), out=buffer)
+        n_images = min(chunk_images, len(images) - start)
+        partial = local_partials_compiled(queries, lanes, n_images, sigma, size, circular, rows, cols, threads)
+        state = partial if state is None else merge_partials(
+            *(torch.stack(pair) for pair in zip(state, partial)), inv_two_var)
+    _, sums, numerators = state
+    return numerators / sums[:, None]

@@ -13,19 +13,28 @@ of (x, sigma), the same for a sample alone or in a batch. Neighbours come from a
 training set (`index="exact"`: a float32 screen, a float64 rerank and a certificate that the screen missed no
 nearer image, `nearest_indices`) or a faiss flat L2 index (`index="faiss"`, float32; optional package faiss-cpu).
 The weights use float64 distances recomputed as sums of squared differences, so they stay exact at sigma = 0.002.
+The search reads the training set chunk by chunk and the estimate only the images it chose, from a float32 copy or
+straight from the set's storage (`storage`; an ImageSet's uint8, memory-mapped or not), with the same results.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.training_set import DeviceCopies, training_images
-from denoiserlab.distances import chunked_squared_distances, default_chunk_size, squared_norms
+from denoiserlab.denoisers.training_set import (
+    DeviceCopies,
+    TrainingImages,
+    check_storage,
+    resolve_storage,
+    training_source,
+)
+from denoiserlab.distances import default_chunk_size, squared_distances_to, squared_norms
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_count,
@@ -48,7 +57,11 @@ class KNNConfig:
     seed: int = 0  # seed of the permutation the random images are taken from
     index: str = "exact"  # neighbour search: "exact" (certified, streamed) or "faiss" (flat L2 index, float32)
     xflip: bool = False  # also use the horizontal flip of every training image
-    chunk_size: int | None = None  # training images per chunk of the exact search (None: about 32 MiB)
+    chunk_size: int | None = None  # training images per chunk of the exact search (None: about 4 MiB of float32)
+    # "ram": a float32 copy of the training set (4 bytes a value), made once; "stream": every call reads the set
+    # chunk by chunk from its storage, and the chosen images by index; "auto": ram for a float tensor and for an
+    # ImageSet whose copy fits in training_set.AUTO_RAM_BYTES (1 GiB), else stream. Same results.
+    storage: str = "auto"
 
     def __post_init__(self):
         check_count(self.k, "k", minimum=0)
@@ -60,37 +73,51 @@ class KNNConfig:
             raise DenoiserLabError(f"index must be one of {INDEXES}, got {self.index!r}")
         check_flag(self.xflip, "xflip")
         check_optional_count(self.chunk_size, "chunk_size")
+        check_storage(self.storage)
 
 
 class KNNDenoiser:
-    """Nearest-neighbour importance-sampling estimate of E[x0 | x] over the training set."""
+    """Nearest-neighbour importance-sampling estimate of E[x0 | x] over the training set.
+
+    Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; M = k + n_random; n = chunk_size):
+    16 N bytes for the squared norms and the permutation, plus storage="ram": 4 N D of float32 images for the
+    denoiser's life (storage="stream": nothing per image; an ImageSet's uint8 storage stays where it is). A call adds
+    about 4 n D + 16 B (n + 2 k) for the search, B N for the flags of the neighbours and 12 B (2 k + M) D for the
+    chosen images (float32 and float64).
+    index="faiss" holds faiss's own float32 copy, 4 N D, whatever the storage.
+    """
 
     config_class = KNNConfig
     tunable = None  # k and n_random trade cost for accuracy; they are not fitted per sigma
 
     def __init__(self, train: Tensor | ImageSet, k: int = 256, n_random: int = 256, seed: int = 0,
-                 index: str = "exact", xflip: bool = False, chunk_size: int | None = None):
-        self.config = KNNConfig(k=k, n_random=n_random, seed=seed, index=index, xflip=xflip, chunk_size=chunk_size)
-        images = training_images(train, xflip)
-        n_images = images.shape[0]
-        self.image_shape_ = tuple(images.shape[1:])  # (C, H, W)
+                 index: str = "exact", xflip: bool = False, chunk_size: int | None = None, storage: str = "auto"):
+        self.config = KNNConfig(k=k, n_random=n_random, seed=seed, index=index, xflip=xflip, chunk_size=chunk_size,
+                                storage=storage)
+        source = training_source(train, xflip)
+        n_images = len(source)
+        self.image_shape_ = source.image_shape  # (C, H, W)
         self.n_nearest_ = min(k, n_images)  # neighbours kept exactly
         self.n_random_ = min(n_random, n_images - self.n_nearest_)  # random others (all of the rest if fewer)
-        self.train_flat_ = images.reshape(n_images, -1)  # [N, D] float32 (half the memory of float64 at N = 10^6)
-        self.train_norms_ = squared_norms(self.train_flat_)  # [N] float64
+        self.storage_ = resolve_storage(storage, train, source, bytes_per_value=4)  # "ram" or "stream"
+        # [N, C, H, W] float32 (half the memory of float64 at N = 10^6), or the storage read on demand
+        self.train_ = source if self.storage_ == "stream" else TrainingImages(source.read(0, n_images).contiguous(),
+                                                                              xflip=False)
+        rows = search_chunk_size(math.prod(self.image_shape_), chunk_size)
+        self.train_norms_ = torch.cat([squared_norms(chunk.flatten(1)) for chunk in self.train_.chunks(rows)])  # [N]
         self.order_ = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))  # [N]
-        self.index_ = faiss_flat_index(self.train_flat_) if index == "faiss" else None
-        self._device_copies = DeviceCopies(self.train_flat_, self.train_norms_, self.order_)
+        self.index_ = faiss_flat_index(self.train_, rows) if index == "faiss" else None
+        in_ram = (self.train_.storage,) if self.storage_ == "ram" else ()
+        self._device_copies = DeviceCopies(self.train_norms_, self.order_, *in_ram)
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the estimate of E[x0 | x], shape/dtype/device of x."""
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        train_flat, _, _ = self._device_copies.on(x.device)
         queries = x.reshape(x.shape[0], -1).double()  # [B, D]
         chosen, log_weights = self.chosen_images(queries)
-        rows = train_flat[chosen].double()  # [B, M, D]
+        rows = self.training_images_on(x.device).gather(chosen, x.device).flatten(2).double()  # [B, M, D]
         distances = (queries[:, None] - rows).square().sum(2)  # [B, M]
         offsets = distances - distances.amin(1, keepdim=True)  # relative to the nearest: no overflow at a tiny sigma
         inv_two_var = (1.0 / (2.0 * sigma[:, None] ** 2)).clamp(max=torch.finfo(torch.float64).max)  # no 0 * inf
@@ -98,61 +125,81 @@ class KNNDenoiser:
         mean = torch.einsum("bm,bmd->bd", logits.softmax(1), rows)
         return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the kNN denoiser", sigma)
 
+    def training_images_on(self, device: torch.device) -> TrainingImages:
+        """The training images read on `device`: the in-RAM copy there (copied once), or the storage."""
+        if self.storage_ == "stream":
+            return self.train_
+        return TrainingImages(self._device_copies.on(device)[2], xflip=False)
+
     def chosen_images(self, queries: Tensor) -> tuple[Tensor, Tensor]:
         """Indices [B, k + n_random] of the neighbours then the random others, and their log importance weights
         float64 [k + n_random] (0 for neighbours, log((N - k) / n_random) for the others). queries: float64 [B, D]."""
-        train_flat, train_norms, order = self._device_copies.on(queries.device)
+        train_norms, order = self._device_copies.on(queries.device)[:2]
         if self.n_nearest_ == 0:
             neighbours = torch.zeros(queries.shape[0], 0, dtype=torch.int64, device=queries.device)
         elif self.index_ is not None:
             neighbours = faiss_search(self.index_, queries, self.n_nearest_)
         else:
-            neighbours = nearest_indices(queries, train_flat, train_norms, self.n_nearest_, self.config.chunk_size)
+            neighbours = nearest_indices(queries, self.training_images_on(queries.device), train_norms,
+                                         self.n_nearest_, self.config.chunk_size)
         others = random_others(order, neighbours, self.n_random_)
-        n_rest = train_flat.shape[0] - self.n_nearest_
+        n_rest = train_norms.shape[0] - self.n_nearest_
         log_weights = torch.zeros(self.n_nearest_ + self.n_random_, dtype=torch.float64, device=queries.device)
         if self.n_random_:
             log_weights[self.n_nearest_ :] = math.log(n_rest / self.n_random_)
         return torch.cat([neighbours, others], 1), log_weights
 
 
-def nearest_indices(queries: Tensor, train_flat: Tensor, train_norms: Tensor, k: int,
-                    chunk_size: int | None = None) -> Tensor:
-    """Indices int64 [B, k] of the k nearest training rows of each query (exact; in no particular order).
+def search_chunk_size(dim: int, chunk_size: int | None = None) -> int:
+    """Training images per chunk of the search: chunk_size, or about 4 MiB of float32 rows of D values."""
+    return chunk_size or default_chunk_size(dim, 1 << 23)
 
-    A float32 screen keeps the 2k rows of smallest approximate distance, their float64 distances pick the k
-    nearest, and a rounding-error bound certifies that no row outside the screen is nearer (`screen_bound`); a query
-    without the certificate is searched again with float64 distances. queries: float64 [B, D]; train_flat: [N, D];
-    train_norms: [N] float64 (`squared_norms`).
+
+def row_chunks_of(images: TrainingImages, train_norms: Tensor, chunk_size: int,
+                  device: torch.device) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(start, rows float32 [n, D] on `device`, their squared norms float64 [n]) over the training images, in order."""
+    for start in range(0, len(images), chunk_size):
+        rows = images.read(start, start + chunk_size, device).flatten(1)
+        yield start, rows, train_norms[start : start + rows.shape[0]]
+
+
+def nearest_indices(queries: Tensor, images: TrainingImages, train_norms: Tensor, k: int,
+                    chunk_size: int | None = None) -> Tensor:
+    """Indices int64 [B, k] of the k nearest training images of each query (exact; in no particular order).
+
+    A float32 screen keeps the 2k images of smallest approximate distance, their float64 distances pick the k
+    nearest, and a rounding-error bound certifies that no image outside the screen is nearer (`screen_bound`); a
+    query without the certificate is searched again with float64 distances. queries: float64 [B, D]; train_norms:
+    [N] float64 (`squared_norms`).
     """
-    n_keep = min(2 * k, train_flat.shape[0])
-    screened, candidates = screen(queries, train_flat, train_norms, n_keep, chunk_size)  # [B, n_keep]
-    distances = (queries[:, None] - train_flat[candidates].double()).square().sum(2)  # [B, n_keep], float64
+    n_keep = min(2 * k, len(images))
+    chunk_size = search_chunk_size(queries.shape[1], chunk_size)
+    screened, candidates = screen(queries, images, train_norms, n_keep, chunk_size)  # [B, n_keep]
+    rows = images.gather(candidates, queries.device).flatten(2).double()  # [B, n_keep, D]
+    distances = (queries[:, None] - rows).square().sum(2)  # [B, n_keep], float64
     kth, order = distances.topk(k, dim=1, largest=False)
     nearest = candidates.gather(1, order)
-    if n_keep == train_flat.shape[0]:
-        return nearest  # the screen kept every row
+    if n_keep == len(images):
+        return nearest  # the screen kept every image
     bound = screen_bound(queries, train_norms)  # [B]
-    uncertain = kth[:, -1] > screened[:, -1] - bound  # a row outside the screen might be nearer
+    uncertain = kth[:, -1] > screened[:, -1] - bound  # an image outside the screen might be nearer
     for b in uncertain.nonzero().flatten().tolist():
-        nearest[b] = nearest_indices_float64(queries[b : b + 1], train_flat, train_norms, k, chunk_size)[0]
+        nearest[b] = nearest_indices_float64(queries[b : b + 1], images, train_norms, k, chunk_size)[0]
     return nearest
 
 
-def screen(queries: Tensor, train_flat: Tensor, train_norms: Tensor, n_keep: int,
-           chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
-    """The n_keep rows of smallest approximate squared distance |q|^2 - 2 fl32(q . x) + |x|^2 per query, streamed:
+def screen(queries: Tensor, images: TrainingImages, train_norms: Tensor, n_keep: int,
+           chunk_size: int) -> tuple[Tensor, Tensor]:
+    """The n_keep images of smallest approximate squared distance |q|^2 - 2 fl32(q . x) + |x|^2 per query, streamed:
     (approximate distances float64 [B, n_keep] ascending, indices int64 [B, n_keep]). Half the memory traffic and
     twice the GEMM speed of float64, at an error below `screen_bound`."""
     query_norms = queries.square().sum(1, keepdim=True)  # [B, 1] float64
     queries32 = queries.float()
-    chunk_size = chunk_size or default_chunk_size(queries.shape[1], 1 << 23)
     best = torch.empty(queries.shape[0], 0, dtype=torch.float64, device=queries.device)
     best_indices = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=queries.device)
-    for start in range(0, train_flat.shape[0], chunk_size):
-        chunk = train_flat[start : start + chunk_size].float()  # [n, D]
-        distances = query_norms - 2 * (queries32 @ chunk.T).double() + train_norms[start : start + chunk.shape[0]]
-        indices = torch.arange(start, start + chunk.shape[0], device=queries.device).expand_as(distances)
+    for start, rows, norms in row_chunks_of(images, train_norms, chunk_size, queries.device):
+        distances = query_norms - 2 * (queries32 @ rows.T).double() + norms  # [B, n]
+        indices = torch.arange(start, start + rows.shape[0], device=queries.device).expand_as(distances)
         best, best_indices = smallest(torch.cat([best, distances], 1), torch.cat([best_indices, indices], 1), n_keep)
     return best, best_indices
 
@@ -175,14 +222,17 @@ def smallest(values: Tensor, indices: Tensor, n_keep: int) -> tuple[Tensor, Tens
     return kept, indices.gather(1, order)
 
 
-def nearest_indices_float64(queries: Tensor, train_flat: Tensor, train_norms: Tensor, k: int,
-                            chunk_size: int | None = None) -> Tensor:
-    """Indices int64 [B, k] of the k nearest training rows by float64 distances, streamed over the training set."""
+def nearest_indices_float64(queries: Tensor, images: TrainingImages, train_norms: Tensor, k: int,
+                            chunk_size: int) -> Tensor:
+    """Indices int64 [B, k] of the k nearest training images by float64 distances, streamed over the training set."""
     best = torch.empty(queries.shape[0], 0, dtype=torch.float64, device=queries.device)
     best_indices = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=queries.device)
-    for start, chunk, distances in chunked_squared_distances(queries, train_flat, train_norms, chunk_size):
-        indices = torch.arange(start, start + chunk.shape[0], device=queries.device).expand_as(distances)
+    chunks = ((rows, norms) for _, rows, norms in row_chunks_of(images, train_norms, chunk_size, queries.device))
+    start = 0
+    for _, distances in squared_distances_to(queries, chunks):
+        indices = torch.arange(start, start + distances.shape[1], device=queries.device).expand_as(distances)
         best, best_indices = smallest(torch.cat([best, distances], 1), torch.cat([best_indices, indices], 1), k)
+        start += distances.shape[1]
     return best_indices
 
 
@@ -202,15 +252,17 @@ def random_others(order: Tensor, neighbours: Tensor, n_random: int) -> Tensor:
     return candidates.expand(batch, -1)[keep].reshape(batch, n_random)
 
 
-def faiss_flat_index(train_flat: Tensor):
-    """A faiss IndexFlatL2 over the training rows [N, D] (float32, CPU); needs the optional package faiss-cpu."""
+def faiss_flat_index(images: TrainingImages, chunk_size: int):
+    """A faiss IndexFlatL2 over the training images (float32, CPU), added chunk by chunk; needs the optional package
+    faiss-cpu."""
     try:
         import faiss
     except ImportError:
         raise DenoiserLabError("index='faiss' needs the optional package faiss-cpu, which is not installed "
                                "(pip install faiss-cpu, or the extra denoiserlab[faiss]); use index='exact'") from None
-    index = faiss.IndexFlatL2(train_flat.shape[1])
-    index.add(train_flat.float().contiguous().numpy())
+    index = faiss.IndexFlatL2(math.prod(images.image_shape))
+    for chunk in images.chunks(chunk_size):
+        index.add(chunk.flatten(1).contiguous().numpy())
     return index
 
 

@@ -12,13 +12,13 @@ Fast and exact: for one offset pair (dy, dx), the window distances of every outp
 the per-pixel squared differences e[u][v] = sum_c (q[c][u][v] - x[c][u + dy][v + dx])^2 (`box_filter.box_sums`,
 sums of non-negative terms: no cancellation), so a distance costs O(1) for any P, and each candidate costs one exp.
 The eager PyTorch path below (any device; float64 work for float64 queries, else float32; float64 sums) is the
-readable reference; on CPU the default is the fused C kernel (`els_kernel.py`).
+readable reference; on CPU the default is the fused C kernel (`els_kernel.py`). Both read the training set from a
+float32 copy or chunk by chunk from its storage (`storage`), with the same results up to float32 summation order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,13 @@ from denoiserlab.denoisers import els_kernel, pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums
 from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
 from denoiserlab.denoisers.schedules import samples_by_value, value_at
-from denoiserlab.denoisers.training_set import DeviceCopies, training_images
+from denoiserlab.denoisers.training_set import (
+    DeviceCopies,
+    TrainingImages,
+    check_storage,
+    resolve_storage,
+    training_source,
+)
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_finite_output,
@@ -100,7 +106,8 @@ def check_odd_patch_size(patch_size: object) -> int:
     return patch_size
 
 
-def check_local_options(patch_size: object, xflip: object, kernel: str, chunk_size: int | None) -> None:
+def check_local_options(patch_size: object, xflip: object, kernel: str, chunk_size: int | None,
+                        storage: str) -> None:
     """The options ELS and LS share (called from their configs' __post_init__)."""
     if not callable(patch_size):
         check_odd_patch_size(patch_size)
@@ -108,20 +115,34 @@ def check_local_options(patch_size: object, xflip: object, kernel: str, chunk_si
     if kernel not in KERNELS:
         raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     check_optional_count(chunk_size, "chunk_size")
+    check_storage(storage)
 
 
 class LocalScoreMachine:
     """Base of ELS and LS: patch sizes per sigma, kernel choice, and the posterior over the candidates that the
-    subclass's `axes(size)` defines. Subclasses set `name` and `config` (with patch_size, kernel, chunk_size)."""
+    subclass's `axes(size)` defines. Subclasses set `name` and `config` (with patch_size, kernel, chunk_size,
+    storage).
+
+    Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; n images per chunk): storage="ram"
+    holds 4 N D bytes of float32 images, plus 4 N D of the C kernel's lanes from its first call. storage="stream"
+    holds nothing per image (an ImageSet's uint8 storage stays where it is); a compiled call adds 4 n D bytes (one
+    reused buffer of lanes, n about 32 MiB / 4 D by default; + n D for chunks with flips) and 24 P B D for the
+    partial sums of P shares; an eager call adds 4 n D for the chunk plus its [B, n, C, H + 2r, W + 2r]
+    intermediates (about 32 MiB each at the default n).
+    """
 
     name = "local score machine"
 
     def __init__(self, train: Tensor | ImageSet, xflip: bool):
-        self.images_ = training_images(train, xflip)  # [N, C, H, W] float32, CPU
-        self.image_shape_ = tuple(self.images_.shape[1:])
-        self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+        source = training_source(train, xflip)
+        self.image_shape_ = source.image_shape
+        self.storage_ = resolve_storage(self.config.storage, train, source, bytes_per_value=8)  # "ram" or "stream"
+        self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
+        if self.storage_ == "ram":
+            self.images_ = source.read(0, len(source)).contiguous()  # [N, C, H, W] float32, CPU
+            self.lanes_ = None  # the training set laid out for the C kernel, built on its first use
+            self._device_copies = DeviceCopies(self.images_)
         self.axes_ = {}  # patch size -> (row AxisCandidates, column AxisCandidates), built on use
-        self._device_copies = DeviceCopies(self.images_)
 
     def axes(self, size: int) -> tuple[AxisCandidates, AxisCandidates]:
         """The candidates along the rows and the columns for patch size `size`."""
@@ -157,13 +178,17 @@ class LocalScoreMachine:
         rows, cols = self.axes_[size]
         auto_float64 = self.config.kernel == "auto" and x.dtype == torch.float64
         if auto_float64 or not use_compiled_kernel(self, x.device, self.name, els_kernel.load_library):
-            (images,) = self._device_copies.on(x.device)
+            images = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0],
+                                                                                   xflip=False)
             return local_posterior(x, sigma, images, size, rows, cols, self.config.chunk_size)
+        # both axes share the padding: one circular flag for the kernel
+        axes = (size, rows.circular, rows.arrays(), cols.arrays(), torch.get_num_threads())
+        if self.storage_ == "stream":
+            chunk_images = pspc_kernel.streamed_chunk_images(self.image_shape_, self.config.chunk_size)
+            return els_kernel.local_posterior_compiled_streamed(x, self.train_, sigma, *axes, chunk_images)
         if self.lanes_ is None:
             self.lanes_ = pspc_kernel.training_lanes(self.images_)
-        # both axes share the padding: one circular flag for the kernel
-        return els_kernel.local_posterior_compiled(x, self.lanes_, self.images_.shape[0], sigma, size, rows.circular,
-                                                   rows.arrays(), cols.arrays(), torch.get_num_threads())
+        return els_kernel.local_posterior_compiled(x, self.lanes_, self.images_.shape[0], sigma, *axes)
 
 
 def gather_padded(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -219,9 +244,10 @@ class RunningPosterior:
         return self.numerator / self.total[:, None]
 
 
-def local_posterior(x: Tensor, sigma: Tensor, train: Tensor, size: int, rows: AxisCandidates, cols: AxisCandidates,
-                    chunk_size: int | None = None) -> Tensor:
-    """Eager local score machine. x: [B, C, H, W]; sigma: [B]; train: [N, C, H, W]; returns float64 [B, C, H, W].
+def local_posterior(x: Tensor, sigma: Tensor, images: TrainingImages, size: int, rows: AxisCandidates,
+                    cols: AxisCandidates, chunk_size: int | None = None) -> Tensor:
+    """Eager local score machine. x: [B, C, H, W]; sigma: [B]; images: the N training images, read in chunks on x's
+    device; returns float64 [B, C, H, W].
 
     One streaming pass over chunks of the training set; per chunk and offset pair, the window distances of the
     outputs that take that offset pair, and their running softmax (`RunningPosterior`).
@@ -232,8 +258,8 @@ def local_posterior(x: Tensor, sigma: Tensor, train: Tensor, size: int, rows: Ax
     inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).clamp(max=torch.finfo(work).max)  # [B], capped: no 0 * inf
     chunk_size = chunk_size or default_local_chunk(x.shape[0], tuple(queries.shape[1:]), queries.element_size())
     state = RunningPosterior.empty(tuple(x.shape), inv_two_var)
-    for start in range(0, train.shape[0], chunk_size):
-        chunk = train[start : start + chunk_size].to(work)
+    for chunk in images.chunks(chunk_size, x.device):
+        chunk = chunk.to(work)
         for row_offset, row_first, row_last in zip(rows.offsets, rows.first, rows.last):
             row_sources = rows.source(row_offset)[row_first : row_last + 2 * radius + 1]
             for col_offset, col_first, col_last in zip(cols.offsets, cols.first, cols.last):

@@ -56,6 +56,19 @@ class TrainingImages:
             pieces.append(self.storage[max(start, n_stored) - n_stored : stop - n_stored].to(device).flip(-1))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
+    def gather(self, indices: Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """The images at `indices` (int64, any shape S, each in [0, len)) as float32 [*S, C, H, W] on `device`:
+        only those images are read (from a memory-mapped file, only their pages), flipped where the index is past N."""
+        flat = indices.reshape(-1).cpu()
+        n_stored = self.storage.shape[0]
+        flipped = flat >= n_stored  # all False without xflip
+        images = self.storage[torch.where(flipped, flat - n_stored, flat).to(self.storage.device)].to(device)
+        if flipped.any():
+            flipped = flipped.to(device)
+            images[flipped] = images[flipped].flip(-1)
+        images = uint8_to_float(images) if images.dtype == torch.uint8 else images
+        return images.reshape(*indices.shape, *self.image_shape)
+
     def chunks(self, chunk_size: int, device: torch.device | str = "cpu") -> Iterator[Tensor]:
         """Yield `read` over consecutive chunks of `chunk_size` images: float32 [<= chunk_size, C, H, W]."""
         for start in range(0, len(self), chunk_size):

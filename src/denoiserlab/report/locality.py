@@ -46,6 +46,7 @@ def write_locality_report(results: dict, arrays: dict, out: str | Path) -> Path:
                 ("Fitted and used schedules", schedules_section(results)),
                 ("Samples: similarity and memorization", samples_section(results)),
                 ("Heatmaps", heatmaps_section(results, out / "figures")),
+                ("Heatmap readings: same_channel vs all_channels", readings_section(results)),
                 ("Configuration (resolved)", pre_html(tomli_w.dumps(results["config"]))),
                 ("Versions and command", versions_section(results)),
                 ("Timings per stage", timings_section(results))]
@@ -267,6 +268,42 @@ def heatmaps_section(results: dict, folder: Path) -> str:
                                                             folder / f"heatmap-convergence-{name}.png"),
                                  f"Convergence of {name}'s heatmaps"))
     return "".join(parts)
+
+
+def readings_section(results: dict) -> str:
+    """Per network: the extent of the heatmaps and the fitted value of each method built from them (PSPC-Flex's
+    lambda) under each reading, or a note where the readings coincide."""
+    if "heatmap_readings" not in results:
+        return text_html("This results.json predates the comparison of heatmap readings.")
+    parts = [text_html("same_channel sums each output channel's gradient with respect to the same input channel,"
+                       " all_channels over every pair of channels (Niedoba et al. 2025, eq. 8). Extent: pixels"
+                       " holding 90% of an output pixel's gradient mass. Fitted values: the MSE fit on the"
+                       f" {results['config']['fitting']['process']} fitting set under each reading, and its MSE to"
+                       " the network there; the comparison tables use the reading marked as used.", note=True)]
+    for name, readings in results["heatmap_readings"].items():
+        if readings["equal"]:
+            parts.append(text_html(f"{name}: the two readings coincide (one-channel images): the same maps, so the"
+                                   " same extent and fitted values."))
+            continue
+        if readings["equal"] is None:
+            parts.append(text_html(f"{name}: its heatmaps hold one reading ({readings['used']})."))
+            continue
+        parts.append(text_html(f"{name}: the readings differ; the study uses {readings['used']}."))
+        parts.append(table_html(*readings_rows(results, name, readings)))
+    return "".join(parts)
+
+
+def readings_rows(results: dict, name: str, readings: dict) -> tuple[list[str], list[list]]:
+    """Header and one row per sigma: extent per reading, then per method the fitted value and its MSE per reading."""
+    extent = results["heatmaps"][name]["extent"]
+    columns = {f"extent ({reading})": values for reading, values in extent.items()}
+    for denoiser, by_reading in readings["fitted"].items():
+        option = results["methods"][denoiser]["tunable"]
+        columns.update({f"{denoiser} fitted {option} ({reading})": values for reading, values in by_reading.items()})
+        columns.update({f"{denoiser} MSE to {name} ({reading})": values
+                        for reading, values in readings["fit_mse"][denoiser].items()})
+    rows = [[sigma, *[values[level] for values in columns.values()]] for level, sigma in enumerate(results["sigmas"])]
+    return ["sigma", *columns], rows
 
 
 def convergence_note(name: str, convergence: dict) -> str:

@@ -104,6 +104,7 @@ def assemble_results(ctx, specs: dict, per_network: dict, numbers: dict, feature
         "schedules_used": schedules_used(ctx, per_network),
         "fitting": {name: fitting_table(per_network[name]["fitting"], ctx.config.fitting.process) for name in names},
         "heatmaps": {name: heatmap_summary(per_network[name]["heatmaps"]) for name in names},
+        "heatmap_readings": {name: per_network[name]["readings"] for name in names},
         "similarity": {metric: {name: {label: mean_of(values) for label, values in table[name].items()}
                                 for name in names} for metric, table in similarity.items()},
         "similarity_per_sample": similarity,

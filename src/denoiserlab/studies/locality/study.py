@@ -9,7 +9,8 @@ Steps (each cached under DIR/stages/, see `studies.common.cache`; a rerun resume
 4. fitting (studies.locality.tuning): every tunable method swept on fitting sets drawn apart from the evaluation
    sets, the network's own reverse trajectories and forward pairs; per sigma the value with the lowest MSE against
    the network (paper sec. 5.1, figs. 4, 10, 12) and the value with the largest median score cosine (Kamb & Ganguli
-   2025), saved as schedule files under DIR/schedules/;
+   2025), saved as schedule files under DIR/schedules/; a method built from heatmaps is also fitted under the other
+   heatmap reading when the two differ (several channels), for the comparison of readings;
 5. comparison of every configured denoiser (and the other networks) with each network, forward and reverse:
    MSE per element, MSE vs the optimal denoiser, r^2 and Pearson r (mean and median over samples) (fig. 7), and the
    ranking of the denoisers by MSE per sigma, at the peak sigma and per sigma range;
@@ -36,6 +37,10 @@ e.g. "optimal", "els", or "network:<other network>"; `<denoiser>` a tunable one)
               "at_peak": [...] (at the forward process's peak sigma), "peak_sigma", "by_range": {<range>: {"sigmas": [low, high], "order": [...],
               "geometric_mean_mse": {<method>: value}}}}}}
     heatmaps: {<network>: {"source", "command", "n_samples", "extent": {<reading>: [L]}}}
+    heatmap_readings: {<network>: {"used": heatmaps.reading, "equal": the two readings' maps are identical (one
+              channel; null: the heatmaps hold one reading), "fitted": {<denoiser>: {<reading>: [L]}} (the MSE fit
+              on fitting.process of each method built from heatmaps, under each reading), "fit_mse": {<denoiser>:
+              {<reading>: [L]}} (its MSE per element to the network at the fitted value)}}
     similarity: {<metric>: {<network>: {<method>: mean}}}  (metrics pixel_cosine, ssim, feature_cosine if a model)
     similarity_per_sample: {<metric>: {<network>: {<method>: [R]}}}
     sample_pearson_r: {<network>: {<method>: {"median", "mean", "r2_median", "n"}}}, sample_pearson_r_per_sample
@@ -93,7 +98,8 @@ from denoiserlab.studies.locality.stages import (
     stage_reverse_set,
     stage_samples,
 )
-from denoiserlab.studies.locality.tuning import FitSet, fit_method, fixed_schedule, method_inputs, tuned_factory
+from denoiserlab.studies.locality.tuning import (FitSet, fit_method, fit_readings, fixed_schedule, method_inputs,
+                                                 tuned_factory)
 from denoiserlab.validation import check_device
 
 
@@ -189,6 +195,7 @@ def study_network(ctx: StudyContext, network: LoadedNetwork, forward: dict, fit:
     fitted = [spec for spec in specs.values() if spec.fits]
     fit_sets = fitting_sets(ctx, network, fit, shared) if fitted else {}
     fitting = {spec.name: fit_method(ctx, name, spec, fit_sets, heatmaps) for spec in fitted}
+    readings = fit_readings(ctx, name, fitted, fit_sets, heatmaps, fitting)
     methods = {label: shared[label] if label in shared else tuned_method(ctx, name, spec, fitting, heatmaps)
                for label, spec in specs.items()}
     methods.update({f"network:{other}": network_method(loaded) for other, loaded in ctx.networks.items()
@@ -196,8 +203,9 @@ def study_network(ctx: StudyContext, network: LoadedNetwork, forward: dict, fit:
     sets = {"forward": ("forward", forward_key, forward["z"], net_forward),
             "reverse": (f"reverse-{name}", reverse_set_key(ctx, network), reverse["z"], reverse["network"])}
     tables = {process: comparison_tables(ctx, methods, *set_) for process, set_ in sets.items()}
-    return {"samples": reverse["samples"], "heatmaps": heatmaps, "fitting": fitting, "methods": methods,
-            "tables": tables, "tuned": {label: spec for label, spec in specs.items() if spec.per_network}}
+    return {"samples": reverse["samples"], "heatmaps": heatmaps, "fitting": fitting, "readings": readings,
+            "methods": methods, "tables": tables,
+            "tuned": {label: spec for label, spec in specs.items() if spec.per_network}}
 
 
 def fitting_sets(ctx: StudyContext, network: LoadedNetwork, fit: dict, shared: dict[str, Method]) -> dict[str, FitSet]:

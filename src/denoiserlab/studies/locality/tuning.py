@@ -5,6 +5,10 @@ schedule the comparison uses.
 Schedule files per network and method: `<network>-<method>.toml` (the MSE fit on `fitting.process`, what
 `schedule = "fitted"` uses), `<network>-<method>-forward.toml` and `-reverse.toml` (the MSE fit on each process)
 and `<network>-<method>-calibrated.toml` (Kamb & Ganguli's score-cosine rule on the reverse process).
+
+A method built from heatmaps (PSPC-Flex) is fitted on the reading `heatmaps.reading`; `fit_readings` also fits it on
+the other reading when the maps differ (several channels), for the report's comparison of the two readings only:
+nothing else uses that fit, and its sweep stages carry the reading in their names.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from denoiserlab.denoisers.schedules import GridSchedule
@@ -29,6 +34,7 @@ from denoiserlab.studies.locality.fitting import (
     schedule_from_values,
     sweep_table,
 )
+from denoiserlab.studies.locality.heatmaps import READINGS
 from denoiserlab.studies.locality.stages import StudyContext, stage_outputs
 
 
@@ -43,11 +49,17 @@ class FitSet:
     per_network: bool  # the set belongs to one network (sweep outputs on it are that network's)
 
 
-def method_inputs(ctx: StudyContext, spec: MethodSpec, heatmaps: dict) -> tuple[dict, dict]:
-    """(inputs, cache key) of what a method's tunable needs from a network (its heatmaps), else ({}, {})."""
-    if spec.tunable is None or "heatmaps" not in spec.tunable.needs:
+def needs_heatmaps(spec: MethodSpec) -> bool:
+    """Whether the method's tunable is built from a network's heatmaps (PSPC-Flex masks)."""
+    return spec.tunable is not None and "heatmaps" in spec.tunable.needs
+
+
+def method_inputs(ctx: StudyContext, spec: MethodSpec, heatmaps: dict, reading: str | None = None) -> tuple[dict, dict]:
+    """(inputs, cache key) of what a method's tunable needs from a network (its heatmaps in `reading`, default
+    heatmaps.reading), else ({}, {})."""
+    if not needs_heatmaps(spec):
         return {}, {}
-    reading = ctx.config.heatmaps.reading
+    reading = reading or ctx.config.heatmaps.reading
     return ({"heatmaps": heatmaps[reading], "heatmap_sigmas": ctx.sigmas},
             {"heatmaps": heatmaps["key"], "reading": reading})
 
@@ -63,24 +75,32 @@ def sweep_values(ctx: StudyContext, spec: MethodSpec) -> tuple:
 
 
 def sweep_outputs(ctx: StudyContext, spec: MethodSpec, value, fit_set: FitSet, network: str, inputs: dict,
-                  inputs_key: dict) -> Tensor:
-    """Outputs [L, M, ...] of the method at one swept value on one fitting set (a stage of its own)."""
+                  inputs_key: dict, suffix: str = "") -> Tensor:
+    """Outputs [L, M, ...] of the method at one swept value on one fitting set (a stage of its own, its name
+    ending in `suffix`)."""
     owner = f"@{network}" if inputs and not fit_set.per_network else ""
     key = {**spec.key, "data": method_data_key(ctx.data, spec), "value": value, **inputs_key}
-    return stage_outputs(ctx, fit_set.name, fit_set.key, fit_set.z, f"{spec.name}={value}{owner}", key,
+    return stage_outputs(ctx, fit_set.name, fit_set.key, fit_set.z, f"{spec.name}={value}{owner}{suffix}", key,
                          lambda: build_method(spec, ctx.data, value, inputs))
+
+
+def sweep_fits(ctx: StudyContext, network: str, spec: MethodSpec, fit_sets: dict[str, FitSet], inputs: dict,
+               inputs_key: dict, suffix: str = "") -> tuple[tuple, dict, dict]:
+    """(values swept, sweep tables per process, fits per rule: "mse_<process>" and "cosine_reverse", [L] each)."""
+    values = sweep_values(ctx, spec)
+    tables = {process: sweep_table([sweep_outputs(ctx, spec, value, fit_set, network, inputs, inputs_key, suffix)
+                                    for value in values], fit_set.references, fit_set.z)
+              for process, fit_set in fit_sets.items()}
+    fits = {f"mse_{process}": best_per_sigma(table["mse_vs_network"], values) for process, table in tables.items()}
+    fits["cosine_reverse"] = most_similar_per_sigma(tables["reverse"]["score_cosine_median"], values)
+    return values, tables, fits
 
 
 def fit_method(ctx: StudyContext, network: str, spec: MethodSpec, fit_sets: dict[str, FitSet],
                heatmaps: dict) -> dict:
     """Sweep tables per process, the fitted schedules (files saved) and the schedule the comparison uses."""
-    values = sweep_values(ctx, spec)
     inputs, inputs_key = method_inputs(ctx, spec, heatmaps)
-    tables = {process: sweep_table([sweep_outputs(ctx, spec, value, fit_set, network, inputs, inputs_key)
-                                    for value in values], fit_set.references, fit_set.z)
-              for process, fit_set in fit_sets.items()}
-    fits = {f"mse_{process}": best_per_sigma(table["mse_vs_network"], values) for process, table in tables.items()}
-    fits["cosine_reverse"] = most_similar_per_sigma(tables["reverse"]["score_cosine_median"], values)
+    values, tables, fits = sweep_fits(ctx, network, spec, fit_sets, inputs, inputs_key)
     fitted = fits[f"mse_{ctx.config.fitting.process}"]
     files = save_fitted_schedules(ctx, network, spec, fitted, fits)
     schedule, source = chosen_schedule(ctx, spec, fitted, fits["cosine_reverse"])
@@ -118,3 +138,28 @@ def fixed_schedule(ctx: StudyContext, spec: MethodSpec) -> GridSchedule:
 def tuned_factory(ctx: StudyContext, spec: MethodSpec, value, inputs: dict) -> Callable:
     """() -> the method built with the tuned value or schedule `value` and its inputs."""
     return lambda: build_method(spec, ctx.data, value, inputs)
+
+
+def fit_readings(ctx: StudyContext, network: str, specs: list[MethodSpec], fit_sets: dict[str, FitSet],
+                 heatmaps: dict, fitting: dict) -> dict:
+    """The heatmap readings compared for one network: {"used": heatmaps.reading, "equal": whether the maps of the
+    two readings are identical (one channel; None when the heatmaps hold one reading), "fitted": {method: {reading:
+    [L]}}, the MSE fit on fitting.process of every fitted method built from heatmaps under each reading, and
+    "fit_mse": {method: {reading: [L]}}, its MSE per element to the network there}. The other reading is swept
+    only when its maps differ; `fitting` holds the fits of the used reading (fit_method)."""
+    used, process = ctx.config.heatmaps.reading, ctx.config.fitting.process
+    present = [reading for reading in READINGS if reading in heatmaps]
+    equal = torch.equal(heatmaps[READINGS[0]], heatmaps[READINGS[1]]) if len(present) == 2 else None
+    table = {"used": used, "equal": equal, "fitted": {}, "fit_mse": {}}
+    for spec in (spec for spec in specs if needs_heatmaps(spec)):
+        for reading in present:
+            if reading == used or equal:
+                fitted, tables = fitting[spec.name]["fitted"], fitting[spec.name]["tables"]
+            else:
+                inputs, inputs_key = method_inputs(ctx, spec, heatmaps, reading)
+                _, tables, fits = sweep_fits(ctx, network, spec, fit_sets, inputs, inputs_key, f"-{reading}")
+                fitted = fits[f"mse_{process}"]
+            table["fitted"].setdefault(spec.name, {})[reading] = list(fitted)
+            mse = tables[process]["mse_vs_network"].nan_to_num(torch.inf).min(0).values  # [L]: at the fitted value
+            table["fit_mse"].setdefault(spec.name, {})[reading] = mse.tolist()
+    return table
