@@ -1,4 +1,5 @@
-"""Issue 13 part 2: analytical denoisers sharded over torch.distributed processes give the one-process result."""
+"""Issue 13 part 2: analytical denoisers sharded over torch.distributed processes give the one-process result, and
+`sample` and `train` run under torchrun (processes started here with the environment torchrun gives its workers)."""
 
 import importlib.util
 import os
@@ -15,6 +16,7 @@ from denoiserlab.cli import main
 from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare
 from denoiserlab.denoisers.distributed import shard_bounds
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.networks.loss import edm_loss
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TIMEOUT_SECONDS = 120  # a hung rank fails the test instead of blocking the suite
@@ -143,3 +145,47 @@ def test_commands_that_do_not_run_under_torchrun_say_so(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert main(["data", "info", "fashion-mnist"]) == 2
     assert "denoiserlab: error: rank 0: denoiserlab data does not run under torchrun" in capsys.readouterr().err
+
+
+TINY_TRAIN = ["train", "--subset", "12", "--batch-size", "5", "--arch", "mixer", "--network", "hidden_size=8",
+              "--network", "depth=1", "--network", "patch_size=7", "--lr", "0.01", "--lr-rampup-kimg", "0",
+              "--checkpoint-kimg", "0.005", "--log-kimg", "0.005", "--sample-count", "3", "--sample-steps", "1",
+              "--device", "cpu", "--no-progress"]
+
+
+def test_the_shares_of_the_ranks_make_up_the_one_process_batch_loss():
+    """edm_loss draws sigma and eps for the whole batch, whatever share (rows) it computes."""
+    x0 = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def shrink(x, sigma):  # a denoiser with per-sample sigma
+        return x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+
+    whole = edm_loss(shrink, x0, torch.Generator().manual_seed(1))
+    shares = [edm_loss(shrink, x0, torch.Generator().manual_seed(1), rows=slice(*shard_bounds(5, rank, 2)))
+              for rank in range(2)]
+    assert [len(share) for share in shares] == [2, 3]
+    torch.testing.assert_close(torch.cat(shares), whole, rtol=0, atol=0)
+
+
+def training_state(folder: Path) -> dict:
+    return torch.load(folder / "training-state.pt", map_location="cpu", weights_only=True)
+
+
+def test_train_under_torchrun_takes_the_one_process_step_and_resumes_in_one_process(tmp_path):
+    """2 ranks take one step on a batch of 5 images (2 + 3 per rank), rank 0 writing the checkpoint; one process
+    resumes that run for a second step. Its state equals two steps in one process: the weights, Adam's moments (its
+    first moment holds both steps' gradients) and the logged losses."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    ranks = run_as_torchrun([[*TINY_TRAIN, "--kimg", "0.005", "--out", str(two)]] * 2)
+    assert [rank.returncode for rank in ranks] == [0, 0], [rank.stderr for rank in ranks]
+    assert "latest network" in ranks[0].stdout and "latest network" not in ranks[1].stdout
+    assert training_state(two)["step"] == 1 and (two / "network-000000" / "model.safetensors").is_file()
+    assert main([*TINY_TRAIN, "--kimg", "0.010", "--out", str(two)]) == 0
+    assert main([*TINY_TRAIN, "--kimg", "0.010", "--out", str(one)]) == 0
+    resumed, expected = training_state(two), training_state(one)
+    assert resumed["step"] == expected["step"] == 2
+    torch.testing.assert_close(resumed["model"], expected["model"], rtol=0, atol=1e-6)
+    for moments, reference in zip(resumed["optimizer"]["state"].values(), expected["optimizer"]["state"].values()):
+        torch.testing.assert_close(moments, reference, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose([row[2] for row in resumed["history"]], [row[2] for row in expected["history"]],
+                               rtol=1e-6)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from denoiserlab.denoisers.distributed import shard_bounds
+from denoiserlab.denoisers.distributed import shard_bounds, sum_across
 from denoiserlab.errors import DenoiserLabError
 
 # A collective waits at most this long for the other ranks (torch's default is 30 min): far longer than what one rank
@@ -79,17 +79,28 @@ def rank_device(device: str) -> str:
     return device
 
 
+def rank_rows(n_rows: int) -> slice:
+    """This rank's contiguous share of n_rows (`shard_bounds`; all of them without a group)."""
+    if not in_process_group():
+        return slice(0, n_rows)
+    return slice(*shard_bounds(n_rows, dist.get_rank(), dist.get_world_size()))
+
+
+def sum_over_ranks(tensor: Tensor) -> Tensor:
+    """The sum of `tensor` over the ranks (itself without a group)."""
+    return sum_across(tensor) if in_process_group() else tensor
+
+
 def parallel_over_rows(function: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
     """function(rows) computed data-parallel: each rank maps its contiguous share of the rows [n, ...] (`shard_bounds`;
     possibly none), and every rank gets the concatenation [n, ...]. function must return a tensor of its argument's
     shape, dtype and device (a sampler: noise -> images). Without a group, simply function(rows)."""
     if not in_process_group():
         return function(rows)
-    size, n_rows = dist.get_world_size(), rows.shape[0]
-    start, stop = shard_bounds(n_rows, dist.get_rank(), size)
+    size, n_rows, mine = dist.get_world_size(), rows.shape[0], rank_rows(rows.shape[0])
     padded = rows.new_zeros(-(-n_rows // size), *rows.shape[1:])  # all_gather takes equal shapes
-    if stop > start:
-        padded[: stop - start] = function(rows[start:stop])
+    if mine.stop > mine.start:
+        padded[: mine.stop - mine.start] = function(rows[mine])
     pieces = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(pieces, padded)
     bounds = [shard_bounds(n_rows, rank, size) for rank in range(size)]

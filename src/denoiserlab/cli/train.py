@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from denoiserlab import process_group
 from denoiserlab.cli.common import parse_key_values
 from denoiserlab.networks.training import run_training
 from denoiserlab.networks.training_config import TrainConfig, read_train_toml, train_config_from_dict
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--network", action="append", default=[], metavar="KEY=VALUE",
                         help="override a network config field, VALUE in JSON (e.g. --network dropout=0.0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, under_torchrun=True)
 
 
 def _help(name: str) -> str:
@@ -55,8 +56,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train, then print the folder of the last EMA network."""
+    """Train, then print the folder of the last EMA network (under torchrun: data-parallel, rank 0 prints)."""
     config = config_from_args(args)
     check_output_folder(config.out)
     network = run_training(config, progress=not args.no_progress)
-    print(f"latest network: {network}")
+    if process_group.is_main_process():
+        print(f"latest network: {network}")

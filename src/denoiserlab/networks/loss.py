@@ -55,8 +55,10 @@ def sample_training_sigmas(batch: int, generator: torch.Generator, p_mean: float
 
 def edm_loss(denoiser, x0: Tensor, generator: torch.Generator, p_mean: float = P_MEAN, p_std: float = P_STD,
              sigma_data: float = SIGMA_DATA, sigmas: SigmaDistribution | None = None,
-             posterior_mean: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
-    """Per-sample EDM loss lambda(sigma) * mean_pixels (D(x0 + sigma eps, sigma) - target)^2. x0: [B, C, H, W] -> [B].
+             posterior_mean: Callable[[Tensor, Tensor], Tensor] | None = None, rows: slice = slice(None)) -> Tensor:
+    """Per-sample EDM loss lambda(sigma) * mean_pixels (D(x0 + sigma eps, sigma) - target)^2. x0: [B, C, H, W] -> [B],
+    or with `rows` only those samples of the batch -> [len(rows)] (one rank's share under DistributedDataParallel:
+    sigma and eps are drawn for all B samples first, so the shares of all ranks make up the one-process batch).
 
     sigma (from `sigmas`, default EDM's log-normal with p_mean, p_std) and eps come from the CPU `generator`, so a
     run is reproducible on any device. The target is x0, or with `posterior_mean` (a denoiser, e.g. the optimal
@@ -65,8 +67,9 @@ def edm_loss(denoiser, x0: Tensor, generator: torch.Generator, p_mean: float = P
     field", with the whole training set as reference batch).
     """
     distribution = sigmas if sigmas is not None else SigmaDistribution(p_mean, p_std)
-    sigma = distribution.sample(x0.shape[0], generator).to(x0.device)  # [B]
-    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    sigma = distribution.sample(x0.shape[0], generator)[rows].to(x0.device)  # [B], or this rank's rows of it
+    eps = torch.randn(x0.shape, generator=generator)[rows].to(x0.device)
+    x0 = x0[rows]
     x_t = x0 + sigma.view(-1, 1, 1, 1) * eps
     target = x0
     if posterior_mean is not None:

@@ -7,6 +7,13 @@ Run folder layout (`config.out`):
   samples-KKKKKK.png       Heun samples of that EMA network from fixed noise
   loss.csv, loss.png       training loss per logging interval
 Every file is written atomically, and the state last, so a run killed at any moment resumes where it saved.
+
+Under torchrun (`torchrun --nproc-per-node K -m denoiserlab train ...`) the network is wrapped in
+DistributedDataParallel: every rank draws the same batch, noise levels and noise from the same generator, computes the
+loss of its contiguous share of the batch, and the gradients are all-reduced, so a step equals the one-process step
+on the same batch of batch_size images (up to the order of float sums; except dropout masks, which each rank draws
+for its own share). Rank 0 writes every file; the state is the one-process state, so a run can resume with any number
+of processes.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from denoiserlab import data
+from denoiserlab import data, process_group
 from denoiserlab.denoisers import OptimalDenoiser
 from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.errors import DenoiserLabError
@@ -57,13 +64,16 @@ class TrainingRun:
     step: int = 0  # optimiser steps taken
     nimg: int = 0  # training images shown
     history: list = field(default_factory=list)  # loss CSV rows [step, kimg, loss, images/s, lr]
+    # `denoiser` wrapped in DistributedDataParallel under torchrun (it all-reduces the gradients), else None
+    replica: torch.nn.Module | None = None
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cpu', 'cuda' or 'cuda:N' must exist here (validation.check_device)."""
+    """'auto' -> CUDA when available, else CPU; 'cpu', 'cuda' or 'cuda:N' must exist here (validation.check_device).
+    Under torchrun, CUDA is this rank's GPU (process_group.rank_device)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return check_device(name, "device")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(process_group.rank_device(name), "device")
 
 
 def new_run(config: TrainConfig, image_shape: tuple[int, int, int], training_data: dict,
@@ -113,14 +123,18 @@ def learning_rate(config: TrainConfig, nimg: int) -> float:
 def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor,
                   posterior_mean: Callable | None = None) -> float:
     """One optimiser step on a random batch (drawn with replacement); updates the EMA; returns the mean loss.
-    posterior_mean: the target denoiser when config.target is 'posterior' (see posterior_target)."""
+    posterior_mean: the target denoiser when config.target is 'posterior' (see posterior_target). Under torchrun
+    each rank computes the loss of its share of the batch (process_group.rank_rows) through run.replica."""
     device = train_images.device
     indices = torch.randint(len(train_images), (config.batch_size,), generator=run.generator)
+    model = run.denoiser if run.replica is None else run.replica
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss = edm_loss(run.denoiser, train_images[indices.to(device)], run.generator,
-                        sigmas=config.sigma_distribution(), posterior_mean=posterior_mean).mean()
+        losses = edm_loss(model, train_images[indices.to(device)], run.generator, sigmas=config.sigma_distribution(),
+                          posterior_mean=posterior_mean, rows=process_group.rank_rows(config.batch_size))
+    loss = losses.sum() / config.batch_size  # this rank's part of the batch mean
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    # DistributedDataParallel averages the ranks' gradients; times the world size, that is the gradient of the sum
+    (loss * process_group.world_size()).backward()
     if config.grad_clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.denoiser.parameters(), config.grad_clip_norm)
     run.nimg += config.batch_size
@@ -130,7 +144,7 @@ def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor,
     run.optimizer.step()
     update_ema(run.ema, run.denoiser, ema_beta(config.batch_size, run.nimg, config.ema_halflife_kimg,
                                                config.ema_rampup_ratio))
-    return float(loss.detach())
+    return float(process_group.sum_over_ranks(loss.detach()))
 
 
 def posterior_target(config: TrainConfig, train_images: Tensor) -> Callable | None:
@@ -186,14 +200,22 @@ def check_same_run(out: Path, config: TrainConfig) -> None:
 
 
 def write_checkpoint(run: TrainingRun, config: TrainConfig, out: Path) -> Path:
-    """EMA network folder, sample grid, loss CSV and plot, then the state file (last, so resume never skips)."""
+    """EMA network folder, sample grid, loss CSV and plot, then the state file (last, so resume never skips); returns
+    the network folder. Under torchrun every rank samples its share of the grid, and rank 0 writes."""
     kimg_done = run.nimg // 1000
-    training_options = dict(dataclasses.asdict(config), nimg=run.nimg, step=run.step)
-    network_path = save_checkpoint(out / f"network-{kimg_done:06d}", run.ema, config.arch, training_options)
     image_shape = (run.ema.img_channels, run.ema.img_resolution, run.ema.img_resolution)
     noise = standard_noise((config.sample_count, *image_shape), config.sample_seed)
-    with torch.no_grad():
-        samples = sample_heun(run.ema, noise.to(next(run.ema.parameters()).device), config.sample_steps).images
+
+    def sample(initial_noise: Tensor) -> Tensor:
+        with torch.no_grad():
+            return sample_heun(run.ema, initial_noise, config.sample_steps).images
+
+    samples = process_group.parallel_over_rows(sample, noise.to(next(run.ema.parameters()).device))
+    network_path = out / f"network-{kimg_done:06d}"
+    if not process_group.is_main_process():
+        return network_path
+    training_options = dict(dataclasses.asdict(config), nimg=run.nimg, step=run.step)
+    save_checkpoint(network_path, run.ema, config.arch, training_options)
     save_image_grid(out / f"samples-{kimg_done:06d}.png", samples)
     write_loss_csv(out / "loss.csv", run.history)
     plot_loss(out / "loss.png", run.history, f"{config.arch} on {config.data}")
@@ -208,27 +230,42 @@ def remove_leftovers(out: Path) -> None:
 
 
 def start_or_resume(config: TrainConfig, out: Path, run: TrainingRun) -> None:
-    """Load the saved state when the run folder has one; otherwise record the resolved config."""
-    if out.is_dir():
+    """Load the saved state when the run folder has one (every rank); record the resolved config (rank 0)."""
+    main_process = process_group.is_main_process()
+    if out.is_dir() and main_process:
         remove_leftovers(out)
-    if (out / STATE_FILE).exists():
+    if (out / STATE_FILE).exists():  # written by rank 0 only after a step, which needs every rank: no race
         check_same_run(out, config)
         load_state(out / STATE_FILE, run)
-    atomic_write_text(out / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    if main_process:
+        atomic_write_text(out / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """`module` wrapped in DistributedDataParallel in a process group (it starts from rank 0's weights), else None."""
+    if not process_group.in_process_group():
+        return None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
 def run_training(config: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) the run of `config` until config.kimg; returns the folder of the last EMA network."""
     out, device = Path(config.out), resolve_device(config.device)
-    check_run_folder(out, CONFIG_FILE)  # new, empty or a run folder: never write over another folder's files
+    if config.batch_size < process_group.world_size():
+        raise DenoiserLabError(f"batch_size {config.batch_size} is smaller than the {process_group.world_size()} "
+                               "processes: every process needs a part of each batch")
+    if process_group.is_main_process():  # the writer; other ranks could see its files half-written
+        check_run_folder(out, CONFIG_FILE)  # new, empty or a run folder: never write over another folder's files
     images = data.load(**config.data_options())
     train_images = images.as_float().to(device)  # [N, C, H, W] in [-1, 1]
     run = new_run(config, images.image_shape, images.load_options, device)
     posterior_mean = posterior_target(config, train_images)
     start_or_resume(config, out, run)
+    run.replica = data_parallel(run.denoiser, device)
     total_nimg = int(config.kimg * 1000)
     last_network = None
-    bar = tqdm(total=total_nimg, initial=run.nimg, unit="img", unit_scale=True, disable=not progress)
+    bar = tqdm(total=total_nimg, initial=run.nimg, unit="img", unit_scale=True,
+               disable=not progress or not process_group.is_main_process())
     losses, tick_start, tick_nimg = [], time.perf_counter(), run.nimg
     while run.nimg < total_nimg:
         losses.append(training_step(run, config, train_images, posterior_mean))
