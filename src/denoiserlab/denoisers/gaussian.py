@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from denoiserlab.atomic import atomic_write
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.distributed import shard, sum_across
 from denoiserlab.denoisers.training_set import TrainingImages, training_source
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.user_cache import user_cache_dir
@@ -43,11 +45,15 @@ class GaussianConfig:
     rank: int | None = None  # keep the top `rank` principal components (None: all C*H*W)
     xflip: bool = False  # also use the horizontal flip of every training image
     cache: bool = False  # keep the eigendecomposition in the user cache folder (read back if already there)
+    # split the mean and covariance passes over the processes of an initialised torch.distributed group (rank r of W
+    # reads the stored images [r N // W, (r + 1) N // W)); every rank then holds the one-process denoiser
+    distributed: bool = False
 
     def __post_init__(self):
         check_optional_count(self.rank, "rank")  # the upper bound C*H*W is checked once the data is known
         check_flag(self.xflip, "xflip")
         check_flag(self.cache, "cache")
+        check_flag(self.distributed, "distributed")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ class GaussianDenoiser:
 
     cache=True keeps the eigendecomposition in the user cache folder ($DENOISERLAB_CACHE, else
     ~/.cache/denoiserlab) and reads it back when the same data comes again; the default writes nothing to disk.
+    distributed=True (under torchrun, or after torch.distributed.init_process_group) has each rank read one
+    contiguous shard of the stored images and all_reduce its float64 sums (SUM), so every rank gets the one-process
+    mean and covariance up to the order of float64 additions; construction is collective, calls are local.
     Memory: 24 D^2 bytes for the covariance and eigh (D = C*H*W) plus about 24 n D for one chunk of n = CHUNK_IMAGES
     images (as float32, float64 and centred), independent of N; the denoiser then holds 8 D (r + 1) bytes (r = rank
     or D).
@@ -75,12 +84,15 @@ class GaussianDenoiser:
     config_class = GaussianConfig
     tunable = None  # no option to fit per sigma
 
-    def __init__(self, train: Tensor | ImageSet, rank: int | None = None, xflip: bool = False, cache: bool = False):
-        self.config = GaussianConfig(rank=rank, xflip=xflip, cache=cache)
+    def __init__(self, train: Tensor | ImageSet, rank: int | None = None, xflip: bool = False, cache: bool = False,
+                 distributed: bool = False):
+        self.config = GaussianConfig(rank=rank, xflip=xflip, cache=cache, distributed=distributed)
         images = training_source(train, xflip)
         self.image_shape_ = images.image_shape
         check_rank(rank, math.prod(self.image_shape_))
-        (fitted,) = fit_gaussians(images, cache=cache, chunk_images=CHUNK_IMAGES)
+        if distributed:
+            images = shard(images)  # this rank's contiguous shard; refused without a process group
+        (fitted,) = fit_gaussians(images, cache=cache, chunk_images=CHUNK_IMAGES, distributed=distributed)
         keep = slice(None) if rank is None else slice(0, rank)
         self.mean_ = fitted.mean  # [D] float64
         self.eigvals_ = fitted.eigvals[keep]  # [r] float64, descending
@@ -126,7 +138,7 @@ def wiener_gains(eigvals: Tensor, sigma_squared: Tensor) -> Tensor:
 
 
 def fit_gaussians(images: TrainingImages, labels: Tensor | None = None, n_groups: int = 1, cache: bool = False,
-                  chunk_images: int = CHUNK_IMAGES) -> list[FittedGaussian]:
+                  chunk_images: int = CHUNK_IMAGES, distributed: bool = False) -> list[FittedGaussian]:
     """The empirical Gaussian (biased covariance, divided by n) of each group of the training images: of all of them
     (labels None), or of the images with labels == g for g = 0 .. n_groups - 1 (labels: int64 [N] over the N images
     of `images`, flips included; every group non-empty). Returns one FittedGaussian per group.
@@ -136,15 +148,26 @@ def fit_gaussians(images: TrainingImages, labels: Tensor | None = None, n_groups
     at the same GEMM cost. With cache=True, a group found in the user cache folder under its `cache_key` (and with
     the same mean) skips the second pass and eigh; the others are written there. Memory: 8 D^2 bytes per group not
     found, plus 16 D^2 for eigh and about 20 n D for a chunk of n images, whatever N.
+
+    distributed: `images` is this rank's shard of an initialised process group; the counts, sums and sketches, then
+    the scatters are summed over ranks (all_reduce SUM, identical on every rank), and a cache entry is used only
+    where every rank found it (`entries_found_everywhere`), since the second pass is collective. Every rank that
+    computes an entry writes it (the same bytes; atomic, so a shared folder is safe).
     """
     dim = math.prod(images.image_shape)
     check_memory(8 * dim**2 * (n_groups + 2), f"the covariance of {list(images.image_shape)} images")
     counts, sums, sketches = moment_sums(images, labels, n_groups, chunk_images)
+    if distributed:
+        counts, sums, sketches = sum_across(counts), sum_across(sums), sum_across(sketches)
     means = sums / counts[:, None]  # [G, D]
     paths = [cache_path(cache_key(int(counts[g]), images.image_shape, sums[g], sketches[g])) for g in range(n_groups)]
     stored = [read_cached(path, means[g]) if cache else None for g, path in enumerate(paths)]
+    if distributed and cache:
+        stored = entries_found_everywhere(stored)
     missing = [g for g in range(n_groups) if stored[g] is None]
     scatters = centred_scatters(images, means, missing, labels, chunk_images)  # [D, D] per missing group
+    if distributed:
+        scatters = [sum_across(scatter) for scatter in scatters]
     for g in missing:
         scatter = scatters.pop(0)  # dropped once its eigendecomposition is made
         eigvals, eigvecs = descending_eigh(scatter.div_(int(counts[g])))
@@ -152,6 +175,14 @@ def fit_gaussians(images: TrainingImages, labels: Tensor | None = None, n_groups
         if cache:
             write_cached(paths[g], *stored[g])
     return [FittedGaussian(int(counts[g]), *stored[g]) for g in range(n_groups)]
+
+
+def entries_found_everywhere(stored: list) -> list:
+    """The cache entries of `stored` (one per group, None where this rank found none) that every rank of the process
+    group found; None for the others, which all ranks then recompute together. One all_reduce MIN."""
+    found = torch.tensor([entry is not None for entry in stored], dtype=torch.int64)
+    dist.all_reduce(found, dist.ReduceOp.MIN)
+    return [entry if everywhere else None for entry, everywhere in zip(stored, found.tolist())]
 
 
 def labelled_chunks(images: TrainingImages, labels: Tensor | None,
@@ -221,17 +252,17 @@ def cache_key(n_images: int, image_shape: tuple[int, ...], sums: Tensor, sketch:
     float64 sums of x [D] and the second-moment sketch [k] that `moment_sums` computes anyway.
 
     Why this and not a hash of every value: a hit then costs the first pass alone (reading and converting the set,
-    D + k D multiply-adds an image), not a SHA-256 of all 4 N D bytes of float32 on top of it. What it sees: it is a
-    function of the set of images, not of their order (as the covariance is). A change of any value changes a
-    per-coordinate sum (a step of 1 / 127.5 is far above the sums' rounding). Edits that keep every per-coordinate
-    sum, such as swapping one pixel between two images or shuffling patches across images (a control in locality
-    studies), change the covariance Sigma but not the sums; they change the sketch r_j^T (sum x x^T) r_j for fixed
-    random directions r_j unless the change of sum x x^T is orthogonal to all k rank-one r_j r_j^T, which no
-    accidental edit does (measure zero). It is no cryptographic hash: data can be built to collide on purpose, as
-    with any cache a user can write to. A hit is also checked: shapes, finite values, eigenvalues >= 0 and the
-    stored mean equal to the one just computed (`read_cached`). Float64 sums depend on the order of additions, so
-    the same images in another chunking, thread count, BLAS or number of processes may give another key: a miss
-    and a recomputation, never a wrong entry.
+    D + k D multiply-adds an image), not a SHA-256 of all 4 N D bytes of float32 on top of it, and a miss pays
+    nothing extra. What it sees: in exact arithmetic it is a function of the set of images, not of their order (as
+    the covariance is). Changing any value changes a per-coordinate sum (one uint8 level, 1 / 127.5, is far above
+    the sums' float64 rounding). Edits that keep every per-coordinate sum, such as swapping one pixel between two
+    images or shuffling patches across images (a control in locality studies), change the covariance but not the
+    sums; they change the sketch r_j^T (sum x x^T) r_j for the fixed random directions r_j unless the change of
+    sum x x^T is orthogonal to all k rank-one r_j r_j^T, which no accidental edit is (a set of measure zero). It is
+    no cryptographic hash: data can be built to collide on purpose, as with any cache a user can write to. A hit is
+    also checked: shapes, finite values, eigenvalues >= 0 and the stored mean equal to the one just computed
+    (`read_cached`). Float64 sums depend on the order of additions, so the same images in another order, chunking,
+    thread count, BLAS or number of processes may give another key: a miss and a recomputation, never a wrong entry.
     """
     digest = hashlib.sha256(f"{CACHE_FORMAT} {n_images} {list(image_shape)}".encode())
     for values in (sums, sketch):
