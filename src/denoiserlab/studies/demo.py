@@ -50,9 +50,9 @@ class DemoDataset:
 EMOJI_HOW_TO_SHIP = (
     "train them from a repository checkout with `OMP_NUM_THREADS=1 denoiserlab train --config "
     "configs/train-unet-small-emoji.toml --out runs/unet-small-emoji` and `OMP_NUM_THREADS=1 denoiserlab train "
-    "--config configs/train-dit-small-emoji.toml --out runs/dit-small-emoji` (CPU-hours each), copy each run's last "
-    "network-KKKKKK folder to src/denoiserlab/assets/checkpoints/unet-small-emoji and dit-small-emoji, then make their "
-    "heatmaps with `denoiserlab heatmaps --network shipped:unet-small-emoji --n-samples 10 --out "
+    "--config configs/train-dit-small-emoji.toml --out runs/dit-small-emoji` (~1.5-2 CPU-hours each), copy each "
+    "run's last network-KKKKKK folder to src/denoiserlab/assets/checkpoints/unet-small-emoji and dit-small-emoji, "
+    "then make their heatmaps with `denoiserlab heatmaps --network shipped:unet-small-emoji --n-samples 10 --out "
     "src/denoiserlab/assets/heatmaps/unet-small-emoji.npz` (and likewise dit-small-emoji); meanwhile "
     "configs/locality-emoji.toml and configs/gaussian-emoji.toml run the studies on networks under runs/")
 DEMO_DATASETS = {
