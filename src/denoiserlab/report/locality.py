@@ -9,6 +9,7 @@ import tomli_w
 from denoiserlab.atomic import atomic_write
 from denoiserlab.report.html import figure_html, page_html, pre_html, table_html, text_html
 from denoiserlab.report.locality_figures import (
+    criterion_tolerance,
     figure_comparison,
     figure_fitting,
     figure_heatmap_convergence,
@@ -307,7 +308,7 @@ def readings_rows(results: dict, name: str, readings: dict) -> tuple[list[str], 
 
 
 def convergence_note(name: str, convergence: dict) -> str:
-    """How the z count was chosen and at how many sigmas the criterion held (its tolerance is in the command)."""
+    """How the z count was chosen and at how many sigmas the criterion held."""
     met = sum(bool(value) for value in convergence["converged"])
     return (f"{name}: z doubled per sigma until PSPC-Flex's MSE to the network at the fitted threshold changed by "
             f"less than {tolerance_text(convergence)} (met at {met} of {len(convergence['converged'])} sigmas; "
@@ -315,8 +316,8 @@ def convergence_note(name: str, convergence: dict) -> str:
 
 
 def tolerance_text(convergence: dict) -> str:
-    """The convergence criterion's tolerance as a percentage (files written before it was recorded used 2 %)."""
-    return f"{100 * convergence.get('tolerance', 0.02):g} %"
+    """The convergence criterion's tolerance as a percentage."""
+    return f"{100 * criterion_tolerance(convergence):g} %"
 
 
 def reference_note(name: str, convergence: dict) -> str:
@@ -332,7 +333,8 @@ def convergence_rows(sigmas: list[float], table: dict) -> tuple[list[str], list[
     """Header and one row per sigma of the convergence evidence."""
     convergence, counts = table["convergence"], table["n_samples"]
     thresholds = convergence["iou_thresholds"]
-    header = ["sigma", "z", "PSPC-Flex MSE change on doubling", "fitted threshold", f"criterion < {tolerance_text(convergence)}",
+    header = ["sigma", "z", "PSPC-Flex MSE change on doubling", "fitted threshold",
+              f"criterion < {tolerance_text(convergence)}",
               "bootstrap SE / |map|", *[f"half-split crop IoU at {t:g}" for t in thresholds]]
     rows = [[sigma, counts[level] if isinstance(counts, list) else counts, convergence["flex_change"][level],
              convergence["flex_fitted_threshold"][level], bool(convergence["converged"][level]),

@@ -78,6 +78,11 @@ def figure_heatmap_extent(results: dict, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def criterion_tolerance(convergence: dict) -> float:
+    """The heatmap convergence criterion's relative tolerance (files written before it was recorded used 0.02)."""
+    return float(convergence.get("tolerance", 0.02))
+
+
 def figure_heatmap_convergence(sigmas: list[float], table: dict, name: str, path: Path) -> Path:
     """Convergence of one network's heatmaps: left, the PSPC-Flex criterion and the bootstrap standard error per
     sigma, with the z count chosen there; right, the running-mean distance against the number of groups of z
@@ -86,7 +91,7 @@ def figure_heatmap_convergence(sigmas: list[float], table: dict, name: str, path
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(sigmas, convergence["flex_change"], "o-", label="PSPC-Flex MSE change on doubling z")
     left.plot(sigmas, convergence["relative_se"], "s-", label="bootstrap SE / |map|")
-    tolerance = convergence.get("tolerance", 0.02)  # files written before it was recorded used 2 %
+    tolerance = criterion_tolerance(convergence)
     left.axhline(tolerance, color="gray", linestyle=":", label=f"{100 * tolerance:g} % criterion")
     counts = table["n_samples"] if isinstance(table["n_samples"], list) else [table["n_samples"]] * len(sigmas)
     for sigma, count, change in zip(sigmas, counts, convergence["flex_change"]):

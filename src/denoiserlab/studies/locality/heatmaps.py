@@ -13,7 +13,8 @@ with `readings_equal` = True. A study reads such a file when a network's `heatma
 contain every sigma of the study grid (relative tolerance 1e-6).
 
 Optional convergence evidence (`denoiserlab heatmaps --until-converged`; analysis.heatmap_convergence): the
-criterion's `tolerance` (a relative change), and per sigma [L] `converged` (bool: the downstream criterion held), `flex_change` (relative change of PSPC-Flex's MSE to the
+criterion's `tolerance` (a relative change), and per sigma [L] `converged` (bool: the downstream criterion
+held), `flex_change` (relative change of PSPC-Flex's MSE to the
 network at the fitted threshold when the z count doubled), `flex_fitted_threshold`, `relative_se` (bootstrap
 standard error of the map over its norm), `half_iou` [L, T] (crop IoU of two half estimates at `iou_thresholds`
 [T]), `running_distances` [L, K] (distance of the mean over the first `running_counts` [K] groups of z to the
@@ -38,7 +39,8 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.locality.config import HeatmapConfig
 
 READINGS = ("same_channel", "all_channels")
-CONVERGENCE_KEYS = ("tolerance", "converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "iou_thresholds",
+CONVERGENCE_KEYS = ("tolerance", "converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou",
+                    "iou_thresholds",
                     "running_counts", "running_distances", "reference_sigma", "reference_n_samples",
                     "reference_distance", "reference_iou")
 PER_SIGMA_KEYS = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "running_distances")
