@@ -6,10 +6,12 @@
   sigma over its peak (target: <= 0.1).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/heldout_mse.py shipped:unet-small-fashion-mnist [NET ...] \
-        [--n 128] [--json FILE]
+        [--n 128] [--json FILE] [--cache DIR]
 
 Networks sharing a training set share its closed forms' outputs, so a learning curve (every checkpoint of a run)
-costs one network evaluation per checkpoint.
+costs one network evaluation per checkpoint. With --cache DIR the closed forms' outputs are stored there (a study
+stage cache: safetensors, keyed by the training set, --n and --steps, recomputed when damaged), so checkpoints
+evaluated later, e.g. while a run trains, cost only their own evaluation.
 """
 
 import argparse
@@ -22,6 +24,7 @@ from denoiserlab.analysis.heldout import heldout_inputs, mse_per_level, ratio_to
 from denoiserlab.denoisers import GaussianDenoiser, OptimalDenoiser
 from denoiserlab.diffusion import edm_sigmas
 from denoiserlab.networks import load
+from denoiserlab.studies.common.cache import StageCache
 from denoiserlab.studies.locality_sets import forward_set, outputs_on
 
 BATCH = 64
@@ -46,16 +49,20 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="held-out test images (and forward pairs per sigma)")
     parser.add_argument("--steps", type=int, default=18, help="EDM grid size")
     parser.add_argument("--json", help="write every number to this JSON file")
+    parser.add_argument("--cache", help="folder that keeps the closed forms' outputs between runs")
     parser.add_argument("--curve", action="store_true",
                         help="one line of ratios per network (a learning curve over a run's checkpoints)")
     args = parser.parse_args()
     sigmas = edm_sigmas(args.steps)
     report, shared = {}, {}
+    cache = StageCache(args.cache) if args.cache else None
     for spec in args.networks:
         network = load(spec).eval()
         key = json.dumps(network.training_data, sort_keys=True)
         if key not in shared:
-            shared[key] = closed_form_outputs(network.training_data, sigmas, args.n)
+            compute = lambda: closed_form_outputs(network.training_data, sigmas, args.n)  # noqa: E731
+            stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps}
+            shared[key] = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
         inputs = shared[key]
         errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"], sigmas, BATCH), inputs["test"]),
                   **inputs["errors"]}

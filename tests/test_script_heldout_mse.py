@@ -1,0 +1,85 @@
+"""scripts/heldout_mse.py (issue 14's fidelity table) on a tiny U-Net and a 1x8x8 .npz dataset: the stored ratios
+equal a float64 loop over the held-out images, and a second run with --cache loads the closed forms' outputs
+instead of recomputing them."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from denoiserlab.analysis.heldout import heldout_inputs
+from denoiserlab.data import load
+from denoiserlab.diffusion import edm_sigmas
+from denoiserlab.networks.build import build_denoiser
+from denoiserlab.networks.checkpoint import save_checkpoint
+from denoiserlab.networks.loaders import load as load_network
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "heldout_mse.py"
+TINY_UNET = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], channels_per_head=8,
+                 dropout=0.0)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("heldout_mse", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(module, argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["heldout_mse.py", *argv])
+    module.main()
+
+
+def optimal_loop(query: np.ndarray, train: np.ndarray, sigma: float) -> np.ndarray:
+    """E[x0 | z] over the training images, float64, one query [D] at a time."""
+    logits = np.array([-np.sum((query - x) ** 2) / (2 * sigma**2) for x in train])
+    weights = np.exp(logits - logits.max())
+    return (weights[:, None] * train).sum(0) / weights.sum()
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("DENOISERLAB_CACHE", str(tmp_path / "user-cache"))
+    pixels = (torch.rand(30, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    np.savez(tmp_path / "tiny.npz", train_images=pixels[:24].numpy(), test_images=pixels[24:].numpy())
+    torch.manual_seed(0)
+    network = build_denoiser("unet", 1, 8, TINY_UNET, training_data={"source": str(tmp_path / "tiny.npz")})
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return save_checkpoint(tmp_path / "net", network.eval())
+
+
+def test_ratios_match_a_float64_loop_and_the_cache_is_reused(tiny_setup, tmp_path, monkeypatch):
+    module = load_script()
+    argv = [str(tiny_setup), "--n", "4", "--steps", "5", "--cache", str(tmp_path / "cache")]
+    run_script(module, [*argv, "--json", str(tmp_path / "first.json")], monkeypatch)
+    stages = sorted((tmp_path / "cache" / "stages").glob("heldout-closed-forms-*"))
+    assert len(stages) == 1
+    stamp = stages[0].stat().st_mtime_ns
+    run_script(module, [*argv, "--json", str(tmp_path / "second.json")], monkeypatch)
+    assert stages[0].stat().st_mtime_ns == stamp  # loaded, not rewritten
+    first = json.loads((tmp_path / "first.json").read_text())[str(tiny_setup)]
+    second = json.loads((tmp_path / "second.json").read_text())[str(tiny_setup)]
+    assert first == second
+
+    network = load_network(str(tiny_setup)).eval()
+    sigmas = edm_sigmas(5)
+    test = load(str(tmp_path / "tiny.npz"), split="test").as_float(0, 4)
+    train = load(str(tmp_path / "tiny.npz")).as_float().double().flatten(1).numpy()
+    noisy = heldout_inputs(test, sigmas)
+    for level, sigma in enumerate(sigmas.tolist()):
+        with torch.no_grad():
+            network_mse = (network(noisy[level], sigma).double() - test.double()).square().mean().item()
+        clean = test.double().flatten(1).numpy()
+        optimal = np.stack([optimal_loop(z, train, sigma) for z in noisy[level].double().flatten(1).numpy()])
+        optimal_mse = np.mean((optimal - clean) ** 2)
+        assert first["network"][level] == pytest.approx(network_mse, rel=1e-5)
+        assert first["optimal"][level] == pytest.approx(optimal_mse, rel=1e-4)
+        best = min(first["optimal"][level], first["gaussian"][level])
+        assert first["ratio"][level] == pytest.approx(first["network"][level] / best, rel=1e-9)
