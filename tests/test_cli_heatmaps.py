@@ -173,3 +173,27 @@ def test_levels_split_the_work_and_the_last_run_writes_the_file(tmp_path, capsys
     for bad in ("1-0", "0-3", "x"):
         assert main([*common, "--out", str(tmp_path / "bad.npz"), "--levels", bad]) == 2
         assert "--levels" in capsys.readouterr().err
+
+
+def test_a_run_finishing_after_the_others_started_writes_the_file(tmp_path, monkeypatch):
+    """Two --levels runs started together: the one whose own levels end last finds the other's levels finished
+    then (not at its start) and writes the file."""
+    import shutil
+
+    from denoiserlab.cli import heatmaps as heatmaps_cli
+
+    path = tiny_checkpoint(tmp_path)
+    common = ["heatmaps", "--network", str(path), "--steps", "3", "--n-samples", "2", "--batch-size", "2"]
+    assert main([*common, "--out", str(tmp_path / "whole.npz")]) == 0
+    split = tmp_path / "split.npz"
+    real = heatmaps_cli.gradient_heatmaps
+
+    def other_run_finishes_meanwhile(*args, **kwargs):  # levels 0-1 land while this run computes level 2
+        for stage in sorted((tmp_path / "whole.npz.parts" / "stages").glob("level-0[01]-*")):
+            shutil.copyfile(stage, tmp_path / "split.npz.parts" / "stages" / stage.name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(heatmaps_cli, "gradient_heatmaps", other_run_finishes_meanwhile)
+    assert main([*common, "--out", str(split), "--levels", "2"]) == 0
+    torch.testing.assert_close(read_heatmaps_file(split)["same_channel"],
+                               read_heatmaps_file(tmp_path / "whole.npz")["same_channel"])

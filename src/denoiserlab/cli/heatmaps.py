@@ -93,21 +93,16 @@ def run(args: argparse.Namespace) -> None:
     if args.until_converged is not None:
         key.update(until_converged=args.until_converged, start_samples=args.start_samples, groups=args.groups,
                    check_pairs=args.check_pairs, sampling="systematic")
-    levels, missing = [], []
-    for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}")):
+
+    def compute_level(level: int, sigma: float):
         if args.until_converged is None:
-            compute = lambda: _both_readings(network, train, sigma, args, args.seed + level)  # noqa: E731
-        else:
-            compute = lambda: _converged_level(network, train, imageset.labels, sigma, args,  # noqa: E731
-                                               args.seed + level)
-        name, level_key = f"level-{level:02d}", {**key, "sigma": sigma}
-        if level in own_levels:
-            levels.append(cache.run(name, level_key, compute))
-        else:
-            finished, table = cache.stored(name, level_key)
-            levels.append(table)
-            if not finished:
-                missing.append(level)
+            return lambda: _both_readings(network, train, sigma, args, args.seed + level)
+        return lambda: _converged_level(network, train, imageset.labels, sigma, args, args.seed + level)
+
+    level_keys = [(f"level-{level:02d}", {**key, "sigma": sigma}) for level, sigma in enumerate(sigmas.tolist())]
+    own = {level: cache.run(*level_keys[level], compute_level(level, sigma))
+           for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}"))
+           if level in own_levels}
     if reference_level is not None:
         reference_key = {**key, "sigma": sigmas[reference_level].item(), "reference_samples": args.reference_samples}
         compute_reference = lambda: _reference_map(  # noqa: E731
@@ -115,9 +110,15 @@ def run(args: argparse.Namespace) -> None:
             args.seed + REFERENCE_SEED_OFFSET + reference_level)
         if reference_level in own_levels:
             reference = cache.run("reference", reference_key, compute_reference)
-        else:
-            finished, reference = cache.stored("reference", reference_key)
-            missing += [] if finished else ["reference"]
+    # other processes' levels are looked up only now, after this run's own: whichever run finishes last writes OUT
+    levels, missing = [], []
+    for level in range(len(sigmas)):
+        finished, table = (True, own[level]) if level in own else cache.stored(*level_keys[level])
+        levels.append(table)
+        missing += [] if finished else [level]
+    if reference_level is not None and reference_level not in own_levels:
+        finished, reference = cache.stored("reference", reference_key)
+        missing += [] if finished else ["reference"]
     if missing:
         print(f"levels {args.levels} of {args.network} done; not finished yet: {missing} (the run that finishes "
               f"them writes {args.out}, or rerun without --levels)")
