@@ -5,7 +5,8 @@ and Fréchet distances computed on the features of our own Fashion-MNIST classif
     .venv/bin/python scripts/network_quality.py shipped:unet-small-fashion-mnist [more networks] \
         [--n 1000] [--out results/network-quality]
 
-Writes OUT/quality.json (and OUT/samples-<i>.pt, reused on a rerun). Fréchet distances are reported against the
+Writes OUT/quality.json; the samples are kept in OUT/stages/ (safetensors, keyed by the checkpoint's content hash,
+--n, --steps and --seed, so a rerun reuses them only for the same network and settings). Fréchet distances are reported against the
 held-out test split and against as many training images, beside the same distance between training and test
 images (the floor a perfect sampler reaches with this many samples).
 """
@@ -23,21 +24,29 @@ from denoiserlab.analysis import (
     memorized_fraction,
 )
 from denoiserlab.analysis.memorization import nearest_neighbour_distances
-from denoiserlab.atomic import atomic_write, write_json
+from denoiserlab.assets import resolve
+from denoiserlab.atomic import write_json
 from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.networks import load
+from denoiserlab.studies.common.cache import StageCache, checkpoint_fingerprint
 
 
-def samples_of(network, n: int, steps: int, batch_size: int, seed: int, path: Path) -> torch.Tensor:
-    """n Heun samples [n, C, H, W] from standard_noise(seed), cached in `path`."""
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    shape = (network.img_channels, network.img_resolution, network.img_resolution)
-    noise = standard_noise((n, *shape), seed)
-    with torch.no_grad():
-        samples = torch.cat([sample_heun(network, chunk, steps, progress=True).images
-                             for chunk in noise.split(batch_size)]).clamp(-1, 1)
-    atomic_write(path, lambda temp: torch.save(samples, temp))
+def samples_of(network, spec: str, args: argparse.Namespace, cache: StageCache) -> torch.Tensor:
+    """args.n Heun samples [n, C, H, W] from standard_noise(args.seed), stored in `cache` under the checkpoint's
+    content hash and the sampling settings; a stored value of the wrong shape or with NaN is sampled again."""
+    shape = (args.n, network.img_channels, network.img_resolution, network.img_resolution)
+    key = {"network": checkpoint_fingerprint(resolve(spec)), "n": args.n, "steps": args.steps, "seed": args.seed}
+
+    def sample() -> torch.Tensor:
+        noise = standard_noise(shape, args.seed)
+        with torch.no_grad():
+            return torch.cat([sample_heun(network, chunk, args.steps, progress=True).images
+                              for chunk in noise.split(args.batch_size)]).clamp(-1, 1)
+
+    samples = cache.run("samples", key, sample)
+    if not isinstance(samples, torch.Tensor) or tuple(samples.shape) != shape or not samples.isfinite().all():
+        cache.path("samples", key).unlink()
+        samples = cache.run("samples", key, sample)
     return samples
 
 
@@ -55,12 +64,13 @@ def main() -> None:
     features = load_feature_model(args.feature_model)
     table = {"n_samples": args.n, "steps": args.steps, "seed": args.seed, "feature_model": args.feature_model,
              "networks": {}}
-    for index, spec in enumerate(args.networks):
+    cache = StageCache(args.out)
+    for spec in args.networks:
         network = load(spec).eval()
         train = data.load(**network.training_data).as_float()
         test = data.load(**data.held_out_options(network.training_data)).as_float()
         reference = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:len(test)]]
-        samples = samples_of(network, args.n, args.steps, args.batch_size, args.seed, args.out / f"samples-{index}.pt")
+        samples = samples_of(network, spec, args, cache)
         distances, _ = nearest_neighbour_distances(samples, train)
         row = {
             "n_train": len(train),
