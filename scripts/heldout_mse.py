@@ -30,17 +30,23 @@ from denoiserlab.studies.locality_sets import forward_set, outputs_on
 BATCH = 64
 
 
-def closed_form_outputs(training_data: dict, sigmas, n: int) -> dict:
-    """Held-out and forward inputs of one training set with the optimal and Gaussian denoisers' outputs on them."""
-    train = data.load(**training_data)
+def evaluation_inputs(training_data: dict, sigmas, n: int) -> dict:
+    """Held-out test images, their noisy copies and forward-process inputs of one training set (seeded: the same
+    on every run, so they are recomputed rather than stored)."""
     test = data.load(**data.held_out_options(training_data)).as_float(0, n)
-    heldout_z = heldout_inputs(test, sigmas)
-    forward = forward_set(train.as_float(), sigmas, n, seed=0)
+    forward = forward_set(data.load(**training_data).as_float(), sigmas, n, seed=0)
+    return {"test": test, "heldout_z": heldout_inputs(test, sigmas), "forward_z": forward["z"]}
+
+
+def closed_form_outputs(training_data: dict, inputs: dict, sigmas) -> dict:
+    """The optimal and Gaussian denoisers of the training set on `inputs`: their held-out errors per level and the
+    optimal denoiser's forward-process outputs."""
+    train = data.load(**training_data)
     optimal, gaussian = OptimalDenoiser(train), GaussianDenoiser(train)
-    return {"test": test, "heldout_z": heldout_z, "forward_z": forward["z"],
-            "errors": {name: mse_per_level(outputs_on(den, heldout_z, sigmas, BATCH, label=name), test)
+    return {"errors": {name: mse_per_level(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, label=name),
+                                           inputs["test"])
                        for name, den in (("optimal", optimal), ("gaussian", gaussian))},
-            "forward_optimal": outputs_on(optimal, forward["z"], sigmas, BATCH, label="optimal (forward)")}
+            "forward_optimal": outputs_on(optimal, inputs["forward_z"], sigmas, BATCH, label="optimal (forward)")}
 
 
 def main() -> None:
@@ -60,9 +66,11 @@ def main() -> None:
         network = load(spec).eval()
         key = json.dumps(network.training_data, sort_keys=True)
         if key not in shared:
-            compute = lambda: closed_form_outputs(network.training_data, sigmas, args.n)  # noqa: E731
+            inputs = evaluation_inputs(network.training_data, sigmas, args.n)
+            compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas)  # noqa: E731
             stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps}
-            shared[key] = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
+            outputs = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
+            shared[key] = {**inputs, **outputs}
         inputs = shared[key]
         errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"], sigmas, BATCH), inputs["test"]),
                   **inputs["errors"]}

@@ -6,9 +6,9 @@ and Fréchet distances computed on the features of our own Fashion-MNIST classif
         [--n 1000] [--out results/network-quality]
 
 Writes OUT/quality.json; the samples are kept in OUT/stages/ (safetensors, keyed by the checkpoint's content hash,
---n, --steps and --seed, so a rerun reuses them only for the same network and settings). Fréchet distances are reported against the
-held-out test split and against as many training images, beside the same distance between training and test
-images (the floor a perfect sampler reaches with this many samples).
+--n, --steps and --seed, so a rerun reuses them only for the same network and settings). Fréchet distances are
+reported against the held-out test split and against as many training images, beside the same distance between
+training and test images (the floor a perfect sampler reaches with this many samples).
 """
 
 import argparse
