@@ -88,9 +88,9 @@ class CropSet:
     def to(self, device: torch.device) -> "CropSet":
         return CropSet(self.masks.to(device), self.counts.to(device))
 
-    def for_kernel(self) -> pspc_kernel.KernelCrops:
-        """The same crops as pixel index lists for the C kernel."""
-        return pspc_kernel.listed_crops(self.masks.cpu(), self.counts.cpu())
+    def for_kernel(self, image_size: tuple[int, int]) -> pspc_kernel.KernelCrops:
+        """The same crops as the C kernel takes them (row blocks); image_size: (H, W)."""
+        return pspc_kernel.listed_crops(self.masks.cpu(), self.counts.cpu(), image_size)
 
 
 def check_masks(masks: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -149,8 +149,10 @@ class PSPCFlex:
 
     def masks_at(self, sigma: float) -> Tensor:
         """The checked bool [K, H, W] crops used at noise level sigma."""
-        masks = self.config.masks(sigma) if callable(self.config.masks) else self.config.masks
-        return check_masks(masks, self.image_shape_[1:])
+        return check_masks(self._unchecked_masks_at(sigma), self.image_shape_[1:])
+
+    def _unchecked_masks_at(self, sigma: float) -> Tensor:
+        return self.config.masks(sigma) if callable(self.config.masks) else self.config.masks
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the PSPC-Flex estimate of x0, shape/dtype/device of x."""
@@ -159,7 +161,11 @@ class PSPCFlex:
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         if self.config.distributed:
             check_same_queries(x, sigma)  # so every rank takes the same groups below, in the same order
-        group_of_sample = [self._crop_set_index(self.masks_at(value)) for value in sigma.tolist()]
+        index_of_sigma = {}  # one crop set lookup per distinct sigma, not per sample
+        for value in sigma.tolist():
+            if value not in index_of_sigma:
+                index_of_sigma[value] = self._crop_set_index(self._unchecked_masks_at(value))
+        group_of_sample = [index_of_sigma[value] for value in sigma.tolist()]
         out = torch.empty_like(x)
         for index in sorted(set(group_of_sample)):
             group = torch.tensor([i for i, g in enumerate(group_of_sample) if g == index], device=x.device)
@@ -177,12 +183,18 @@ class PSPCFlex:
         return torch.where(coverage > 0, numerators / coverage.clamp(min=1), x.double())
 
     def _crop_set_index(self, masks: Tensor) -> int:
-        """Index into the cache of deduplicated crop sets; the same (or an equal) mask tensor reuses its entry."""
+        """Index into the cache of deduplicated crop sets; the same (or an equal) mask tensor reuses its entry, and a
+        new one is checked (check_masks) before it is added."""
         for index, (seen, _, _) in enumerate(self._crop_sets):
-            if seen is masks or (seen.shape == masks.shape and torch.equal(seen, masks.to(seen.device))):
+            if seen is masks:
+                return index
+        check_masks(masks, self.image_shape_[1:])
+        for index, (seen, _, _) in enumerate(self._crop_sets):
+            if seen.shape == masks.shape and torch.equal(seen, masks.to(seen.device)):
                 return index
         crops = unique_crops(masks.cpu())
-        self._crop_sets.append((masks, crops, crops.for_kernel() if self.config.kernel != "eager" else None))
+        kernel_crops = crops.for_kernel(tuple(masks.shape[1:])) if self.config.kernel != "eager" else None
+        self._crop_sets.append((masks, crops, kernel_crops))
         return len(self._crop_sets) - 1
 
 

@@ -6,7 +6,8 @@ the same two passes (per-crop nearest distance and normaliser, then the composit
 lane), the training set is the outer loop (read from memory once per pass for all queries), and each of a few Python
 threads sums its own shares of the training set (`run_parts`). Square crops use window sums without cancellation
 (`box_filter.py`); listed (Flex) crops are pixel index lists, so a crop costs its size, not H * W as in a dense
-GEMM. Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), a polynomial exp accurate to ~2 ulp.
+GEMM. Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), a polynomial 2^x (relative error
+2e-7, shared with the ELS kernel).
 
 The C source ships with the package (`kernels/pspc.c`, which includes `kernels/common.h`) and is compiled once per
 machine with the system C compiler into the user cache folder (`user_cache_dir("kernels")`) on first use, about a
@@ -56,8 +57,9 @@ class KernelUnavailable(DenoiserLabError):
 
 
 _c_int, _c_long, _pointer_type = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
-# z, lanes, (B, C, H, W, N, s, n_crops), (offsets, pixels, counts), inv_two_var: the arguments both passes start with
-_PASS_ARGUMENTS = [_pointer_type, _pointer_type, *[_c_int] * 7, *[_pointer_type] * 4]
+# z, lanes, (B, C, H, W, N, s, n_crops), (offsets, entries, counts, cell_offsets, cell_crops), inv_two_var: the
+# arguments both passes start with
+_PASS_ARGUMENTS = [_pointer_type, _pointer_type, *[_c_int] * 7, *[_pointer_type] * 6]
 PSPC_SIGNATURES = {  # function -> (restype, argtypes), as in kernels/pspc.c
     "pspc_pass1": (_c_int, [*_PASS_ARGUMENTS, _pointer_type, _pointer_type, _pointer_type, _c_int, _c_int]),
     "merge_parts": (None, [_pointer_type, _pointer_type, _c_long, _c_int, _c_int, _pointer_type, _pointer_type,
@@ -230,13 +232,16 @@ def run_parts(function, arguments: list, parts: int, threads: int) -> list:
 
 @dataclass(frozen=True)
 class KernelCrops:
-    """Crops as the C kernel takes them: all size x size squares (offsets None), or listed crops in CSR form."""
+    """Crops as the C kernel takes them: all size x size squares (offsets None), or listed crops as sums of the
+    cells of a row-block table (`row_block_cells`), in compressed rows both by crop and by cell."""
 
     n_crops: int
     size: int = 1  # square side; 1 for listed crops
-    offsets: Tensor | None = None  # int32 [K + 1]: crop k holds pixels[offsets[k] : offsets[k + 1]]
-    pixels: Tensor | None = None  # int32 [total]: flat pixel indices y * W + x
+    offsets: Tensor | None = None  # int32 [K + 1]: crop k is the cells entries[offsets[k] : offsets[k + 1]]
+    entries: Tensor | None = None  # int32 [total]: cells L * H * W + y * W + x (2^L pixels from (y, x) on)
     counts: Tensor | None = None  # float32 [K]: how often each crop counts in the composite
+    cell_offsets: Tensor | None = None  # int32 [levels * H * W + 1]: cell c is in the crops
+    cell_crops: Tensor | None = None  # int32 [total]: cell_crops[cell_offsets[c] : cell_offsets[c + 1]]
 
 
 def square_crops(height: int, width: int, size: int) -> KernelCrops:
@@ -244,18 +249,62 @@ def square_crops(height: int, width: int, size: int) -> KernelCrops:
     return KernelCrops(n_crops=(height - size + 1) * (width - size + 1), size=size)
 
 
-def listed_crops(masks: Tensor, counts: Tensor) -> KernelCrops:
-    """Crops from a 0/1 tensor [K, H * W] and their multiplicities [K]."""
-    masks = masks.bool()
-    offsets = torch.zeros(masks.shape[0] + 1, dtype=torch.int32)
-    offsets[1:] = masks.sum(1).cumsum(0)
-    pixels = masks.nonzero()[:, 1].to(torch.int32).contiguous()  # row-major: grouped by crop
-    return KernelCrops(n_crops=masks.shape[0], offsets=offsets, pixels=pixels, counts=counts.float().contiguous())
+def listed_crops(masks: Tensor, counts: Tensor, image_size: tuple[int, int]) -> KernelCrops:
+    """Crops from a 0/1 tensor [K, H * W] and their multiplicities [K]; image_size: (H, W)."""
+    crop_of_entry, cell_of_entry = row_block_cells(masks.bool(), *image_size)
+    n_cells = table_levels(image_size[1]) * image_size[0] * image_size[1]
+    offsets, entries = compressed_rows(crop_of_entry, cell_of_entry, masks.shape[0])
+    cell_offsets, cell_crops = compressed_rows(cell_of_entry, crop_of_entry, n_cells)
+    return KernelCrops(n_crops=masks.shape[0], offsets=offsets, entries=entries, counts=counts.float().contiguous(),
+                       cell_offsets=cell_offsets, cell_crops=cell_crops)
+
+
+def table_levels(width: int) -> int:
+    """Levels of the kernel's row-block table for images `width` pixels wide: blocks of 1, 2, 4, ... <= width
+    pixels (table_levels in kernels/pspc.c)."""
+    return width.bit_length()
+
+
+def row_block_cells(masks: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Every crop of a bool [K, H * W] tensor as a sum of row blocks: each run of consecutive pixels of a crop's row
+    is split into blocks of 2^L pixels by the binary digits of its length, highest first. Returns (crop, cell) long
+    [entries], the cell of a block of 2^L pixels from pixel q being L * H * W + q. A crop of n pixels in r runs
+    takes at most r * table_levels(W) entries (on heatmap masks 2-6x fewer than its n pixels)."""
+    n_crops = masks.shape[0]
+    rows = masks.reshape(n_crops * height, width)
+    left = torch.zeros_like(rows)
+    left[:, 1:] = rows[:, :-1]
+    starts = rows & ~left
+    run_id = torch.arange(rows.shape[0])[:, None] * (width + 1) + starts.cumsum(1)  # distinct for every run
+    run_length = torch.bincount(run_id[rows], minlength=rows.shape[0] * (width + 1))[run_id]
+    column = torch.arange(width).expand_as(rows)
+    run_start = torch.zeros(rows.shape[0] * (width + 1), dtype=torch.long)
+    run_start[run_id[starts]] = column[starts]
+    position = column - run_start[run_id]  # within the run
+    pixel = (torch.arange(rows.shape[0])[:, None] % height) * width + column
+    crop = (torch.arange(rows.shape[0]) // height)[:, None].expand_as(rows)
+    crops, cells = [], []
+    for level in range(table_levels(width)):
+        # a block of 2^L starts where the digits of the length above L end, if digit L is set
+        starts_block = rows & (run_length >> level & 1).bool() & (position == run_length >> (level + 1) << (level + 1))
+        crops.append(crop[starts_block])
+        cells.append(level * height * width + pixel[starts_block])
+    return torch.cat(crops), torch.cat(cells)
+
+
+def compressed_rows(row_of: Tensor, column_of: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
+    """Pairs (row, column) in compressed rows: offsets int32 [n_rows + 1] and columns int32, row r's columns being
+    columns[offsets[r] : offsets[r + 1]] (in their order among the pairs)."""
+    offsets = torch.zeros(n_rows + 1, dtype=torch.int32)
+    offsets[1:] = torch.bincount(row_of, minlength=n_rows).cumsum(0)
+    order = torch.sort(row_of, stable=True).indices
+    return offsets, column_of[order].to(torch.int32).contiguous()
 
 
 def _crop_arguments(crops: KernelCrops) -> list:
     return [ctypes.c_int(crops.size), ctypes.c_int(crops.n_crops), _optional_pointer(crops.offsets),
-            _optional_pointer(crops.pixels), _optional_pointer(crops.counts)]
+            _optional_pointer(crops.entries), _optional_pointer(crops.counts), _optional_pointer(crops.cell_offsets),
+            _optional_pointer(crops.cell_crops)]
 
 
 def distance_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:

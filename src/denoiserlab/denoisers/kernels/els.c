@@ -30,8 +30,6 @@
        others the online update that keeps m the nearest distance.
    Float32 lanes are folded into float64 sums every FOLD_TERMS candidates per lane, and the shares of the training
    set are merged in float64. */
-#include <stdint.h>
-
 #include "common.h"
 
 #define FOLD_TERMS 1024     /* candidates per lane summed in float32 before they are folded into the float64 sums */
@@ -46,27 +44,6 @@
 #define SPECIALISED static inline
 #define ROW_LEVEL static
 #endif
-
-/* 2^t for t < 127 (-inf included), vectorisable: t = k + f with k = rint(t) and |f| <= 1/2, 2^f by a degree-5
-   polynomial (relative error 2e-7 in float32, below the rounding of t itself for |t| > 2), 2^k by the exponent
-   bits; t < -126.5 gives exactly 0. Each step is one vector operation: t is clamped to -127 by an unsigned minimum
-   of its bits (negative floats order like their magnitudes), and adding 1.5 * 2^23 + 127 rounds t to an integer
-   and leaves rint(t) + 127, the exponent of 2^k, in the low bits. */
-static inline float exp2_bounded(float t) {
-    union { float f; uint32_t u; } clamped = {t}, y;
-    const uint32_t lowest = 0xC2FE0000u; /* the bits of -127.0f */
-    clamped.u = clamped.u < lowest ? clamped.u : lowest;
-    y.f = clamped.f + 12583039.0f;
-    float f = clamped.f - (y.f - 12583039.0f);
-    float p = 1.3264726622e-3f;
-    p = p * f + 9.6715129594e-3f;
-    p = p * f + 5.5507337478e-2f;
-    p = p * f + 2.4022242080e-1f;
-    p = p * f + 6.9314697759e-1f;
-    p = p * f + 1.0f;
-    union { uint32_t u; float f; } scale = {y.u << 23}; /* rint(t) = -127: all bits 0, the float 0 */
-    return p * scale.f;
-}
 
 /* The sum of exp2_bounded over t [n], repeats times: the fold's exp alone, whose rate gives benchmarks/bench_peers.py
    the floor of one exp per candidate. */
@@ -425,7 +402,7 @@ typedef struct {
     float *e;             /* [PW][LANES]: squared differences of one padded row (van Herk) */
     float *rows;          /* [PH][W][LANES]: the window sums along every padded row of a pair */
     float *dist;          /* [H][W][LANES]: window distances after the van Herk column pass */
-    float *suffix, *head; /* van Herk scratch */
+    float *suffix; /* van Herk scratch */
     float *weights;       /* [W][LANES] */
     int *nearer;          /* [W][LANES] */
     float *row_dist;      /* [W][LANES]: one output row's window distances (checked path) */
@@ -438,7 +415,7 @@ static void work_free(Work w, int B) {
             free(w.states[b].m); free(w.states[b].s); free(w.states[b].a); free(w.states[b].row_max);
         }
     free(w.states); free(w.block.data); free(w.block.rows); free(w.zpad); free(w.e); free(w.rows); free(w.dist);
-    free(w.suffix); free(w.head); free(w.weights); free(w.nearer); free(w.row_dist); free(w.num);
+    free(w.suffix); free(w.weights); free(w.nearer); free(w.row_dist); free(w.num);
 }
 
 static int work_alloc(Work *w, int B, int C, int H, int W, int s, int block_width) {
@@ -457,13 +434,12 @@ static int work_alloc(Work *w, int B, int C, int H, int W, int s, int block_widt
     w->rows = malloc(sizeof(float) * LANES * PH * W);
     w->dist = malloc(sizeof(float) * LANES * HW);
     w->suffix = malloc(sizeof(float) * longest);
-    w->head = malloc(sizeof(float) * LANES * W);
     w->weights = malloc(sizeof(float) * LANES * W);
     w->nearer = malloc(sizeof(int) * LANES * W);
     w->row_dist = malloc(sizeof(float) * LANES * W);
     w->num = malloc(sizeof(double) * C);
     int ok = w->block.data && w->block.rows && w->zpad && w->states && w->e && w->rows && w->dist && w->suffix &&
-             w->head && w->weights && w->nearer && w->row_dist && w->num;
+             w->weights && w->nearer && w->row_dist && w->num;
     for (int b = 0; ok && b < B; b++) {
         LaneState *t = w->states + b;
         t->m = malloc(sizeof(float) * LANES * HW);
@@ -528,9 +504,9 @@ static void fold_pair(Pair p, const float *zpad, Work *w, LaneState t, float kl,
     }
     for (int uu = 0; uu < eh; uu++) {
         row_differences(zrow + (long)uu * PW, zstride, xrows[uu] + first_column, b.channel_stride, C, ew, w->e);
-        box_line(w->e, w->rows + uu * row_values, ew, s, LANES, w->suffix, w->head);
+        box_line(w->e, w->rows + uu * row_values, ew, s, LANES, w->suffix);
     }
-    box_line(w->rows, w->dist, eh, s, row_values, w->suffix, w->head);
+    box_line(w->rows, w->dist, eh, s, row_values, w->suffix);
     pair_fold(w->dist, 1, p, kl, C, H, W, w, t);
 }
 
