@@ -554,7 +554,7 @@ def test_kernel_functions_have_declared_ctypes_signatures():
     library = pspc_kernel.load_library()
     for name, (restype, argtypes) in pspc_kernel.PSPC_SIGNATURES.items():
         assert getattr(library, name).argtypes == argtypes and getattr(library, name).restype == restype
-    assert library.pspc_pass1.restype is ctypes.c_int and len(library.pspc_pass1.argtypes) == 18
+    assert library.pspc_pass1.restype is ctypes.c_int and len(library.pspc_pass1.argtypes) == 20
 
 
 def test_kernel_allocation_failure_is_a_clear_error():

@@ -174,6 +174,35 @@ def test_flex_random_masks_match_loop_reference(monkeypatch, cache_bytes, kernel
         assert torch.equal(out[:, :, 0, 0], x[:, :, 0, 0])
 
 
+@pytest.mark.parametrize("height,width", [(5, 13), (28, 28), (4, 32), (3, 1)])
+def test_row_block_cells_cover_every_crop_exactly(height, width):
+    generator = torch.Generator().manual_seed(width)
+    noisy = torch.rand(6, height * width, generator=generator) < 0.5
+    rows = torch.arange(width)[None, None, :]
+    runs = ((rows >= torch.randint(0, width, (6, height, 1), generator=generator))
+            & (rows < torch.randint(0, width + 1, (6, height, 1), generator=generator))).flatten(1)  # one run a row
+    masks = torch.cat([noisy, runs, torch.ones(1, height * width, dtype=torch.bool)])
+    crops, cells = pspc_kernel.row_block_cells(masks, height, width)
+    covered = torch.zeros(masks.shape, dtype=torch.int64)
+    for crop, cell in zip(crops.tolist(), cells.tolist()):
+        level, pixel = divmod(cell, height * width)
+        assert pixel % width + 2**level <= width  # the block stays in its row
+        covered[crop, pixel : pixel + 2**level] += 1
+    assert torch.equal(covered, masks.long())  # every pixel once, nothing else
+    assert len(cells) <= masks.sum()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_flex_blob_masks_match_loop_reference(kernel):
+    """Crops made of long row runs, so that the kernel sums blocks of up to 8 pixels (rectangles and discs)."""
+    train, x = make_data((2, 9, 12), seed=5)
+    yy, xx = torch.meshgrid(torch.arange(9), torch.arange(12), indexing="ij")
+    masks = torch.stack([((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) for cy, cx, r in ((4, 5, 4), (2, 9, 3), (6, 2, 2))]
+                        + [(yy >= 1) & (yy < 8) & (xx >= 2) & (xx < 12), torch.ones(9, 12, dtype=torch.bool)])
+    out = PSPCFlex(train, masks, kernel=kernel)(x, SIGMAS)
+    assert torch.allclose(out.double(), reference_composite(x, SIGMAS, train, list(masks)), atol=2e-5)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_flex_per_sample_masks_from_callable(kernel):
     train, x = make_data((1, 6, 6), batch=4)
