@@ -8,7 +8,8 @@ full empirical posterior with a running log-sum-exp over chunks of 100 training 
 plai-group/pspc. It runs on one thread: its ops are too small to gain from two, and on a machine shared with other
 jobs torch's two-thread ops stall (10x slower here). Ours is timed on one thread and on --threads threads.
 Each figure: wall-clock seconds and process CPU seconds (robust to other jobs on the machine), best of --repeats
-calls after a warm-up call; the naive loop runs once.
+calls after a warm-up call; the naive loop runs once. Below each, the floors of one call on one thread: its exps at
+the kernel's measured exp rate, and its memory traffic at the measured read bandwidth of one thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare, flex_masks
+from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare, els_kernel, flex_masks
 from denoiserlab.denoisers.pspc_flex import unique_crops
 
 
@@ -97,6 +98,34 @@ def random_problem(n_train: int, shape: tuple[int, int, int], batch: int, sigma:
     return train, x, torch.full((batch,), sigma)
 
 
+def exp_rate(repeats: int = 2000) -> float:
+    """Exps per CPU second of the kernels' exp (exp2_bounded in kernels/common.h, which the ELS library exports as
+    els_exp2_sum) on 4096 cache-resident float32 values, one thread."""
+    import ctypes
+
+    values = -40 * torch.rand(4096)
+    library = els_kernel.load_library()
+    cpu = timed(lambda: library.els_exp2_sum(ctypes.c_void_p(values.data_ptr()), values.numel(), repeats), 2, 1)[1]
+    return repeats * values.numel() / cpu
+
+
+def read_bandwidth(megabytes: int = 256) -> float:
+    """Bytes per second that one thread reads from memory (torch sum over a float32 tensor far larger than caches)."""
+    values = torch.rand(megabytes * 2**18)
+    return values.numel() * 4 / timed(lambda: values.sum(), 3, 1)[0]
+
+
+def floors(batch: int, n_train: int, n_crops: int, values_per_image: int, seconds: float) -> str:
+    """What one call cannot go below on one thread: one exp per (query, crop, training image) in each pass, and the
+    memory traffic: the training lanes read in both passes, pass 1's crop distances written and read back."""
+    exps = 2 * batch * n_crops * n_train
+    traffic = 2 * 4 * n_train * values_per_image + 2 * 4 * batch * n_crops * n_train
+    exp_seconds, memory_seconds = exps / exp_rate(), traffic / read_bandwidth()
+    return (f"  floors on one thread: {exps:.2e} exps = {exp_seconds * 1e3:.1f} ms at the kernel's exp rate; "
+            f"{traffic / 1e6:.0f} MB of memory traffic = {memory_seconds * 1e3:.1f} ms at the read bandwidth; ours "
+            f"{seconds * 1e3:.1f} ms = {seconds / max(exp_seconds, memory_seconds):.1f}x the larger")
+
+
 def compare_square(args) -> float:
     """Naive loop vs ours for PSPC-Square; returns ours' wall seconds on args.threads threads."""
     train, x, sigma = random_problem(args.n, (3, 32, 32), args.batch, args.sigma)
@@ -110,6 +139,7 @@ def compare_square(args) -> float:
     print(f"PSPC-Square N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} s={args.patch_size}:")
     print(describe("ours", naive, one, many, args.threads, error))
     print(f"  eager PyTorch path: {eager[0]:.2f} s wall, {args.threads} threads")
+    print(floors(args.batch, args.n, (32 - args.patch_size + 1) ** 2, x[0].numel(), one[1]))
     return many[0]
 
 
@@ -126,6 +156,7 @@ def compare_flex(args) -> None:
           f"({unique_crops(masks).masks.shape[0]} distinct crops, {masks.flatten(1).sum(1).float().mean():.0f} pixels "
           "each on average):")
     print(describe("ours", naive, one, many, args.threads, error))
+    print(floors(args.batch, args.n, unique_crops(masks).masks.shape[0], x[0].numel(), one[1]))
 
 
 def large(args, small_seconds: float) -> None:
