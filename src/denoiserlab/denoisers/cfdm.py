@@ -20,7 +20,7 @@ from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.optimal import OptimalDenoiser, posterior_mean
-from denoiserlab.denoisers.schedules import Tunable, samples_by_value, value_at
+from denoiserlab.denoisers.schedules import Tunable, estimate_by_group, value_at
 from denoiserlab.denoisers.training_set import DeviceCopies, check_storage
 from denoiserlab.diffusion.noise import standard_noise
 from denoiserlab.errors import DenoiserLabError
@@ -99,9 +99,8 @@ class CFDM:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        out = torch.empty_like(x)
-        for smoothing, group in samples_by_value([self.smoothing_at(s) for s in sigma.tolist()], x.device):
-            out[group] = self.smoothed_mean(x[group], sigma[group], smoothing).to(x.dtype)
+        out = estimate_by_group(x, [self.smoothing_at(s) for s in sigma.tolist()],
+                                lambda smoothing, group: self.smoothed_mean(x[group], sigma[group], smoothing))
         return check_finite_output(out, "CFDM", sigma)
 
     def smoothed_mean(self, x: Tensor, sigma: Tensor, smoothing: float) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.gaussian import GaussianDenoiser
-from denoiserlab.denoisers.schedules import Tunable, samples_by_value, value_at
+from denoiserlab.denoisers.schedules import Tunable, estimate_by_group, value_at
 from denoiserlab.denoisers.training_set import (
     DeviceCopies,
     TrainingImages,
@@ -124,12 +124,13 @@ class DataLocality:
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         images = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0],
                                                                                xflip=False)
-        out = torch.empty_like(x)
-        for value, group in samples_by_value(sigma.tolist(), x.device):
+
+        def estimate(value: float, group: Tensor | slice) -> Tensor:
             mean = masked_posterior_mean(x[group].flatten(1), sigma[group], images, self.mask(value).to(x.device),
                                          self.config.chunk_size)
-            out[group] = mean.reshape(out[group].shape).to(x.dtype)
-        return check_finite_output(out, "DataLocality", sigma)
+            return mean.reshape(x[group].shape)
+
+        return check_finite_output(estimate_by_group(x, sigma.tolist(), estimate), "DataLocality", sigma)
 
 
 def threshold_mask(linear_map: Tensor, threshold: float) -> Tensor:

@@ -28,7 +28,7 @@ from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import els_kernel, pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums
 from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
-from denoiserlab.denoisers.schedules import samples_by_value, value_at
+from denoiserlab.denoisers.schedules import estimate_by_group, value_at
 from denoiserlab.denoisers.training_set import (
     DeviceCopies,
     TrainingImages,
@@ -163,9 +163,8 @@ class LocalScoreMachine:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
-        out = torch.empty_like(x)
-        for size, group in samples_by_value([self.patch_size_at(s) for s in sigma.tolist()], x.device):
-            out[group] = self.posterior(x[group], sigma[group], size).to(x.dtype)
+        out = estimate_by_group(x, [self.patch_size_at(s) for s in sigma.tolist()],
+                                lambda size, group: self.posterior(x[group], sigma[group], size))
         return check_finite_output(out, self.name, sigma)
 
     def posterior(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:

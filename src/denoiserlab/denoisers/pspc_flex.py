@@ -28,7 +28,7 @@ from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard, sum_across
 from denoiserlab.denoisers.flex_masks import masks_from_heatmaps
 from denoiserlab.denoisers.pspc_square import KERNELS, eager_training_images, kernel_numerators, use_compiled_kernel
-from denoiserlab.denoisers.schedules import Tunable
+from denoiserlab.denoisers.schedules import Tunable, estimate_by_group
 from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
 from denoiserlab.denoisers.training_set import (
     DeviceCopies,
@@ -165,11 +165,8 @@ class PSPCFlex:
         for value in sigma.tolist():
             if value not in index_of_sigma:
                 index_of_sigma[value] = self._crop_set_index(self._unchecked_masks_at(value))
-        group_of_sample = [index_of_sigma[value] for value in sigma.tolist()]
-        out = torch.empty_like(x)
-        for index in sorted(set(group_of_sample)):
-            group = torch.tensor([i for i, g in enumerate(group_of_sample) if g == index], device=x.device)
-            out[group] = self.composite(x[group], sigma[group], index).to(x.dtype)
+        out = estimate_by_group(x, [index_of_sigma[value] for value in sigma.tolist()],
+                                lambda index, group: self.composite(x[group], sigma[group], index))
         return check_finite_output(out, "PSPC-Flex", sigma)
 
     def composite(self, x: Tensor, sigma: Tensor, index: int) -> Tensor:

@@ -354,7 +354,17 @@ def numerators_compiled(queries: Tensor, lanes: Tensor, n_train: int, inv_two_va
                  _pointer(inv_two_var), _pointer(crop_min), _pointer(crop_sum), _optional_pointer(distances),
                  _pointer(numerators)]
     check_status(run_parts(load_library().pspc_pass2, arguments, parts, threads), "pass 2")
-    return numerators.sum(1, dtype=torch.float64)
+    return sum_parts(numerators)
+
+
+def sum_parts(numerators: Tensor) -> Tensor:
+    """[B, parts, ...] float32 -> float64 [B, ...], summed one part at a time: each op then stays under torch's
+    grain for threading, so no OpenMP region opens (whose threads would spin on the cores the next kernel call
+    runs on)."""
+    total = numerators[:, 0].double()
+    for part in range(1, numerators.shape[1]):
+        total += numerators[:, part]
+    return total
 
 
 def composite_numerators(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, crops: KernelCrops,

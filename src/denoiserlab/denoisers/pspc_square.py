@@ -31,7 +31,7 @@ from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
 from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard, sum_across
-from denoiserlab.denoisers.schedules import Tunable
+from denoiserlab.denoisers.schedules import Tunable, estimate_by_group
 from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
 from denoiserlab.denoisers.training_set import (
     DeviceCopies,
@@ -134,11 +134,8 @@ class PSPCSquare:
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         if self.config.distributed:
             check_same_queries(x, sigma)  # so every rank takes the same groups below, in the same order
-        sizes = torch.tensor([self.patch_size_at(value) for value in sigma.tolist()])
-        out = torch.empty_like(x)
-        for size in sizes.unique().tolist():
-            group = (sizes == size).nonzero().flatten().to(x.device)
-            out[group] = self.composite(x[group], sigma[group], size).to(x.dtype)
+        out = estimate_by_group(x, [self.patch_size_at(value) for value in sigma.tolist()],
+                                lambda size, group: self.composite(x[group], sigma[group], size))
         return check_finite_output(out, "PSPC-Square", sigma)
 
     def composite(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:

@@ -197,6 +197,21 @@ def samples_by_value(values: list, device: torch.device | str = "cpu") -> list[t
     return [(value, torch.tensor(indices, device=device)) for value, indices in groups.items()]
 
 
+def estimate_by_group(x: Tensor, values: list, estimate: Callable[[object, Tensor | slice], Tensor]) -> Tensor:
+    """A denoiser's output for a batch x [B, ...] whose samples take different settings: values[b] is sample b's
+    setting, estimate(value, group) the estimate for the samples x[group] (shape x[group].shape). Returns x's shape
+    and dtype. When every sample shares one setting (the usual case), group is slice(None) and nothing is gathered
+    or scattered: indexed copies are parallel torch ops whose OpenMP threads then spin on the cores that the
+    compiled kernels run on next."""
+    groups = samples_by_value(values, x.device)
+    if len(groups) == 1:
+        return estimate(groups[0][0], slice(None)).to(x.dtype)
+    out = torch.empty_like(x)
+    for value, group in groups:
+        out[group] = estimate(value, group).to(x.dtype)
+    return out
+
+
 def read_schedule_file(path: str | Path) -> dict:
     """The raw key/value table of a .toml or .json schedule file, keys checked."""
     path = Path(path)
