@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/bench_pspc.py            # N=2000, 3x32x32, B=8, sigma=1, s=11; Flex lambda=0.4
     .venv/bin/python benchmarks/bench_pspc.py --large    # also N=60k (1x28x28) and N=100k (3x32x32), B=10
 
+PSPC-Flex runs twice: on masks from a random heatmap (3x32x32; crops scattered over the image) and from the shipped
+unet-small heatmap at sigma = 1.92 (1x28x28; local crops, as a network's are).
+
 The naive version loops over crop positions and, per crop, gathers the co-located training patches and computes a
 full empirical posterior with a running log-sum-exp over chunks of 100 training images (float32), like
 plai-group/pspc. It runs on one thread: its ops are too small to gain from two, and on a machine shared with other
@@ -22,7 +25,9 @@ import time
 import torch
 
 from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare, els_kernel, flex_masks
+from denoiserlab.assets import shipped_path
 from denoiserlab.denoisers.pspc_flex import unique_crops
+from denoiserlab.studies.locality.heatmaps import read_heatmaps_file
 
 
 def naive_posterior_mean(queries: torch.Tensor, sigma: torch.Tensor, patches: torch.Tensor, chunk: int = 100):
@@ -143,18 +148,25 @@ def compare_square(args) -> float:
     return many[0]
 
 
-def compare_flex(args) -> None:
-    train, x, sigma = random_problem(args.n, (3, 32, 32), args.batch, args.sigma)
-    heatmap = torch.rand(32, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+def compare_flex(args, heatmap_source: str) -> None:
+    """Naive loop vs ours for PSPC-Flex on masks from a random heatmap (3x32x32: crops scattered over the image,
+    the hard case) or from the shipped unet-small heatmap at sigma = 1.92 (1x28x28: the local crops users meet)."""
+    if heatmap_source == "random":
+        shape, heatmap = (3, 32, 32), torch.rand(32, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    else:
+        table = read_heatmaps_file(shipped_path("unet-small.npz", "heatmaps"))
+        level = int((table["sigmas"] - 1.92).abs().argmin())
+        shape, heatmap = (1, 28, 28), table["same_channel"][level].float()
+    train, x, sigma = random_problem(args.n, shape, args.batch, args.sigma)
     masks = flex_masks(heatmap, args.lam)
     ours = PSPCFlex(train, masks)
     naive_result = []
     naive = timed(lambda: naive_result.append(naive_composite(x, sigma, train, masks)), 0, 1)
     one, many = timed(lambda: ours(x, sigma), args.repeats, 1), timed(lambda: ours(x, sigma), args.repeats, args.threads)
     error = (ours(x, sigma) - naive_result[0]).abs().max().item()
-    print(f"PSPC-Flex N={args.n} 3x32x32 B={args.batch} sigma={args.sigma} lambda={args.lam}, random heatmap "
-          f"({unique_crops(masks).masks.shape[0]} distinct crops, {masks.flatten(1).sum(1).float().mean():.0f} pixels "
-          "each on average):")
+    print(f"PSPC-Flex N={args.n} {'x'.join(map(str, shape))} B={args.batch} sigma={args.sigma} lambda={args.lam}, "
+          f"{heatmap_source} heatmap ({unique_crops(masks).masks.shape[0]} distinct crops, "
+          f"{masks.flatten(1).sum(1).float().mean():.0f} pixels each on average):")
     print(describe("ours", naive, one, many, args.threads, error))
     print(floors(args.batch, args.n, unique_crops(masks).masks.shape[0], x[0].numel(), one[1]))
 
@@ -194,7 +206,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads for ours, load average {load:.1f} before starting")
     small_seconds = compare_square(args)
     if not args.skip_flex:
-        compare_flex(args)
+        compare_flex(args, "random")
+        compare_flex(args, "unet-small")
     if args.large:
         large(args, small_seconds)
 

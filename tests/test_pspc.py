@@ -203,6 +203,21 @@ def test_flex_blob_masks_match_loop_reference(kernel):
     assert torch.allclose(out.double(), reference_composite(x, SIGMAS, train, list(masks)), atol=2e-5)
 
 
+@pytest.mark.skipif(not compiled_kernel_available(), reason="C kernel cannot be built here")
+def test_kernel_distance_room_reused_across_calls_of_other_sizes():
+    """distance_cache hands out one retained buffer per thread: calls of different sizes in turn give what each gives
+    alone, and a call too large to retain gets fresh memory."""
+    train, x = make_data((1, 8, 8), n_train=40, batch=3)
+    small = PSPCSquare(train, 3, kernel="compiled")
+    large = PSPCFlex(train, random_masks(12, 8, 8, 3), kernel="compiled")
+    first_small, first_large = small(x, SIGMAS), large(x[:2], SIGMAS[:2])
+    assert torch.equal(small(x, SIGMAS), first_small) and torch.equal(large(x[:2], SIGMAS[:2]), first_large)
+    room = pspc_kernel.distance_cache(3, 3, 36)
+    assert room.shape == (3, 3, 36, pspc_kernel.LANES)
+    assert room.data_ptr() == pspc_kernel.distance_cache(2, 3, 12).data_ptr()  # the same retained buffer
+    assert pspc_kernel.distance_cache(1 << 20, 1 << 10, 1 << 10) is None  # beyond LOGIT_CACHE_BYTES: recompute
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_flex_per_sample_masks_from_callable(kernel):
     train, x = make_data((1, 6, 6), batch=4)

@@ -31,7 +31,6 @@ from denoiserlab.denoisers.pspc_kernel import (
     check_status,
     compiled_library,
     inverse_two_variance,
-    kernel_source,
     run_parts,
     training_lanes,
 )
@@ -51,7 +50,7 @@ BLOCKS_PER_SHARE = 8  # training blocks a share should hold: each share's first 
 
 def load_library() -> ctypes.CDLL:
     """The compiled ELS / LS kernel (kernels/els.c), built on first use (see `pspc_kernel.compiled_library`)."""
-    return compiled_library(kernel_source("els.c"), "els", ELS_SIGNATURES)
+    return compiled_library("els.c", "els", ELS_SIGNATURES)
 
 
 def _pointer(tensor: Tensor) -> ctypes.c_void_p:

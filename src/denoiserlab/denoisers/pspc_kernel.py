@@ -27,6 +27,7 @@ import platform
 import re
 import shutil
 import subprocess
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from denoiserlab.user_cache import user_cache_dir
 
 LANES = 16  # training images side by side, as in the C source
 LOGIT_CACHE_BYTES = 1 << 29  # keep pass-1 crop distances for pass 2 up to this size, else recompute them
+RETAINED_CACHE_BYTES = 1 << 28  # and keep that room for the thread's next call up to this size (distance_cache)
 COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 
 
@@ -68,6 +70,7 @@ PSPC_SIGNATURES = {  # function -> (restype, argtypes), as in kernels/pspc.c
 }
 
 _libraries: dict[str, ctypes.CDLL] = {}  # stem -> loaded library
+_workspace = threading.local()  # per thread: `distances`, the room distance_cache hands out
 _failures: dict[str, str] = {}  # stem -> why it could not be built or loaded: remembered, never retried
 _warned: set[str] = set()  # fallback warnings already shown in this process
 
@@ -140,16 +143,17 @@ def _build_and_load(source: str, stem: str, signatures: dict) -> ctypes.CDLL:
         return _load(target, signatures)
 
 
-def compiled_library(source: str, stem: str, signatures: dict | None = None) -> ctypes.CDLL:
-    """The shared library built from the C `source`, built on first use into kernel_cache_dir() as <stem>_<key>.so
-    and loaded once per process, with `signatures` ({function: (restype, argtypes)}) declared. A failure raises
-    KernelUnavailable, now and on every later call in this process (the build is not retried)."""
+def compiled_library(source_file: str, stem: str, signatures: dict | None = None) -> ctypes.CDLL:
+    """The shared library built from the shipped C file `source_file` (kernel_source), built on first use into
+    kernel_cache_dir() as <stem>_<key>.so and loaded once per process (the source is read only then), with
+    `signatures` ({function: (restype, argtypes)}) declared. A failure raises KernelUnavailable, now and on every
+    later call in this process (the build is not retried)."""
     if stem in _libraries:
         return _libraries[stem]
     if stem in _failures:
         raise KernelUnavailable(_failures[stem])
     try:
-        _libraries[stem] = _build_and_load(source, stem, signatures or {})
+        _libraries[stem] = _build_and_load(kernel_source(source_file), stem, signatures or {})
     except KernelUnavailable as error:
         _failures[stem] = str(error)
         raise
@@ -158,7 +162,7 @@ def compiled_library(source: str, stem: str, signatures: dict | None = None) -> 
 
 def load_library() -> ctypes.CDLL:
     """The compiled PSPC kernel (kernels/pspc.c), built on first use."""
-    return compiled_library(kernel_source("pspc.c"), "pspc", PSPC_SIGNATURES)
+    return compiled_library("pspc.c", "pspc", PSPC_SIGNATURES)
 
 
 def warn_fallback(error: KernelUnavailable, name: str) -> None:
@@ -308,10 +312,21 @@ def _crop_arguments(crops: KernelCrops) -> list:
 
 
 def distance_cache(batch: int, n_blocks: int, n_crops: int) -> Tensor | None:
-    """Room for pass 1's crop distances [blocks, B, crops, 16] if they fit in LOGIT_CACHE_BYTES, else None."""
-    if 4 * batch * n_blocks * n_crops * LANES > LOGIT_CACHE_BYTES:
+    """Room for pass 1's crop distances [blocks, B, crops, 16] if they fit in LOGIT_CACHE_BYTES, else None.
+
+    The room is this thread's buffer, kept between calls up to RETAINED_CACHE_BYTES: fresh memory costs a page fault
+    per 4 KiB, which took 30-40 % of a PSPC-Flex call at 50 MB here, and faults of parallel threads queue on one
+    lock. Larger rooms are allocated per call. A thread's next call reuses the buffer (calls never overlap within a
+    thread), so the result is only valid until then."""
+    values = batch * n_blocks * n_crops * LANES
+    if 4 * values > LOGIT_CACHE_BYTES:
         return None
-    return torch.empty(n_blocks, batch, n_crops, LANES)
+    if 4 * values > RETAINED_CACHE_BYTES:
+        return torch.empty(n_blocks, batch, n_crops, LANES)
+    kept = getattr(_workspace, "distances", None)
+    if kept is None or kept.numel() < values:
+        kept = _workspace.distances = torch.empty(values)
+    return kept[:values].view(n_blocks, batch, n_crops, LANES)
 
 
 def inverse_two_variance(sigma: Tensor) -> Tensor:

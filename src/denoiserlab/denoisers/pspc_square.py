@@ -96,7 +96,8 @@ class PSPCSquare:
     storage="stream" holds nothing per image (an ImageSet's uint8 storage stays where it is, e.g. memory-mapped,
     file-backed pages); a compiled call adds 4 n D bytes (one reused buffer of lanes, n about 32 MiB / 4 D by
     default; + n D for chunks with flips) + 4 B K (2 P + 32 T) + 4 B P D (P = 4 T shares of T threads) + pass 1's crop distances
-    64 B K ceil(N / 16) when that is at most pspc_kernel.LOGIT_CACHE_BYTES (512 MiB); an eager call adds 4 n D for
+    64 B K ceil(N / 16) when that is at most pspc_kernel.LOGIT_CACHE_BYTES (512 MiB), that room kept for the
+    thread's next call up to pspc_kernel.RETAINED_CACHE_BYTES (256 MiB); an eager call adds 4 n D for
     the chunk plus its [B, n, H, W] intermediates (about 32 MiB each at the default n). With distributed=True, N is
     this rank's shard, and a call adds one all_reduce of 48 bytes (the same-queries check) and three per patch
     size: 4 B K and 8 B K bytes (the merge of pass 1), then 8 B D (the numerators).

@@ -79,7 +79,8 @@ static Crops crops_make(int H, int W, int s, int n_crops, const int *offsets, co
    (L - 1, q + 2^(L - 1)) where the block fits in its row (the other cells are never read). */
 static void fill_row_blocks(float *table, int H, int W) {
     long HW = (long)H * W;
-    for (int level = 1, half = 1; level < table_levels(W); level++, half *= 2) {
+    int levels = table_levels(W);
+    for (int level = 1, half = 1; level < levels; level++, half *= 2) {
         float *cells = table + level * HW * LANES;
         const float *below = cells - HW * LANES;
         for (int y = 0; y < H; y++)
@@ -134,7 +135,8 @@ static void crop_distances(const float *z, const float *x, int C, Crops crops, S
 static void pixel_weights(const float *weights, Crops crops, Scratch t, float *out) {
     int H = crops.H, W = crops.W, s = crops.s;
     if (crops.listed) {
-        for (long c = 0; c < (long)table_levels(W) * H * W; c++)
+        long cells = (long)table_levels(W) * H * W;
+        for (long c = 0; c < cells; c++)
             *(lane_vector *)(out + c * LANES) =
                 gathered_sum(weights, crops.cell_crops, crops.cell_offsets[c], crops.cell_offsets[c + 1]);
         spread_row_blocks(out, H, W);
