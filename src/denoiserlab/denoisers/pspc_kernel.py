@@ -242,10 +242,10 @@ class KernelCrops:
     n_crops: int
     size: int = 1  # square side; 1 for listed crops
     offsets: Tensor | None = None  # int32 [K + 1]: crop k is the cells entries[offsets[k] : offsets[k + 1]]
-    entries: Tensor | None = None  # int32 [total]: cells L * H * W + y * W + x (2^L pixels from (y, x) on)
+    entries: Tensor | None = None  # int32 [total]: cells L * H * W + y * W + x (2^L pixels from (y, x) on), * 16
     counts: Tensor | None = None  # float32 [K]: how often each crop counts in the composite
     cell_offsets: Tensor | None = None  # int32 [levels * H * W + 1]: cell c is in the crops
-    cell_crops: Tensor | None = None  # int32 [total]: cell_crops[cell_offsets[c] : cell_offsets[c + 1]]
+    cell_crops: Tensor | None = None  # int32 [total]: cell_crops[cell_offsets[c] : cell_offsets[c + 1]], * 16
 
 
 def square_crops(height: int, width: int, size: int) -> KernelCrops:
@@ -257,8 +257,8 @@ def listed_crops(masks: Tensor, counts: Tensor, image_size: tuple[int, int]) -> 
     """Crops from a 0/1 tensor [K, H * W] and their multiplicities [K]; image_size: (H, W)."""
     crop_of_entry, cell_of_entry = row_block_cells(masks.bool(), *image_size)
     n_cells = table_levels(image_size[1]) * image_size[0] * image_size[1]
-    offsets, entries = compressed_rows(crop_of_entry, cell_of_entry, masks.shape[0])
-    cell_offsets, cell_crops = compressed_rows(cell_of_entry, crop_of_entry, n_cells)
+    offsets, entries = compressed_rows(crop_of_entry, cell_of_entry * LANES, masks.shape[0])  # float offsets
+    cell_offsets, cell_crops = compressed_rows(cell_of_entry, crop_of_entry * LANES, n_cells)
     return KernelCrops(n_crops=masks.shape[0], offsets=offsets, entries=entries, counts=counts.float().contiguous(),
                        cell_offsets=cell_offsets, cell_crops=cell_crops)
 

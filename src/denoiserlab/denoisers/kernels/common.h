@@ -17,18 +17,19 @@
 typedef float lane_vector __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
 #define LANE_VECTOR(pointer) (*(const lane_vector *)(pointer))
 
-/* sum_j base[index[j] * LANES .. + LANES] for j in [first, last): four running sums, so that four additions are in
-   flight rather than each waiting for the previous one. */
-static inline lane_vector gathered_sum(const float *base, const int *index, int first, int last) {
+/* sum_j base[offset[j] .. offset[j] + LANES) for j in [first, last), offsets in floats (multiples of LANES, so that
+   the address needs no shift): four running sums, so that four additions are in flight rather than each waiting
+   for the previous one. */
+static inline lane_vector gathered_sum(const float *base, const int *offset, int first, int last) {
     lane_vector s0 = {0.0f}, s1 = {0.0f}, s2 = {0.0f}, s3 = {0.0f};
     int j = first;
     for (; j + 4 <= last; j += 4) {
-        s0 += LANE_VECTOR(base + (long)index[j] * LANES);
-        s1 += LANE_VECTOR(base + (long)index[j + 1] * LANES);
-        s2 += LANE_VECTOR(base + (long)index[j + 2] * LANES);
-        s3 += LANE_VECTOR(base + (long)index[j + 3] * LANES);
+        s0 += LANE_VECTOR(base + offset[j]);
+        s1 += LANE_VECTOR(base + offset[j + 1]);
+        s2 += LANE_VECTOR(base + offset[j + 2]);
+        s3 += LANE_VECTOR(base + offset[j + 3]);
     }
-    for (; j < last; j++) s0 += LANE_VECTOR(base + (long)index[j] * LANES);
+    for (; j < last; j++) s0 += LANE_VECTOR(base + offset[j]);
     return (s0 + s1) + (s2 + s3);
 }
 

@@ -61,7 +61,7 @@ static void scratch_free(Scratch t) {
    as sums of row blocks: cell L * H * W + q of the row-block table is the 2^L pixels of an image row from pixel q on
    (pixel_squared_differences at L = 0; table_levels levels). Crop k is the cells entries[offsets[k]] ..
    entries[offsets[k + 1] - 1]; cell c is in the crops cell_crops[cell_offsets[c]] .. [cell_offsets[c + 1] - 1]
-   (pspc_kernel.listed_crops builds both). */
+   (pspc_kernel.listed_crops builds both); entries and cell_crops are given times LANES, as float offsets. */
 typedef struct {
     int listed, H, W, s, n_crops;
     const int *offsets, *entries, *cell_offsets, *cell_crops;
