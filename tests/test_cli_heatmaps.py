@@ -197,3 +197,34 @@ def test_a_run_finishing_after_the_others_started_writes_the_file(tmp_path, monk
     assert main([*common, "--out", str(split), "--levels", "2"]) == 0
     torch.testing.assert_close(read_heatmaps_file(split)["same_channel"],
                                read_heatmaps_file(tmp_path / "whole.npz")["same_channel"])
+
+
+def test_larger_cap_reuses_levels_that_met_the_criterion_and_recomputes_the_others(tmp_path, monkeypatch):
+    """Rerun with a larger --n-samples: sigmas that met the criterion under the smaller cap are taken from the .parts
+    folder, the others computed under the new cap, and the file equals a run with the larger cap from the start.
+    (The tiny network meets any tolerance everywhere, so below sigma = 10 the criterion is made unreachable.)"""
+    from denoiserlab.cli import heatmaps as cli_heatmaps
+
+    computed, original = [], cli_heatmaps.heatmaps_until_converged
+
+    def unreachable_below_10(network, train, sigma, labels, start, cap, tolerance, *rest):
+        computed.append(sigma)
+        return original(network, train, sigma, labels, start, cap, tolerance if sigma > 10 else 0.0, *rest)
+
+    monkeypatch.setattr(cli_heatmaps, "heatmaps_until_converged", unreachable_below_10)
+    path = tiny_checkpoint(tmp_path)
+    options = ["--network", str(path), "--steps", "3", "--until-converged", "0.02", "--start-samples", "2",
+               "--groups", "2", "--check-pairs", "2", "--batch-size", "2", "--seed", "3"]
+    out = tmp_path / "maps.npz"
+    assert main(["heatmaps", "--out", str(out), "--n-samples", "4", *options]) == 0
+    assert read_heatmaps_file(out)["convergence"]["converged"].tolist() == [True, False, False]
+    computed.clear()
+    out.unlink()
+    assert main(["heatmaps", "--out", str(out), "--n-samples", "8", *options]) == 0
+    assert computed == edm_sigmas(3).tolist()[1:]  # sigma = 80 taken from the parts
+    fresh = tmp_path / "fresh.npz"
+    assert main(["heatmaps", "--out", str(fresh), "--n-samples", "8", *options]) == 0
+    extended, expected = read_heatmaps_file(out), read_heatmaps_file(fresh)
+    assert extended["n_samples"] == expected["n_samples"] == [4, 8, 8]
+    assert torch.equal(extended["same_channel"], expected["same_channel"])
+    assert torch.equal(extended["convergence"]["converged"], expected["convergence"]["converged"])

@@ -8,6 +8,11 @@ With --until-converged TOL the z count is a measured choice per sigma (analysis.
 from --start-samples z (label-stratified systematic draws), it doubles until PSPC-Flex's MSE to the network at the
 fitted threshold changes by less than TOL, at most up to --n-samples; the file then carries the evidence
 (criterion, bootstrap standard error, half-split crop IoU, running-mean convergence) that the study's report shows.
+Rerun with a larger --n-samples to go on where the criterion was not met: a sigma that met it under a smaller
+--n-samples of the form --start-samples * 2^k (other options equal) is taken from the .parts folder as it is (a
+larger cap would not have drawn more z for it), the others are computed again under the new cap (their first rounds
+are drawn again with the same seeds, so the result equals a run with the new cap from the start); the high-z
+reference does not depend on the cap and is reused.
 """
 
 from __future__ import annotations
@@ -100,24 +105,34 @@ def run(args: argparse.Namespace) -> None:
         return lambda: _converged_level(network, train, imageset.labels, sigma, args, args.seed + level)
 
     level_keys = [(f"level-{level:02d}", {**key, "sigma": sigma}) for level, sigma in enumerate(sigmas.tolist())]
-    own = {level: cache.run(*level_keys[level], compute_level(level, sigma))
-           for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}"))
-           if level in own_levels}
+
+    def stored_level(level: int) -> tuple[bool, dict | None]:
+        finished, table = cache.stored(*level_keys[level])
+        if not finished and args.until_converged is not None:
+            finished, table = converged_under_smaller_cap(cache, *level_keys[level], args)
+        return finished, table
+
+    own = {}
+    for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}")):
+        if level in own_levels:
+            finished, table = stored_level(level)
+            own[level] = table if finished else cache.run(*level_keys[level], compute_level(level, sigma))
     if reference_level is not None:
         reference_key = {**key, "sigma": sigmas[reference_level].item(), "reference_samples": args.reference_samples}
         compute_reference = lambda: _reference_map(  # noqa: E731
             network, train, imageset.labels, sigmas[reference_level].item(), args,
             args.seed + REFERENCE_SEED_OFFSET + reference_level)
         if reference_level in own_levels:
-            reference = cache.run("reference", reference_key, compute_reference)
+            finished, reference = stored_under_any_cap(cache, "reference", reference_key, args)
+            reference = reference if finished else cache.run("reference", reference_key, compute_reference)
     # other processes' levels are looked up only now, after this run's own: whichever run finishes last writes OUT
     levels, missing = [], []
     for level in range(len(sigmas)):
-        finished, table = (True, own[level]) if level in own else cache.stored(*level_keys[level])
+        finished, table = (True, own[level]) if level in own else stored_level(level)
         levels.append(table)
         missing += [] if finished else [level]
     if reference_level is not None and reference_level not in own_levels:
-        finished, reference = cache.stored("reference", reference_key)
+        finished, reference = stored_under_any_cap(cache, "reference", reference_key, args)
         missing += [] if finished else ["reference"]
     if missing:
         print(f"levels {args.levels} of {args.network} done; not finished yet: {missing} (the run that finishes "
@@ -140,6 +155,34 @@ def run(args: argparse.Namespace) -> None:
     described = (f"{int(counts.min())}-{int(counts.max())} z per sigma" if isinstance(counts, torch.Tensor)
                  else f"{counts} z per sigma")
     print(f"heatmaps [{args.steps}, H, W, H, W] of {args.network} ({described}) in {args.out}")
+
+
+def smaller_caps(args: argparse.Namespace) -> list[int]:
+    """The --n-samples below this run's that doubling from --start-samples reaches: start * 2^k, k >= 1."""
+    caps, cap = [], 2 * args.start_samples
+    while cap < args.n_samples:
+        caps.append(cap)
+        cap *= 2
+    return caps
+
+
+def converged_under_smaller_cap(cache: StageCache, name: str, key: dict, args: argparse.Namespace):
+    """A level finished under a smaller cap (smaller_caps), other options equal, whose criterion was met: (True, its
+    table), as a larger cap would not have drawn more z for it; else (False, None)."""
+    for cap in smaller_caps(args):
+        finished, table = cache.stored(name, {**key, "n_samples": cap})
+        if finished and bool(table["converged"]):
+            return True, table
+    return False, None
+
+
+def stored_under_any_cap(cache: StageCache, name: str, key: dict, args: argparse.Namespace):
+    """A stage that does not depend on the cap (the reference), finished under this cap or a smaller one."""
+    for cap in [args.n_samples, *smaller_caps(args)] if args.until_converged is not None else [args.n_samples]:
+        finished, value = cache.stored(name, {**key, "n_samples": cap})
+        if finished:
+            return True, value
+    return False, None
 
 
 def parts_folder(out: Path) -> Path:
