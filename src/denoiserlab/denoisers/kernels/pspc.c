@@ -96,8 +96,8 @@ static void fill_row_blocks(float *table, int H, int W) {
    level down, so that level 0 holds per pixel the sum of all the cells covering it. */
 static void spread_row_blocks(float *table, int H, int W) {
     long HW = (long)H * W;
-    int top = table_levels(W) - 1;
-    for (int level = top, half = 1 << (top - 1); level >= 1; level--, half /= 2) {
+    for (int level = table_levels(W) - 1; level >= 1; level--) {
+        int half = 1 << (level - 1);
         const float *cells = table + level * HW * LANES;
         float *below = table + (level - 1) * HW * LANES;
         for (int y = 0; y < H; y++)
