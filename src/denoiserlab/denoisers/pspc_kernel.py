@@ -5,8 +5,8 @@ the same two passes (per-crop nearest distance and normaliser, then the composit
 [pixels x 16 training images] intermediate in cache: training images are laid out 16 side by side (one per SIMD
 lane), the training set is the outer loop (read from memory once per pass for all queries), and each of a few Python
 threads sums its own shares of the training set (`run_parts`). Square crops use window sums without cancellation
-(`box_filter.py`); listed (Flex) crops are pixel index lists, so a crop costs its size, not H * W as in a dense
-GEMM. Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), a polynomial 2^x (relative error
+(`box_filter.py`); listed (Flex) crops are sums of power-of-two row blocks (`row_block_cells`), so a crop costs
+fewer terms than its size, not H * W as in a dense GEMM. Float32 throughout, per-pixel differences (never |a|^2 - 2ab + |b|^2), a polynomial 2^x (relative error
 2e-7, shared with the ELS kernel).
 
 The C source ships with the package (`kernels/pspc.c`, which includes `kernels/common.h`) and is compiled once per
