@@ -420,3 +420,12 @@ def test_feature_model_adds_feature_cosine(setup, tmp_path):
     assert results["similarity_per_sample"]["feature_cosine"]["mixer"]["optimal"] == pytest.approx(cosines, rel=1e-5)
     assert results["similarity"]["feature_cosine"]["mixer"]["optimal"] == pytest.approx(np.mean(cosines), rel=1e-5)
     assert "No feature model was given" not in (out / "report.html").read_text()
+
+
+def test_convergence_note_names_the_cap_only_where_the_criterion_was_not_met():
+    from denoiserlab.report.locality import convergence_note
+
+    all_met = convergence_note("mixer", {"converged": [True] * 3, "tolerance": 0.02})
+    one_unmet = convergence_note("mixer", {"converged": [True, False, True], "tolerance": 0.02})
+    assert "met at 3 of 3 sigmas)" in all_met and "--n-samples" not in all_met
+    assert "met at 2 of 3 sigmas; where it was not met" in one_unmet

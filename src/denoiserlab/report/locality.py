@@ -309,10 +309,10 @@ def readings_rows(results: dict, name: str, readings: dict) -> tuple[list[str], 
 
 def convergence_note(name: str, convergence: dict) -> str:
     """How the z count was chosen and at how many sigmas the criterion held."""
-    met = sum(bool(value) for value in convergence["converged"])
+    met, total = sum(bool(value) for value in convergence["converged"]), len(convergence["converged"])
+    unmet = "" if met == total else "; where it was not met, the z count stopped at the command's --n-samples"
     return (f"{name}: z doubled per sigma until PSPC-Flex's MSE to the network at the fitted threshold changed by "
-            f"less than {tolerance_text(convergence)} (met at {met} of {len(convergence['converged'])} sigmas; "
-            "where it was not met, the z count stopped at the command's --n-samples).")
+            f"less than {tolerance_text(convergence)} (met at {met} of {total} sigmas{unmet}).")
 
 
 def tolerance_text(convergence: dict) -> str:
