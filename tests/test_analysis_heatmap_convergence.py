@@ -90,12 +90,22 @@ def test_doubling_stops_on_the_downstream_criterion_and_merges_rounds_exactly(ti
     assert torch.allclose(result["heatmaps"].same_channel, (rounds[0].same_channel + rounds[1].same_channel) / 2)
     assert torch.allclose(result["heatmaps"].groups_same_channel,
                           (rounds[0].groups_same_channel + rounds[1].groups_same_channel) / 2)
+    assert torch.allclose(result["heatmaps"].groups_all_channels,
+                          (rounds[0].groups_all_channels + rounds[1].groups_all_channels) / 2)
     z, outputs = flex_check_set(mixing_denoiser, tiny_rgb_train, 0.5, 3, 5)
-    half = flex_mse_to_network(mixing_denoiser, tiny_rgb_train, 0.5, rounds[0].same_channel, (0.3, 0.7), z, outputs)
-    full = flex_mse_to_network(mixing_denoiser, tiny_rgb_train, 0.5, result["heatmaps"].same_channel, (0.3, 0.7),
-                               z, outputs)
-    fitted = int(full.argmin())
-    assert result["history"][0]["change"] == pytest.approx(abs(half[fitted] - full[fitted]).item() / full[fitted].item())
-    assert result["history"][0]["fitted_threshold"] == (0.3, 0.7)[fitted]
+    changes = {}
+    for reading in ("same_channel", "all_channels"):  # colour images: the criterion holds under both readings
+        half = flex_mse_to_network(mixing_denoiser, tiny_rgb_train, 0.5, getattr(rounds[0], reading), (0.3, 0.7), z,
+                                   outputs)
+        full = flex_mse_to_network(mixing_denoiser, tiny_rgb_train, 0.5, getattr(result["heatmaps"], reading),
+                                   (0.3, 0.7), z, outputs)
+        fitted = int(full.argmin())
+        changes[reading] = abs(half[fitted] - full[fitted]).item() / full[fitted].item()
+        entry = result["history"][0]["by_reading"][reading]
+        assert entry["change"] == pytest.approx(changes[reading], abs=1e-12)
+        assert entry["fitted_threshold"] == (0.3, 0.7)[fitted]
+        torch.testing.assert_close(result["flex_mse_by_reading"][reading], full)
+    assert changes["all_channels"] != changes["same_channel"]  # the readings' masks differ here
+    assert result["history"][0]["change"] == pytest.approx(max(changes.values()), abs=1e-12)
     capped = heatmaps_until_converged(mixing_denoiser, tiny_rgb_train, 0.5, tolerance=0.0, max_samples=16, **options)
     assert capped["n_samples"] == 16 and not capped["converged"] and len(capped["history"]) == 2

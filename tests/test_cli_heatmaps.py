@@ -228,3 +228,43 @@ def test_larger_cap_reuses_levels_that_met_the_criterion_and_recomputes_the_othe
     assert extended["n_samples"] == expected["n_samples"] == [4, 8, 8]
     assert torch.equal(extended["same_channel"], expected["same_channel"])
     assert torch.equal(extended["convergence"]["converged"], expected["convergence"]["converged"])
+
+
+def test_colour_images_carry_the_evidence_of_both_readings(tmp_path):
+    """RGB emoji: the criterion holds under both readings (a sigma converges only when both PSPC-Flex MSEs are
+    stable), and the file carries each reading's evidence and distance to the high-z reference (all_channels_*)."""
+    from denoiserlab.analysis.heatmap_convergence import heatmaps_until_converged, relative_distance
+    from denoiserlab.networks import load as load_network
+
+    training_data = {"source": "emoji", "subset": 10, "seed": 0}
+    torch.manual_seed(0)
+    den = build_denoiser("mixer", 3, 32, dict(hidden_size=16, depth=1, patch_size=8), training_data=training_data)
+    with torch.no_grad():  # the output layer starts at zero: random weights everywhere make the channels mix
+        for parameter in den.parameters():
+            parameter.normal_(0, 0.2)
+    path = save_checkpoint(tmp_path / "net", den.eval())
+    out = tmp_path / "maps.npz"
+    assert main(["heatmaps", "--network", str(path), "--out", str(out), "--steps", "2", "--n-samples", "4",
+                 "--until-converged", "0.3", "--start-samples", "2", "--groups", "2", "--check-pairs", "2",
+                 "--batch-size", "2", "--products-per-pass", "256", "--seed", "3", "--reference-sigma", "80",
+                 "--reference-samples", "2"]) == 0
+    table = read_heatmaps_file(out)
+    convergence = table["convergence"]
+    network = load_network(path).eval().requires_grad_(False)
+    imageset = load(**training_data)
+    for level, sigma in enumerate(edm_sigmas(2).tolist()):
+        expected = heatmaps_until_converged(network, imageset.as_float(), sigma, imageset.labels, 2, 4, 0.3, 2, 2,
+                                            3 + level, 2, 256)
+        by_reading = expected["history"][-1]["by_reading"]
+        assert bool(convergence["converged"][level]) == expected["converged"]
+        assert expected["converged"] == all(entry["change"] < 0.3 for entry in by_reading.values())
+        for reading, prefix in (("same_channel", ""), ("all_channels", "all_channels_")):
+            assert float(convergence[prefix + "flex_change"][level]) == pytest.approx(by_reading[reading]["change"])
+            torch.testing.assert_close(table[reading][level].float(),
+                                       getattr(expected["heatmaps"], reading).float().half().float())
+            assert convergence[prefix + "half_iou"].shape == (2, 3)
+    assert not torch.equal(table["all_channels"], table["same_channel"])
+    reference = gradient_heatmaps(network, imageset.as_float(), 80.0, 2, 3 + 10_000, 2, 256, sampling="systematic",
+                                  labels=imageset.labels).all_channels.float()
+    assert float(convergence["all_channels_reference_distance"]) == pytest.approx(
+        relative_distance(table["all_channels"][0].float(), reference), rel=1e-2)

@@ -429,3 +429,25 @@ def test_convergence_note_names_the_cap_only_where_the_criterion_was_not_met():
     one_unmet = convergence_note("mixer", {"converged": [True, False, True], "tolerance": 0.02})
     assert "met at 3 of 3 sigmas)" in all_met and "--n-samples" not in all_met
     assert "met at 2 of 3 sigmas; where it was not met" in one_unmet
+
+
+def test_convergence_table_shows_each_reading_for_colour_heatmaps():
+    from denoiserlab.report.locality import convergence_note, convergence_rows, reference_note
+
+    evidence = {"converged": [True, False], "tolerance": 0.02, "iou_thresholds": [0.3, 0.9],
+                "flex_change": [0.01, 0.015], "flex_fitted_threshold": [0.3, 0.5], "relative_se": [0.1, 0.2],
+                "half_iou": [[0.9, 0.8], [0.7, 0.6]], "reference_sigma": 1.9, "reference_n_samples": 64,
+                "reference_distance": 0.05, "reference_iou": [0.95, 0.9]}
+    header, rows = convergence_rows([2.0, 1.0], {"convergence": evidence, "n_samples": [16, 32]})
+    assert len(header) == 8 and rows[1] == [1.0, 32, False, 0.015, 0.5, 0.2, 0.7, 0.6]
+    colour = {**evidence, "all_channels_flex_change": [0.012, 0.03], "all_channels_flex_fitted_threshold": [0.2, 0.4],
+              "all_channels_relative_se": [0.11, 0.21], "all_channels_half_iou": [[0.85, 0.75], [0.65, 0.55]],
+              "all_channels_reference_distance": 0.07, "all_channels_reference_iou": [0.9, 0.85]}
+    header, rows = convergence_rows([2.0, 1.0], {"convergence": colour, "n_samples": [16, 32]})
+    assert header[3] == "PSPC-Flex MSE change on doubling (same_channel)"
+    assert header[8] == "PSPC-Flex MSE change on doubling (all_channels)"
+    assert rows[1] == [1.0, 32, False, 0.015, 0.5, 0.2, 0.7, 0.6, 0.03, 0.4, 0.21, 0.65, 0.55]
+    assert "under both readings" in convergence_note("rgb", colour)
+    assert "under both readings" not in convergence_note("gray", evidence)
+    note = reference_note("rgb", colour, "all_channels_")
+    assert "rgb (all_channels reading)" in note and "7.0 %" in note and "0.90, 0.85" in note

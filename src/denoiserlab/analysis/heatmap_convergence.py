@@ -105,41 +105,58 @@ def heatmaps_until_converged(den, images: Tensor, sigma: float, labels: Tensor |
                              groups: int = 8, check_pairs: int = 16, seed: int = 0, batch_size: int = 8,
                              products_per_pass: int = 64, thresholds: tuple[float, ...] = FLEX_THRESHOLDS) -> dict:
     """Gradient heatmaps of den at sigma with the z count doubled until it no longer matters downstream: PSPC-Flex's
-    MSE to den at the fitted threshold changes by less than `tolerance` (relative) when the z count doubles.
+    MSE to den at the fitted threshold changes by less than `tolerance` (relative) when the z count doubles, under
+    every reading that builds masks (criterion_readings: both for colour images).
 
     Each round draws as many new z as it has (systematic, label-stratified draws with a new seed), so the previous
     estimate is exactly the first half of the new one. The check set is `check_pairs` forward-process inputs
     (training image + sigma * eps, seeded apart from the z). Stops at max_samples even if not converged.
     Returns {"heatmaps": GradientHeatmaps of all z (with per-group maps), "n_samples", "converged",
-    "history": [{"n_samples", "change", "fitted_threshold"}], "flex_mse": float64 [T] with all z,
-    "thresholds"}.
+    "history": [{"n_samples", "change" (the largest over the readings), "fitted_threshold" (same_channel's),
+    "by_reading": {reading: {"change", "fitted_threshold"}}}], "flex_mse": float64 [T] with all z (same_channel),
+    "flex_mse_by_reading": {reading: float64 [T]}, "thresholds"}.
     """
+    readings = criterion_readings(images)
     z_check, outputs = flex_check_set(den, images, sigma, check_pairs, seed)
     draw = lambda n_samples, round_seed: gradient_heatmaps(
         den, images, sigma, n_samples, round_seed, batch_size, products_per_pass, sampling="systematic",
         labels=labels, groups=groups)
+    mses = lambda maps: {reading: flex_mse_to_network(den, images, sigma, getattr(maps, reading), thresholds,
+                                                      z_check, outputs) for reading in readings}
     current = draw(start_samples, seed)
-    mse_half = flex_mse_to_network(den, images, sigma, current.same_channel, thresholds, z_check, outputs)
+    mse_half = mses(current)
     history = []
     for round_index in range(1, 64):
         merged = merge_equal_rounds(current, draw(current.n_samples, seed + 7919 * round_index))
-        mse_full = flex_mse_to_network(den, images, sigma, merged.same_channel, thresholds, z_check, outputs)
-        fitted, change = flex_change_on_doubling(mse_half, mse_full)
-        history.append({"n_samples": merged.n_samples, "change": change, "fitted_threshold": thresholds[fitted]})
+        mse_full = mses(merged)
+        by_reading = {}
+        for reading in readings:
+            fitted, change = flex_change_on_doubling(mse_half[reading], mse_full[reading])
+            by_reading[reading] = {"change": change, "fitted_threshold": thresholds[fitted]}
+        change = max(entry["change"] for entry in by_reading.values())
+        history.append({"n_samples": merged.n_samples, "change": change,
+                        "fitted_threshold": by_reading["same_channel"]["fitted_threshold"], "by_reading": by_reading})
         if change < tolerance or 2 * merged.n_samples > max_samples:
             break
         current, mse_half = merged, mse_full
     return {"heatmaps": merged, "n_samples": merged.n_samples, "converged": change < tolerance,
-            "history": history, "flex_mse": mse_full, "thresholds": list(thresholds)}
+            "history": history, "flex_mse": mse_full["same_channel"], "flex_mse_by_reading": mse_full,
+            "thresholds": list(thresholds)}
+
+
+def criterion_readings(images: Tensor) -> tuple[str, ...]:
+    """The heatmap readings the convergence criterion checks for images [N, C, H, W]: both for several channels,
+    same_channel alone for one channel (where the readings coincide)."""
+    return ("same_channel",) if images.shape[1] == 1 else ("same_channel", "all_channels")
 
 
 def merge_equal_rounds(first: GradientHeatmaps, second: GradientHeatmaps) -> GradientHeatmaps:
     """The estimate over the z of two estimates with equal z counts (and equal group counts): their mean."""
     if first.n_samples != second.n_samples:
         raise DenoiserLabError(f"can only merge equal z counts, got {first.n_samples} and {second.n_samples}")
-    return GradientHeatmaps((first.same_channel + second.same_channel) / 2,
-                            (first.all_channels + second.all_channels) / 2, 2 * first.n_samples,
-                            (first.groups_same_channel + second.groups_same_channel) / 2)
+    mean = lambda name: (getattr(first, name) + getattr(second, name)) / 2  # noqa: E731
+    return GradientHeatmaps(mean("same_channel"), mean("all_channels"), 2 * first.n_samples,
+                            mean("groups_same_channel"), mean("groups_all_channels"))
 
 
 @torch.no_grad()

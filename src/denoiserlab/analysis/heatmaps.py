@@ -28,6 +28,7 @@ class GradientHeatmaps:
     all_channels: Tensor  # float64 [H, W, H, W]: E_z sum_{c,c'} |dD_{c,y,x} / dz_{c',y',x'}|
     n_samples: int  # number of noisy images z averaged over
     groups_same_channel: Tensor | None = None  # float64 [G, H, W, H, W]: same_channel over each of G groups of z
+    groups_all_channels: Tensor | None = None  # float64 [G, H, W, H, W]: all_channels over each of G groups of z
 
 
 def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: int = 100, seed: int = 0,
@@ -41,9 +42,10 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     - sampling "systematic": y0 at evenly spaced positions (random start) of the images ordered by `labels` (then
       at random), so every class gets its share of z (stratified) and no image is drawn twice;
     - antithetic: z come in pairs y0 +- sigma eps sharing y0 and eps (n_samples must be even).
-    With groups = G > 1 the z are dealt to G groups (pairs kept together) and each group's mean map is returned
-    too, for standard errors and convergence (groups_same_channel). batch_size noisy images go through one forward
-    pass; products_per_pass vector-Jacobian products are vectorised at a time (memory grows with their product).
+    With groups = G > 1 the z are dealt to G groups (pairs kept together) and each group's mean maps are returned
+    too, for standard errors and convergence (groups_same_channel, groups_all_channels). batch_size noisy images go
+    through one forward pass; products_per_pass vector-Jacobian products are vectorised at a time (memory grows with
+    their product).
     """
     sigma = check_sigma(sigma)
     check_images(images, "images")
@@ -63,8 +65,11 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     same_per_group = torch.diagonal(abs_jacobian, dim1=1, dim2=4).sum(-1)  # [G, H, W, H, W] sums
     same_channel = same_per_group.sum(0) / n_samples
     all_channels = abs_jacobian.sum((0, 1, 4)) / n_samples
-    groups_same = same_per_group / counts.view(-1, 1, 1, 1, 1) if groups > 1 else None
-    return GradientHeatmaps(same_channel, all_channels, n_samples, groups_same)
+    if groups == 1:
+        return GradientHeatmaps(same_channel, all_channels, n_samples)
+    all_per_group = abs_jacobian.sum((1, 4))  # [G, H, W, H, W] sums
+    return GradientHeatmaps(same_channel, all_channels, n_samples, same_per_group / counts.view(-1, 1, 1, 1, 1),
+                            all_per_group / counts.view(-1, 1, 1, 1, 1))
 
 
 def heatmap_inputs(images: Tensor, sigma: float, n_samples: int, seed: int, batch_size: int, sampling: str,

@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from denoiserlab.analysis import gradient_heatmaps
-from denoiserlab.analysis.heatmap_convergence import (heatmap_convergence, heatmaps_until_converged, mask_iou,
-                                                      relative_distance)
+from denoiserlab.analysis.heatmap_convergence import (criterion_readings, heatmap_convergence,
+                                                      heatmaps_until_converged, mask_iou, relative_distance)
 from denoiserlab.cli.common import add_device_argument
 from denoiserlab.assets import resolve
 from denoiserlab.data import load
@@ -37,7 +37,7 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load as load_network
 from denoiserlab.outputs import check_output_file, check_output_folder
 from denoiserlab.studies.common.cache import StageCache, checkpoint_fingerprint
-from denoiserlab.studies.locality.heatmaps import READINGS, save_heatmaps_file
+from denoiserlab.studies.locality.heatmaps import PER_SIGMA_KEYS, READINGS, save_heatmaps_file
 from denoiserlab.validation import check_count, check_device, check_seed
 
 
@@ -146,9 +146,12 @@ def run(args: argparse.Namespace) -> None:
         heatmaps["n_samples"] = torch.tensor([int(table["n_samples"]) for table in levels])
         heatmaps["convergence"] = {**stacked_convergence(levels), "tolerance": torch.tensor(args.until_converged)}
     if reference_level is not None:
-        heatmaps["convergence"] = {**heatmaps.get("convergence", {}), **reference_evidence(
-            heatmaps["same_channel"][reference_level], reference["same_channel"], sigmas[reference_level].item(),
-            args.reference_samples)}
+        heatmaps["convergence"] = heatmaps.get("convergence", {})
+        for reading in reference:  # same_channel, and all_channels for colour images
+            prefix = "" if reading == "same_channel" else reading + "_"
+            heatmaps["convergence"].update({prefix + key: value for key, value in reference_evidence(
+                heatmaps[reading][reference_level], reference[reading], sigmas[reference_level].item(),
+                args.reference_samples).items()})
     command = "denoiserlab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["heatmaps"] else "denoiserlab heatmaps"
     save_heatmaps_file(args.out, heatmaps, command, network_fingerprint)
     counts = heatmaps["n_samples"]
@@ -224,10 +227,11 @@ def check_reference_options(args: argparse.Namespace, sigmas: torch.Tensor) -> i
 
 
 def _reference_map(network, train, labels, sigma: float, args: argparse.Namespace, seed: int) -> dict:
-    """The same-channel map at one sigma from --reference-samples label-stratified z (an independent estimate)."""
+    """The map at one sigma from --reference-samples label-stratified z (an independent estimate), in the readings
+    that build masks (criterion_readings)."""
     result = gradient_heatmaps(network, train, sigma, args.reference_samples, seed, args.batch_size,
                                args.products_per_pass, sampling="systematic", labels=labels)
-    return {"same_channel": result.same_channel.float().cpu()}
+    return {reading: getattr(result, reading).float().cpu() for reading in criterion_readings(train)}
 
 
 def reference_evidence(shipped: torch.Tensor, reference: torch.Tensor, sigma: float, n_samples: int) -> dict:
@@ -255,22 +259,28 @@ def check_adaptive_options(args: argparse.Namespace) -> None:
 
 
 def _converged_level(network, train, labels, sigma: float, args: argparse.Namespace, seed: int) -> dict:
-    """One sigma with the z count doubled until the PSPC-Flex criterion holds, and its convergence evidence."""
+    """One sigma with the z count doubled until the PSPC-Flex criterion holds under every reading that builds masks,
+    and its convergence evidence (for colour images the all_channels reading's too, its keys prefixed)."""
     result = heatmaps_until_converged(network, train, sigma, labels, args.start_samples, args.n_samples,
                                       args.until_converged, args.groups, args.check_pairs, seed, args.batch_size,
                                       args.products_per_pass)
     maps, last = result["heatmaps"], result["history"][-1]
-    summary = heatmap_convergence(maps.groups_same_channel, IOU_THRESHOLDS)
-    return {"same_channel": maps.same_channel.float().cpu(), "all_channels": maps.all_channels.float().cpu(),
-            "n_samples": torch.tensor(result["n_samples"]), "converged": torch.tensor(result["converged"]),
-            "flex_change": torch.tensor(last["change"]), "flex_fitted_threshold": torch.tensor(last["fitted_threshold"]),
-            "relative_se": torch.tensor(summary["relative_se"]), "half_iou": torch.tensor(summary["half_iou"]),
-            "running_counts": torch.tensor(summary["running_counts"]),
-            "running_distances": torch.tensor(summary["running_distances"])}
+    table = {"same_channel": maps.same_channel.float().cpu(), "all_channels": maps.all_channels.float().cpu(),
+             "n_samples": torch.tensor(result["n_samples"]), "converged": torch.tensor(result["converged"])}
+    for reading, entry in last["by_reading"].items():
+        prefix = "" if reading == "same_channel" else reading + "_"
+        summary = heatmap_convergence(getattr(maps, "groups_" + reading), IOU_THRESHOLDS)
+        table.update({prefix + "flex_change": torch.tensor(entry["change"]),
+                      prefix + "flex_fitted_threshold": torch.tensor(entry["fitted_threshold"]),
+                      prefix + "relative_se": torch.tensor(summary["relative_se"]),
+                      prefix + "half_iou": torch.tensor(summary["half_iou"]),
+                      prefix + "running_distances": torch.tensor(summary["running_distances"])})
+        table["running_counts"] = torch.tensor(summary["running_counts"])
+    return table
 
 
 def stacked_convergence(levels: list[dict]) -> dict:
     """The per-sigma convergence evidence of every level as the heatmap file's arrays."""
-    per_sigma = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "running_distances")
+    per_sigma = [key for key in PER_SIGMA_KEYS if key in levels[0]]
     return {**{key: torch.stack([table[key] for table in levels]) for key in per_sigma},
             "iou_thresholds": torch.tensor(IOU_THRESHOLDS), "running_counts": levels[0]["running_counts"]}

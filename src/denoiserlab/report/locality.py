@@ -259,8 +259,9 @@ def heatmaps_section(results: dict, folder: Path) -> str:
                           table["command"]] for name, table in results["heatmaps"].items()])]
     for name, table in results["heatmaps"].items():
         convergence = table.get("convergence") or {}
-        if "reference_distance" in convergence:
-            parts.append(text_html(reference_note(name, convergence), note=True))
+        for prefix in ("", "all_channels_"):
+            if prefix + "reference_distance" in convergence:
+                parts.append(text_html(reference_note(name, convergence, prefix), note=True))
         if "flex_change" not in convergence:
             continue
         parts.append(text_html(convergence_note(name, convergence), note=True))
@@ -311,8 +312,10 @@ def convergence_note(name: str, convergence: dict) -> str:
     """How the z count was chosen and at how many sigmas the criterion held."""
     met, total = sum(bool(value) for value in convergence["converged"]), len(convergence["converged"])
     unmet = "" if met == total else "; where it was not met, the z count stopped at the command's --n-samples"
+    readings = (" under both readings (same_channel and all_channels masks)"
+                if "all_channels_flex_change" in convergence else "")
     return (f"{name}: z doubled per sigma until PSPC-Flex's MSE to the network at the fitted threshold changed by "
-            f"less than {tolerance_text(convergence)} (met at {met} of {total} sigmas{unmet}).")
+            f"less than {tolerance_text(convergence)}{readings} (met at {met} of {total} sigmas{unmet}).")
 
 
 def tolerance_text(convergence: dict) -> str:
@@ -320,25 +323,32 @@ def tolerance_text(convergence: dict) -> str:
     return f"{100 * criterion_tolerance(convergence):g} %"
 
 
-def reference_note(name: str, convergence: dict) -> str:
-    """How far the file's map is from its high-z reference at one sigma."""
-    ious = ", ".join(f"{iou:.2f}" for iou in convergence["reference_iou"])
-    return (f"{name}: at sigma = {convergence['reference_sigma']:.3g} the map used here is "
-            f"{100 * convergence['reference_distance']:.1f} % (relative norm) from an independent "
+def reference_note(name: str, convergence: dict, prefix: str = "") -> str:
+    """How far the file's map is from its high-z reference at one sigma (prefix "all_channels_": that reading's)."""
+    ious = ", ".join(f"{iou:.2f}" for iou in convergence[prefix + "reference_iou"])
+    reading = f" ({prefix.rstrip('_')} reading)" if prefix else ""
+    return (f"{name}{reading}: at sigma = {convergence['reference_sigma']:.3g} the map used here is "
+            f"{100 * convergence[prefix + 'reference_distance']:.1f} % (relative norm) from an independent "
             f"{convergence['reference_n_samples']}-z reference; their PSPC-Flex crops agree with IoU {ious} at "
             f"thresholds {', '.join(f'{t:g}' for t in convergence['iou_thresholds'])}.")
 
 
 def convergence_rows(sigmas: list[float], table: dict) -> tuple[list[str], list[list]]:
-    """Header and one row per sigma of the convergence evidence."""
+    """Header and one row per sigma of the convergence evidence (for colour images each reading's columns)."""
     convergence, counts = table["convergence"], table["n_samples"]
     thresholds = convergence["iou_thresholds"]
-    header = ["sigma", "z", "PSPC-Flex MSE change on doubling", "fitted threshold",
-              f"criterion < {tolerance_text(convergence)}",
-              "bootstrap SE / |map|", *[f"half-split crop IoU at {t:g}" for t in thresholds]]
-    rows = [[sigma, counts[level] if isinstance(counts, list) else counts, convergence["flex_change"][level],
-             convergence["flex_fitted_threshold"][level], bool(convergence["converged"][level]),
-             convergence["relative_se"][level], *convergence["half_iou"][level]] for level, sigma in enumerate(sigmas)]
+    prefixes = ("", "all_channels_") if "all_channels_flex_change" in convergence else ("",)
+    header, columns = ["sigma", "z", f"criterion < {tolerance_text(convergence)}"], []
+    for prefix in prefixes:
+        reading = f" ({prefix.rstrip('_') or 'same_channel'})" if len(prefixes) > 1 else ""
+        header += [f"PSPC-Flex MSE change on doubling{reading}", f"fitted threshold{reading}",
+                   f"bootstrap SE / |map|{reading}", *[f"half-split crop IoU at {t:g}{reading}" for t in thresholds]]
+        columns.append(prefix)
+    rows = [[sigma, counts[level] if isinstance(counts, list) else counts, bool(convergence["converged"][level]),
+             *[value for prefix in columns for value in (
+                 convergence[prefix + "flex_change"][level], convergence[prefix + "flex_fitted_threshold"][level],
+                 convergence[prefix + "relative_se"][level], *convergence[prefix + "half_iou"][level])]]
+            for level, sigma in enumerate(sigmas)]
     return header, rows
 
 

@@ -91,6 +91,9 @@ def figure_heatmap_convergence(sigmas: list[float], table: dict, name: str, path
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(sigmas, convergence["flex_change"], "o-", label="PSPC-Flex MSE change on doubling z")
     left.plot(sigmas, convergence["relative_se"], "s-", label="bootstrap SE / |map|")
+    if "all_channels_flex_change" in convergence:  # colour images: the criterion held under both readings
+        left.plot(sigmas, convergence["all_channels_flex_change"], "o--", label="the same, all_channels reading")
+        left.plot(sigmas, convergence["all_channels_relative_se"], "s--", label="bootstrap SE, all_channels")
     tolerance = criterion_tolerance(convergence)
     left.axhline(tolerance, color="gray", linestyle=":", label=f"{100 * tolerance:g} % criterion")
     counts = table["n_samples"] if isinstance(table["n_samples"], list) else [table["n_samples"]] * len(sigmas)

@@ -14,12 +14,14 @@ contain every sigma of the study grid (relative tolerance 1e-6).
 
 Optional convergence evidence (`denoiserlab heatmaps --until-converged`; analysis.heatmap_convergence): the
 criterion's `tolerance` (a relative change), and per sigma [L] `converged` (bool: the downstream criterion
-held), `flex_change` (relative change of PSPC-Flex's MSE to the
-network at the fitted threshold when the z count doubled), `flex_fitted_threshold`, `relative_se` (bootstrap
-standard error of the map over its norm), `half_iou` [L, T] (crop IoU of two half estimates at `iou_thresholds`
-[T]), `running_distances` [L, K] (distance of the mean over the first `running_counts` [K] groups of z to the
-mean over all); and, where a high-z reference was computed at one sigma, `reference_sigma`, `reference_n_samples`,
-`reference_distance` (relative distance of the map at that sigma to the reference) and `reference_iou` [T].
+held under every reading that builds masks), `flex_change` (relative change of PSPC-Flex's MSE to the network at
+the fitted threshold when the z count doubled), `flex_fitted_threshold`, `relative_se` (bootstrap standard error of
+the map over its norm), `half_iou` [L, T] (crop IoU of two half estimates at `iou_thresholds` [T]),
+`running_distances` [L, K] (distance of the mean over the first `running_counts` [K] groups of z to the mean over
+all), all of the same_channel reading, and for colour images the same five of the all_channels reading prefixed
+`all_channels_`; and, where a high-z reference was computed at one sigma, `reference_sigma`, `reference_n_samples`,
+`reference_distance` (relative distance of the map at that sigma to the reference) and `reference_iou` [T]
+(for colour images also `all_channels_reference_distance` and `all_channels_reference_iou`).
 Other arrays in a file are ignored, never loaded.
 """
 
@@ -39,11 +41,11 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.locality.config import HeatmapConfig
 
 READINGS = ("same_channel", "all_channels")
-CONVERGENCE_KEYS = ("tolerance", "converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou",
-                    "iou_thresholds",
-                    "running_counts", "running_distances", "reference_sigma", "reference_n_samples",
-                    "reference_distance", "reference_iou")
-PER_SIGMA_KEYS = ("converged", "flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "running_distances")
+READING_EVIDENCE_KEYS = ("flex_change", "flex_fitted_threshold", "relative_se", "half_iou", "running_distances")
+PER_SIGMA_KEYS = ("converged", *READING_EVIDENCE_KEYS, *("all_channels_" + key for key in READING_EVIDENCE_KEYS))
+REFERENCE_KEYS = ("reference_sigma", "reference_n_samples", "reference_distance", "reference_iou")
+CONVERGENCE_KEYS = ("tolerance", *PER_SIGMA_KEYS, "iou_thresholds", "running_counts", *REFERENCE_KEYS,
+                    *("all_channels_" + key for key in REFERENCE_KEYS))
 FILE_KEYS = ("sigmas", *READINGS, "readings_equal", "n_samples", "command", "network_fingerprint",
              *CONVERGENCE_KEYS)  # what is read
 TEXT_KEYS = ("command", "network_fingerprint")
