@@ -1,6 +1,8 @@
 """Sample quality of trained networks (issue 5's evidence): K Heun samples per network from shared seeded noise,
 their distances to the nearest training image and the share of copies (nearest / second-nearest distance < 1/3), the generalization score (Li et al. eq. 14)
-and Fréchet distances computed on the features of our own Fashion-MNIST classifier (no downloaded weights).
+and Fréchet distances computed on the features of our own classifier of the training set's dataset (no downloaded
+weights: shipped:fashion-mnist-classifier.pt, shipped:emoji-classifier.pt; other datasets: --feature-model PATH, or
+no Fréchet distances).
 
     .venv/bin/python scripts/network_quality.py shipped:unet-small-fashion-mnist [more networks] \
         [--n 1000] [--out results/network-quality]
@@ -24,7 +26,7 @@ from denoiserlab.analysis import (
     memorized_fraction,
 )
 from denoiserlab.analysis.memorization import nearest_neighbour_distances
-from denoiserlab.assets import resolve
+from denoiserlab.assets import assets_folder, resolve
 from denoiserlab.atomic import write_json
 from denoiserlab.diffusion import sample_heun, standard_noise
 from denoiserlab.networks import load
@@ -50,6 +52,15 @@ def samples_of(network, spec: str, args: argparse.Namespace, cache: StageCache) 
     return samples
 
 
+def feature_model_for(spec: str, source: str):
+    """The feature model of --feature-model, or with "auto" our classifier of the dataset `source` when one ships
+    (None: no Fréchet distances)."""
+    if spec != "auto":
+        return load_feature_model(spec)
+    path = assets_folder("feature_models") / f"{source}-classifier.pt"
+    return load_feature_model(path) if path.is_file() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("networks", nargs="+", help="checkpoint paths or shipped:NAME (must record training_data)")
@@ -57,11 +68,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=18, help="Heun steps (EDM grid)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0, help="seed of the shared initial noise")
-    parser.add_argument("--feature-model", default="shipped:fashion-mnist-classifier.pt")
+    parser.add_argument("--feature-model", default="auto",
+                        help="TorchScript encoder; auto: shipped:SOURCE-classifier.pt of each network's dataset")
     parser.add_argument("--out", type=Path, default=Path("results/network-quality"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    features = load_feature_model(args.feature_model)
     table = {"n_samples": args.n, "steps": args.steps, "seed": args.seed, "feature_model": args.feature_model,
              "networks": {}}
     cache = StageCache(args.out)
@@ -71,6 +82,7 @@ def main() -> None:
         test = data.load(**data.held_out_options(network.training_data)).as_float()
         reference = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:len(test)]]
         samples = samples_of(network, spec, args, cache)
+        features = feature_model_for(args.feature_model, network.training_data["source"])
         distances, _ = nearest_neighbour_distances(samples, train)
         row = {
             "n_train": len(train),
@@ -79,10 +91,11 @@ def main() -> None:
             "nearest_distance_min": distances.min().item(),
             "generalization_score": generalization_score(samples, train),
             "memorized_fraction": memorized_fraction(samples, train),
-            "frechet_vs_test": feature_frechet_distance(features, samples, test),
-            "frechet_vs_train": feature_frechet_distance(features, samples, reference),
-            "frechet_train_vs_test": feature_frechet_distance(features, reference, test),
         }
+        if features is not None:
+            row.update(frechet_vs_test=feature_frechet_distance(features, samples, test),
+                       frechet_vs_train=feature_frechet_distance(features, samples, reference),
+                       frechet_train_vs_test=feature_frechet_distance(features, reference, test))
         table["networks"][spec] = row
         print(spec, {key: round(value, 4) for key, value in row.items()}, flush=True)
     write_json(args.out / "quality.json", table)

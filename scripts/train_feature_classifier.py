@@ -1,8 +1,10 @@
-"""Train the small Fashion-MNIST CNN classifier and write its feature encoder as TorchScript
-([B, 1 or 3, H, W] in [-1, 1] -> [B, 128]); the shipped file was made with
+"""Train the small CNN classifier of a labelled built-in dataset and write its feature encoder as TorchScript
+([B, 1 or 3, H, W] in [-1, 1] -> [B, 128]); the shipped files were made with
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/train_feature_classifier.py \
         --out src/denoiserlab/assets/feature_models/fashion-mnist-classifier.pt
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/train_feature_classifier.py --data emoji \
+        --out src/denoiserlab/assets/feature_models/emoji-classifier.pt
 """
 
 import argparse
@@ -17,10 +19,10 @@ from denoiserlab.networks.classifier import ClassifierConfig, export_feature_mod
 
 
 def labelled_split(source: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float images [N, 1, H, W] in [-1, 1] and labels [N] of one split of a labelled grey dataset."""
+    """Float images [N, C, H, W] in [-1, 1] and labels [N] of one split of a labelled dataset."""
     images = data.load(source, split=split)
-    if images.labels is None or images.image_shape[0] != 1:
-        raise DenoiserLabError(f"{images.name}: the classifier needs labelled 1-channel images, got "
+    if images.labels is None or images.image_shape[0] not in (1, 3):
+        raise DenoiserLabError(f"{images.name}: the classifier needs labelled 1- or 3-channel images, got "
                                f"{images.image_shape} with{'out' if images.labels is None else ''} labels")
     return images.as_float(), images.labels
 
