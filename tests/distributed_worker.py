@@ -13,7 +13,16 @@ import torch
 import torch.distributed as dist
 
 from denoiserlab.data import ImageSet
-from denoiserlab.denoisers import OptimalDenoiser, PatchSchedule, PSPCFlex, PSPCSquare
+from denoiserlab.denoisers import (
+    CFDM,
+    ELS,
+    LS,
+    DataLocality,
+    OptimalDenoiser,
+    PatchSchedule,
+    PSPCFlex,
+    PSPCSquare,
+)
 from denoiserlab.errors import DenoiserLabError
 
 N_TRAIN = 13  # odd: the two shards differ in size (6 and 7 images)
@@ -33,7 +42,7 @@ def queries(train: torch.Tensor) -> torch.Tensor:
 
 
 def cases(distributed: bool) -> dict:
-    """name -> (denoiser, sigma) for every checked configuration."""
+    """name -> (denoiser, sigma) for every checked configuration (the peers' too)."""
     floats, stored = training_sets()
     masks = torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(2)) < 0.4
     masks[:, 0, 0] = True  # no empty crop
@@ -52,6 +61,14 @@ def cases(distributed: bool) -> dict:
         "flex_compiled": (PSPCFlex(floats, masks, kernel="compiled", **options), SIGMAS),
         "flex_eager_stream_xflip": (PSPCFlex(stored, masks, xflip=True, kernel="eager", storage="stream", chunk_size=4,
                                              **options), SIGMAS),
+        "cfdm_stream": (CFDM(stored, smoothing=0.3, n_noise=3, storage="stream", chunk_size=4, **options), SIGMAS),
+        "els_compiled": (ELS(floats, 3, kernel="compiled", **options), SIGMAS),
+        "els_circular_compiled_stream": (ELS(stored, schedule, padding="circular", kernel="compiled",
+                                             storage="stream", chunk_size=16, **options), SIGMAS),
+        "els_eager_xflip": (ELS(floats, 5, xflip=True, kernel="eager", chunk_size=3, **options), SIGMAS),
+        "ls_compiled": (LS(floats, 3, kernel="compiled", **options), SIGMAS),
+        "data_locality_stream_xflip": (DataLocality(stored, threshold=0.2, xflip=True, storage="stream", chunk_size=4,
+                                                    **options), SIGMAS),
     }
 
 

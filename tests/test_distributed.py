@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from denoiserlab.cli import main
-from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare
+from denoiserlab.denoisers import CFDM, ELS, LS, DataLocality, OptimalDenoiser, PSPCFlex, PSPCSquare
 from denoiserlab.denoisers.distributed import shard_bounds
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loss import edm_loss
@@ -50,6 +50,10 @@ def test_shards_are_contiguous_disjoint_and_cover_the_set():
     lambda train, flag: OptimalDenoiser(train, distributed=flag),
     lambda train, flag: PSPCSquare(train, 3, distributed=flag),
     lambda train, flag: PSPCFlex(train, torch.ones(1, 8, 8, dtype=torch.bool), distributed=flag),
+    lambda train, flag: CFDM(train, distributed=flag),
+    lambda train, flag: ELS(train, 3, distributed=flag),
+    lambda train, flag: LS(train, 3, distributed=flag),
+    lambda train, flag: DataLocality(train, distributed=flag),
 ])
 def test_distributed_needs_a_process_group_and_a_flag(build):
     train = torch.zeros(4, 1, 8, 8)
@@ -60,8 +64,9 @@ def test_distributed_needs_a_process_group_and_a_flag(build):
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
-    """Every case of distributed_worker.py (optimal, PSPC-Square with an int and a schedule, PSPC-Flex; in RAM and
-    streamed, compiled and eager, with xflip; one sigma per sample from 0.002 to 80, and sigma = 0.002 alone) on 13
+    """Every case of distributed_worker.py (optimal, PSPC-Square with an int and a schedule, PSPC-Flex, CFDM, ELS with
+    both paddings, LS, DataLocality; in RAM and streamed, compiled and eager, with xflip; one sigma per sample from
+    0.002 to 80, and sigma = 0.002 alone) on 13
     images split 6 / 7 over two gloo processes: both ranks get the one-process result to 1e-6 (float64 for the
     optimal denoiser: 1e-12), and both refuse a call whose queries differ between them."""
     init_method = f"file://{tmp_path / 'rendezvous'}"

@@ -357,10 +357,11 @@ def test_outputs_are_checked(name, options, monkeypatch):
     train, x = random_problem((1, 6, 6), 18)
     den = REGISTRY[name](train, **options)
     monkeypatch.setattr(torch, "einsum", lambda *args: torch.full((3, 36), math.nan, dtype=torch.float64))
-    monkeypatch.setattr("denoiserlab.denoisers.cfdm.posterior_mean",
-                        lambda *args: torch.full((6, 36), math.nan, dtype=torch.float64))
-    monkeypatch.setattr("denoiserlab.denoisers.data_locality.masked_posterior_mean",
-                        lambda *args: torch.full((3, 36), math.nan, dtype=torch.float64))
+    nan_sums = lambda queries: torch.full(queries.shape, math.nan, dtype=torch.float64)  # noqa: E731
+    monkeypatch.setattr("denoiserlab.denoisers.optimal.posterior_partials",
+                        lambda queries, *args: (queries[:, :1] * 0, queries[:, :1] * 0 + 1, nan_sums(queries)))
+    monkeypatch.setattr("denoiserlab.denoisers.data_locality.masked_posterior_partials",
+                        lambda queries, *args: (queries * 0, queries * 0 + 1, nan_sums(queries), None))
     with pytest.raises(DenoiserLabError, match="returned NaN or inf"):
         den(x, 0.5)
 

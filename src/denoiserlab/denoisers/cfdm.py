@@ -6,7 +6,8 @@ perturbations of its input, a Monte Carlo estimate of the Gaussian-smoothed clos
 eps = standard_noise((K, C, H, W), seed) are drawn once and shared by every sample and call, so D is a deterministic
 function of (x, sigma). All B * K perturbed queries go through one streaming pass over the training set
 (`optimal.posterior_mean`, float64 distances), read as the optimal denoiser reads it: from a float64 copy, or chunk
-by chunk from its storage (`storage`, as `OptimalDenoiser`). smoothing = 0 is the optimal denoiser.
+by chunk from its storage (`storage`, as `OptimalDenoiser`), or over the processes of torch.distributed
+(`distributed`, as `OptimalDenoiser`). smoothing = 0 is the optimal denoiser.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.optimal import OptimalDenoiser, posterior_mean
+from denoiserlab.denoisers.distributed import check_same_queries
+from denoiserlab.denoisers.optimal import OptimalDenoiser
 from denoiserlab.denoisers.schedules import Tunable, estimate_by_group, value_at
 from denoiserlab.denoisers.training_set import DeviceCopies, check_storage
 from denoiserlab.diffusion.noise import standard_noise
@@ -48,6 +50,9 @@ class CFDMConfig:
     # "ram": a float64 copy of the training set (8 bytes a value), made once; "stream": every call reads the set
     # chunk by chunk from its storage; "auto": as OptimalDenoiser (ram up to training_set.AUTO_RAM_BYTES). Same results.
     storage: str = "auto"
+    # shard the training set over the processes of an initialised torch.distributed group, as OptimalDenoiser does
+    # (calls are collective: every rank passes the same x and sigma and gets the one-process result)
+    distributed: bool = False
 
     def __post_init__(self):
         if not callable(self.smoothing):
@@ -57,6 +62,7 @@ class CFDMConfig:
         check_flag(self.xflip, "xflip")
         check_optional_count(self.chunk_size, "chunk_size")
         check_storage(self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 def check_smoothing(smoothing: object) -> float:
@@ -79,10 +85,13 @@ class CFDM:
     tunable = Tunable("smoothing", "smoothing", (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
 
     def __init__(self, train: Tensor | ImageSet, smoothing: float | Callable[[float], float] = 0.1, n_noise: int = 10,
-                 seed: int = 0, xflip: bool = False, chunk_size: int | None = None, storage: str = "auto"):
+                 seed: int = 0, xflip: bool = False, chunk_size: int | None = None, storage: str = "auto",
+                 distributed: bool = False):
         self.config = CFDMConfig(smoothing=smoothing, n_noise=n_noise, seed=seed, xflip=xflip, chunk_size=chunk_size,
-                                 storage=storage)
-        self.optimal_ = OptimalDenoiser(train, xflip=xflip, chunk_size=chunk_size, storage=storage)  # reads the set
+                                 storage=storage, distributed=distributed)
+        # reads the set (with distributed=True this rank's shard)
+        self.optimal_ = OptimalDenoiser(train, xflip=xflip, chunk_size=chunk_size, storage=storage,
+                                        distributed=distributed)
         self.image_shape_ = self.optimal_.image_shape_  # (C, H, W)
         self.storage_ = self.optimal_.storage_  # "ram" or "stream"
         check_memory(8 * n_noise * math.prod(self.image_shape_),
@@ -99,6 +108,8 @@ class CFDM:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        if self.config.distributed:
+            check_same_queries(x, sigma)
         out = estimate_by_group(x, [self.smoothing_at(s) for s in sigma.tolist()],
                                 lambda smoothing, group: self.smoothed_mean(x[group], sigma[group], smoothing))
         return check_finite_output(out, "CFDM", sigma)
@@ -110,5 +121,5 @@ class CFDM:
             eps = eps[:1] * 0  # every perturbation is zero: one query per sample gives the same average
         queries = x.double().flatten(1)[:, None] + smoothing * eps[None]  # [B, K, D]
         sigmas = sigma.repeat_interleave(eps.shape[0])  # [B * K], sample-major like queries
-        means = posterior_mean(queries.flatten(0, 1), sigmas, self.optimal_.train_rows(x.device))
+        means = self.optimal_.posterior_mean(queries.flatten(0, 1), sigmas)
         return means.unflatten(0, queries.shape[:2]).mean(1).reshape(x.shape)  # [B, C, H, W]

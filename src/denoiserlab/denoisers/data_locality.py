@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard
 from denoiserlab.denoisers.gaussian import GaussianDenoiser
 from denoiserlab.denoisers.schedules import Tunable, estimate_by_group, value_at
 from denoiserlab.denoisers.training_set import (
@@ -58,6 +59,10 @@ class DataLocalityConfig:
     # chunk by chunk from its storage; "auto": ram for a float tensor and for an ImageSet whose copy fits in
     # training_set.AUTO_RAM_BYTES (1 GiB), else stream. Same results.
     storage: str = "auto"
+    # shard the training set over the processes of an initialised torch.distributed group (rank r of W holds the
+    # images [r N / W, (r + 1) N / W)): the covariance is merged over the ranks (as GaussianDenoiser's) and so are
+    # the softmax sums; calls are collective and every rank gets the one-process result
+    distributed: bool = False
 
     def __post_init__(self):
         if not callable(self.threshold):
@@ -66,6 +71,7 @@ class DataLocalityConfig:
         check_optional_count(self.chunk_size, "chunk_size")
         check_flag(self.cache, "cache")
         check_storage(self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 def check_threshold(threshold: object) -> float:
@@ -89,14 +95,17 @@ class DataLocality:
     tunable = Tunable("threshold", "threshold", (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
 
     def __init__(self, train: Tensor | ImageSet, threshold: float | Callable[[float], float] = 0.05,
-                 xflip: bool = False, chunk_size: int | None = None, cache: bool = False, storage: str = "auto"):
+                 xflip: bool = False, chunk_size: int | None = None, cache: bool = False, storage: str = "auto",
+                 distributed: bool = False):
         self.config = DataLocalityConfig(threshold=threshold, xflip=xflip, chunk_size=chunk_size, cache=cache,
-                                         storage=storage)
+                                         storage=storage, distributed=distributed)
         source = training_source(train, xflip)
+        if distributed:
+            source = shard(source)  # this rank's images only; "auto" storage below decides on the shard
         self.image_shape_ = source.image_shape  # (C, H, W)
         # its linear map A_sigma gives the masks; with cache=True its eigendecomposition comes from (or goes to) the
         # user cache folder as checked safetensors, written atomically (gaussian.fit_gaussians)
-        self.gaussian_ = GaussianDenoiser(train, xflip=xflip, cache=cache)
+        self.gaussian_ = GaussianDenoiser(train, xflip=xflip, cache=cache, distributed=distributed)
         self.storage_ = resolve_storage(storage, train, source, bytes_per_value=4)  # "ram" or "stream"
         self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
         if self.storage_ == "ram":
@@ -122,13 +131,17 @@ class DataLocality:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        if self.config.distributed:
+            check_same_queries(x, sigma)
         images = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0],
                                                                                xflip=False)
 
         def estimate(value: float, group: Tensor | slice) -> Tensor:
-            mean = masked_posterior_mean(x[group].flatten(1), sigma[group], images, self.mask(value).to(x.device),
-                                         self.config.chunk_size)
-            return mean.reshape(x[group].shape)
+            nearest, normaliser, numerator, inv_two_var = masked_posterior_partials(
+                x[group].flatten(1), sigma[group], images, self.mask(value).to(x.device), self.config.chunk_size)
+            if self.config.distributed:  # the union of every rank's shard
+                _, normaliser, numerator = merge_nearest_sums_across(nearest, inv_two_var, normaliser, numerator)
+            return (numerator / normaliser).reshape(x[group].shape)
 
         return check_finite_output(estimate_by_group(x, sigma.tolist(), estimate), "DataLocality", sigma)
 
@@ -145,13 +158,15 @@ def default_chunk(batch: int, dim: int, itemsize: int, bytes_per_chunk: int = 1 
     return max(1, bytes_per_chunk // (itemsize * batch * dim))
 
 
-def masked_posterior_mean(queries: Tensor, sigma: Tensor, images: TrainingImages, mask: Tensor,
-                          chunk_size: int | None = None) -> Tensor:
-    """Per output coordinate m, sum_i softmax_i(-sum_n M[m, n] (q_n - x_{i,n})^2 / (2 sigma^2)) x_{i,m}.
+def masked_posterior_partials(queries: Tensor, sigma: Tensor, images: TrainingImages, mask: Tensor,
+                              chunk_size: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The softmax sums of: per output coordinate m, sum_i softmax_i(-sum_n M[m, n] (q_n - x_{i,n})^2 / (2 sigma^2))
+    x_{i,m} (the mean is numerator / normaliser).
 
     queries: [B, D]; sigma: float64 [B]; images: the N training images, read in chunks on the queries' device;
-    mask: bool [D, D]. Returns float64 [B, D]. The running sums are relative to the smallest masked distance so far,
-    so no logit that overflows at a tiny sigma is formed.
+    mask: bool [D, D]. Returns float64 (smallest masked distance [B, D], normaliser [B, D], numerator [B, D], the
+    g = 1 / (2 sigma^2) [B, 1] used): the sums are relative to the smallest masked distance, so no logit that
+    overflows at a tiny sigma is formed, and states over disjoint training sets merge exactly.
     """
     work = torch.float64 if queries.dtype == torch.float64 else torch.float32
     queries, mask_t = queries.to(work), mask.to(work).T  # mask_t[n, m] = M[m, n]
@@ -169,4 +184,4 @@ def masked_posterior_mean(queries: Tensor, sigma: Tensor, images: TrainingImages
         normaliser = normaliser * rescale + weights.sum(1, dtype=torch.float64)
         numerator = numerator * rescale + (weights * chunk).sum(1, dtype=torch.float64)
         nearest = new
-    return numerator / normaliser
+    return nearest, normaliser, numerator, inv_two_var

@@ -34,6 +34,7 @@ from denoiserlab.denoisers.local_score import (
 )
 from denoiserlab.denoisers.schedules import Tunable
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.validation import check_flag
 
 PADDINGS = ("zeros", "circular")
 
@@ -52,9 +53,13 @@ class ELSConfig:
     # not); "auto": ram for a float tensor and for an ImageSet whose copies fit in training_set.AUTO_RAM_BYTES
     # (1 GiB), else stream. Same results up to float32 summation order.
     storage: str = "auto"
+    # shard the training set over the processes of an initialised torch.distributed group (rank r of W holds the
+    # images [r N / W, (r + 1) N / W)); calls are collective and every rank gets the one-process result
+    distributed: bool = False
 
     def __post_init__(self):
         check_local_options(self.patch_size, self.xflip, self.kernel, self.chunk_size, self.storage)
+        check_flag(self.distributed, "distributed")
         if self.padding not in PADDINGS:
             raise DenoiserLabError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
 
@@ -67,9 +72,10 @@ class ELS(LocalScoreMachine):
     name = "ELS"
 
     def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], padding: str = "zeros",
-                 xflip: bool = False, kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto"):
+                 xflip: bool = False, kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto",
+                 distributed: bool = False):
         self.config = ELSConfig(patch_size=patch_size, padding=padding, xflip=xflip, kernel=kernel,
-                                chunk_size=chunk_size, storage=storage)
+                                chunk_size=chunk_size, storage=storage, distributed=distributed)
         super().__init__(train, xflip)
 
     def axes(self, size: int) -> tuple[AxisCandidates, AxisCandidates]:

@@ -107,18 +107,10 @@ def merge_partials(nearest: Tensor, sums: Tensor, numerators: Tensor,
     return smallest, (sums * scale).sum(0), (numerators * scale[:, :, None]).sum(0)
 
 
-def local_posterior_compiled(queries: Tensor, lanes: Tensor, n_train: int, sigma: Tensor, size: int,
-                             circular: bool, rows: tuple, cols: tuple, threads: int) -> Tensor:
-    """Posterior means of the candidates' centre pixels over the images in `lanes`, float64 [B, C, H, W]
-    (arguments as `local_partials_compiled`)."""
-    _, sums, numerators = local_partials_compiled(queries, lanes, n_train, sigma, size, circular, rows, cols, threads)
-    return numerators / sums[:, None]
-
-
-def local_posterior_compiled_streamed(queries: Tensor, images: TrainingImages, sigma: Tensor, size: int,
-                                      circular: bool, rows: tuple, cols: tuple, threads: int,
-                                      chunk_images: int) -> Tensor:
-    """As `local_posterior_compiled` over a training set read chunk by chunk from its storage: each chunk of
+def local_partials_compiled_streamed(queries: Tensor, images: TrainingImages, sigma: Tensor, size: int,
+                                     circular: bool, rows: tuple, cols: tuple, threads: int,
+                                     chunk_images: int) -> tuple[Tensor, Tensor, Tensor]:
+    """As `local_partials_compiled` over a training set read chunk by chunk from its storage: each chunk of
     chunk_images (a multiple of LANES) is laid out (`training_lanes`, converting uint8 on the way) into one reused
     buffer, and the chunks' partial sums are merged exactly in float64 (`merge_partials`). Same blocks of 16 images
     and float32 values as the whole-set call, so the result differs from it only in the order of float32 partial
@@ -133,5 +125,5 @@ def local_posterior_compiled_streamed(queries: Tensor, images: TrainingImages, s
         partial = local_partials_compiled(queries, lanes, n_images, sigma, size, circular, rows, cols, threads)
         state = partial if state is None else merge_partials(
             *(torch.stack(pair) for pair in zip(state, partial)), inv_two_var)
-    _, sums, numerators = state
-    return numerators / sums[:, None]
+    return state
+

@@ -27,6 +27,7 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers import els_kernel, pspc_kernel
 from denoiserlab.denoisers.box_filter import box_sums
+from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard
 from denoiserlab.denoisers.pspc_square import KERNELS, use_compiled_kernel
 from denoiserlab.denoisers.schedules import estimate_by_group, value_at
 from denoiserlab.denoisers.training_set import (
@@ -135,6 +136,8 @@ class LocalScoreMachine:
 
     def __init__(self, train: Tensor | ImageSet, xflip: bool):
         source = training_source(train, xflip)
+        if self.config.distributed:
+            source = shard(source)  # this rank's images only; "auto" storage below decides on the shard
         self.image_shape_ = source.image_shape
         self.storage_ = resolve_storage(self.config.storage, train, source, bytes_per_value=8)  # "ram" or "stream"
         self.train_ = source if self.storage_ == "stream" else None  # read chunk by chunk at every call
@@ -163,12 +166,26 @@ class LocalScoreMachine:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        if self.config.distributed:
+            check_same_queries(x, sigma)
         out = estimate_by_group(x, [self.patch_size_at(s) for s in sigma.tolist()],
                                 lambda size, group: self.posterior(x[group], sigma[group], size))
         return check_finite_output(out, self.name, sigma)
 
     def posterior(self, x: Tensor, sigma: Tensor, size: int) -> Tensor:
         """Posterior means for one patch size. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W].
+        With distributed=True a collective call: every rank's partial sums are merged (`distributed.py`)."""
+        nearest, total, numerator, inv_two_var = self.partials(x, sigma, size)
+        if self.config.distributed:  # numerator as [C, B, H, W]: its trailing dims meet the [B, H, W] rescaling
+            _, total, numerator = merge_nearest_sums_across(nearest, inv_two_var[:, None, None], total,
+                                                            numerator.transpose(0, 1))
+            numerator = numerator.transpose(0, 1)
+        return numerator / total[:, None]
+
+    def partials(self, x: Tensor, sigma: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The softmax sums of every output pixel over this process's training images, relative to a reference
+        distance per pixel: (reference [B, H, W], sum of weights [B, H, W], numerator [B, C, H, W], the g = 1 /
+        (2 sigma^2) [B] they used), all float64.
 
         kernel="auto" takes the C kernel for float32 queries on CPU and the eager path (float64 work) for float64.
         """
@@ -179,15 +196,17 @@ class LocalScoreMachine:
         if auto_float64 or not use_compiled_kernel(self, x.device, self.name, els_kernel.load_library):
             images = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0],
                                                                                    xflip=False)
-            return local_posterior(x, sigma, images, size, rows, cols, self.config.chunk_size)
+            state = local_partials(x, sigma, images, size, rows, cols, self.config.chunk_size)
+            return state.nearest, state.total, state.numerator, state.inv_two_var
         # both axes share the padding: one circular flag for the kernel
         axes = (size, rows.circular, rows.arrays(), cols.arrays(), torch.get_num_threads())
+        inv_two_var = pspc_kernel.inverse_two_variance(sigma).double()  # the kernel's g
         if self.storage_ == "stream":
             chunk_images = pspc_kernel.streamed_chunk_images(self.image_shape_, self.config.chunk_size)
-            return els_kernel.local_posterior_compiled_streamed(x, self.train_, sigma, *axes, chunk_images)
+            return *els_kernel.local_partials_compiled_streamed(x, self.train_, sigma, *axes, chunk_images), inv_two_var
         if self.lanes_ is None:
             self.lanes_ = pspc_kernel.training_lanes(self.images_)
-        return els_kernel.local_posterior_compiled(x, self.lanes_, self.images_.shape[0], sigma, *axes)
+        return *els_kernel.local_partials_compiled(x, self.lanes_, self.images_.shape[0], sigma, *axes), inv_two_var
 
 
 def gather_padded(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -243,10 +262,10 @@ class RunningPosterior:
         return self.numerator / self.total[:, None]
 
 
-def local_posterior(x: Tensor, sigma: Tensor, images: TrainingImages, size: int, rows: AxisCandidates,
-                    cols: AxisCandidates, chunk_size: int | None = None) -> Tensor:
-    """Eager local score machine. x: [B, C, H, W]; sigma: [B]; images: the N training images, read in chunks on x's
-    device; returns float64 [B, C, H, W].
+def local_partials(x: Tensor, sigma: Tensor, images: TrainingImages, size: int, rows: AxisCandidates,
+                   cols: AxisCandidates, chunk_size: int | None = None) -> "RunningPosterior":
+    """Eager local score machine: its running softmax sums after every chunk (the posterior means are their
+    `mean()`). x: [B, C, H, W]; sigma: [B]; images: the N training images, read in chunks on x's device.
 
     One streaming pass over chunks of the training set; per chunk and offset pair, the window distances of the
     outputs that take that offset pair, and their running softmax (`RunningPosterior`).
@@ -270,4 +289,4 @@ def local_posterior(x: Tensor, sigma: Tensor, images: TrainingImages, size: int,
                 centres = candidates[:, :, radius : radius + row_last - row_first + 1,
                                      radius : radius + col_last - col_first + 1]
                 state.add(slice(row_first, row_last + 1), slice(col_first, col_last + 1), distances, centres)
-    return state.mean()
+    return state

@@ -18,6 +18,7 @@ from torch import Tensor
 from denoiserlab.data.imageset import ImageSet
 from denoiserlab.denoisers.local_score import AxisCandidates, LocalScoreMachine, check_local_options, co_located_axis
 from denoiserlab.denoisers.schedules import Tunable
+from denoiserlab.validation import check_flag
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,13 @@ class LSConfig:
     # not); "auto": ram for a float tensor and for an ImageSet whose copies fit in training_set.AUTO_RAM_BYTES
     # (1 GiB), else stream. Same results up to float32 summation order.
     storage: str = "auto"
+    # shard the training set over the processes of an initialised torch.distributed group (rank r of W holds the
+    # images [r N / W, (r + 1) N / W)); calls are collective and every rank gets the one-process result
+    distributed: bool = False
 
     def __post_init__(self):
         check_local_options(self.patch_size, self.xflip, self.kernel, self.chunk_size, self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 class LS(LocalScoreMachine):
@@ -46,9 +51,10 @@ class LS(LocalScoreMachine):
     name = "LS"
 
     def __init__(self, train: Tensor | ImageSet, patch_size: int | Callable[[float], int], xflip: bool = False,
-                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto"):
+                 kernel: str = "auto", chunk_size: int | None = None, storage: str = "auto",
+                 distributed: bool = False):
         self.config = LSConfig(patch_size=patch_size, xflip=xflip, kernel=kernel, chunk_size=chunk_size,
-                               storage=storage)
+                               storage=storage, distributed=distributed)
         super().__init__(train, xflip)
 
     def axes(self, size: int) -> tuple[AxisCandidates, AxisCandidates]:

@@ -96,13 +96,17 @@ class OptimalDenoiser:
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
         if self.config.distributed:
             check_same_queries(x, sigma)
-        nearest, normaliser, numerator = posterior_partials(x.reshape(x.shape[0], -1), sigma,
-                                                            self.train_rows(x.device))
+        mean = self.posterior_mean(x.reshape(x.shape[0], -1), sigma)
+        return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the optimal denoiser", sigma)
+
+    def posterior_mean(self, queries: Tensor, sigma: Tensor) -> Tensor:
+        """E[x0 | x] of flat queries [M, D] at float64 sigma [M]: float64 [M, D], over the whole training set (with
+        distributed=True a collective call: every rank's shard, merged)."""
+        nearest, normaliser, numerator = posterior_partials(queries, sigma, self.train_rows(queries.device))
         if self.config.distributed:  # the union of every rank's shard
             _, normaliser, numerator = merge_nearest_sums_across(nearest, inverse_two_variance(sigma)[:, None],
                                                                  normaliser, numerator)
-        mean = numerator / normaliser
-        return check_finite_output(mean.reshape(x.shape).to(x.dtype), "the optimal denoiser", sigma)
+        return numerator / normaliser
 
     def posterior_weights(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """The softmax weights over training images, float64 [B, N] (for analyses; holds all N at once)."""
