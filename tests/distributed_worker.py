@@ -18,6 +18,8 @@ from denoiserlab.denoisers import (
     ELS,
     LS,
     DataLocality,
+    GaussianMixture,
+    KNNDenoiser,
     OptimalDenoiser,
     PatchSchedule,
     PSPCFlex,
@@ -69,6 +71,12 @@ def cases(distributed: bool) -> dict:
         "ls_compiled": (LS(floats, 3, kernel="compiled", **options), SIGMAS),
         "data_locality_stream_xflip": (DataLocality(stored, threshold=0.2, xflip=True, storage="stream", chunk_size=4,
                                                     **options), SIGMAS),
+        "knn": (KNNDenoiser(floats, k=3, n_random=4, **options), SIGMAS),
+        "knn_stream_xflip_k_over_shard": (KNNDenoiser(stored, k=9, n_random=5, xflip=True, storage="stream",
+                                                      chunk_size=4, **options), SIGMAS),
+        "mixture_labels_xflip": (GaussianMixture(floats, labels=torch.arange(N_TRAIN) % 3, xflip=True, **options),
+                                 SIGMAS),
+        "mixture_kmeans_stream": (GaussianMixture(stored, components=5, **options), SIGMAS),
     }
 
 

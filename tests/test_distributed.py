@@ -13,7 +13,17 @@ import pytest
 import torch
 
 from denoiserlab.cli import main
-from denoiserlab.denoisers import CFDM, ELS, LS, DataLocality, OptimalDenoiser, PSPCFlex, PSPCSquare
+from denoiserlab.denoisers import (
+    CFDM,
+    ELS,
+    LS,
+    DataLocality,
+    GaussianMixture,
+    KNNDenoiser,
+    OptimalDenoiser,
+    PSPCFlex,
+    PSPCSquare,
+)
 from denoiserlab.denoisers.distributed import shard_bounds
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loss import edm_loss
@@ -54,6 +64,8 @@ def test_shards_are_contiguous_disjoint_and_cover_the_set():
     lambda train, flag: ELS(train, 3, distributed=flag),
     lambda train, flag: LS(train, 3, distributed=flag),
     lambda train, flag: DataLocality(train, distributed=flag),
+    lambda train, flag: KNNDenoiser(train, k=2, n_random=1, distributed=flag),
+    lambda train, flag: GaussianMixture(train, components=2, distributed=flag),
 ])
 def test_distributed_needs_a_process_group_and_a_flag(build):
     train = torch.zeros(4, 1, 8, 8)
@@ -65,7 +77,7 @@ def test_distributed_needs_a_process_group_and_a_flag(build):
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """Every case of distributed_worker.py (optimal, PSPC-Square with an int and a schedule, PSPC-Flex, CFDM, ELS with
-    both paddings, LS, DataLocality; in RAM and streamed, compiled and eager, with xflip; one sigma per sample from
+    both paddings, LS, DataLocality, kNN (k above a shard's size too), the Gaussian mixture by labels and k-means; in RAM and streamed, compiled and eager, with xflip; one sigma per sample from
     0.002 to 80, and sigma = 0.002 alone) on 13
     images split 6 / 7 over two gloo processes: both ranks get the one-process result to 1e-6 (float64 for the
     optimal denoiser: 1e-12), and both refuse a call whose queries differ between them."""

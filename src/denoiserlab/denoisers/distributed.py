@@ -49,6 +49,29 @@ def shard(source: TrainingImages) -> TrainingImages:
     return TrainingImages(source.storage[start:stop], source.xflip)
 
 
+def shard_indices(n_stored: int, xflip: bool, rank: int, world_size: int) -> Tensor:
+    """Indices int64 [n_r] in the whole training set (N stored images, then their N flips with xflip) of the images
+    of rank's shard, in the shard's own order (its stored images, then their flips)."""
+    start, stop = shard_bounds(n_stored, rank, world_size)
+    own = torch.arange(start, stop)
+    return torch.cat([own, own + n_stored]) if xflip else own
+
+
+def gather_shards(local: Tensor, n_stored: int, xflip: bool) -> Tensor:
+    """Per-image values of every rank's shard (local: [n_r, ...] in this shard's order) at their images' indices in
+    the whole set: [N, ...] (2N with xflip), the same on every rank. One all_gather."""
+    world_size = dist.get_world_size()
+    indices = [shard_indices(n_stored, xflip, rank, world_size) for rank in range(world_size)]
+    padded = local.new_zeros((max(len(index) for index in indices), *local.shape[1:]))
+    padded[: len(local)] = local
+    pieces = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(pieces, padded)
+    whole = local.new_empty((sum(len(index) for index in indices), *local.shape[1:]))
+    for piece, index in zip(pieces, indices):
+        whole[index.to(whole.device)] = piece[: len(index)]
+    return whole
+
+
 def check_same_queries(x: Tensor, sigma: Tensor) -> None:
     """Refuse a collective call whose queries x [B, C, H, W] or noise levels sigma [B] differ between ranks (batch
     size, or float64 sums beyond SAME_QUERIES_TOLERANCE); every rank raises alike. One small all_reduce."""

@@ -21,9 +21,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.distributed import gather_shards, shard, shard_indices, sum_across
 from denoiserlab.denoisers.gaussian import check_rank, fit_gaussians, wiener_gains
 from denoiserlab.denoisers.training_set import TrainingImages, training_source
 from denoiserlab.distances import nearest_neighbours
@@ -49,6 +51,9 @@ class GaussianMixtureConfig:
     seed: int = 0  # seed of the k-means initialisation
     xflip: bool = False  # also use the horizontal flip of every training image (same label)
     cache: bool = False  # keep each component's eigendecomposition in the user cache folder (as the Gaussian denoiser)
+    # split the fitting passes (k-means, moments, covariances) over the processes of an initialised torch.distributed
+    # group, each rank reading one contiguous shard; construction is collective, calls are local
+    distributed: bool = False
 
     def __post_init__(self):
         if self.components != "labels" and (isinstance(self.components, bool) or not isinstance(self.components, int)
@@ -58,6 +63,7 @@ class GaussianMixtureConfig:
         check_seed(self.seed)
         check_flag(self.xflip, "xflip")
         check_flag(self.cache, "cache")
+        check_flag(self.distributed, "distributed")
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,12 @@ class GaussianMixture:
     tunable = None  # the components come from the data, not fitted per sigma
 
     def __init__(self, train: Tensor | ImageSet, components: str | int = "labels", labels: Tensor | None = None,
-                 rank: int | None = None, seed: int = 0, xflip: bool = False, cache: bool = False):
-        self.config = GaussianMixtureConfig(components=components, rank=rank, seed=seed, xflip=xflip, cache=cache)
+                 rank: int | None = None, seed: int = 0, xflip: bool = False, cache: bool = False,
+                 distributed: bool = False):
+        self.config = GaussianMixtureConfig(components=components, rank=rank, seed=seed, xflip=xflip, cache=cache,
+                                            distributed=distributed)
         images = training_source(train, xflip)
+        own = Shard.of(images) if distributed else Shard.whole(images)  # the images this process reads
         check_rank(rank, math.prod(images.image_shape))
         self.image_shape_ = images.image_shape
         if components == "labels":
@@ -99,8 +108,9 @@ class GaussianMixture:
             raise DenoiserLabError("labels= is used with components='labels' only, got components="
                                    f"{components!r}")
         else:
-            self.labels_ = kmeans_labels(images, components, seed, CHUNK_IMAGES)
-        fitted = fit_gaussians(images, self.labels_, int(self.labels_.max()) + 1, cache, CHUNK_IMAGES)
+            self.labels_ = kmeans_labels(images, components, seed, CHUNK_IMAGES, own)
+        fitted = fit_gaussians(own.images, self.labels_[own.indices], int(self.labels_.max()) + 1, cache, CHUNK_IMAGES,
+                               distributed)
         keep = slice(None) if rank is None else slice(0, rank)
         self.components_ = [Component(math.log(part.n_images / len(images)), part.mean, part.eigvals[keep].contiguous(),
                                       part.eigvecs[:, keep].contiguous()) for part in fitted]
@@ -140,19 +150,55 @@ def component_labels(train: Tensor | ImageSet, labels: Tensor | None, xflip: boo
     return torch.cat([renumbered, renumbered]) if xflip else renumbered
 
 
-def kmeans_labels(images: TrainingImages, n_clusters: int, seed: int, chunk_images: int) -> Tensor:
+@dataclass(frozen=True)
+class Shard:
+    """The training images one process reads (all of them, or its torch.distributed shard) and their indices in the
+    whole set; `whole_of` turns per-image values of these images into values for the whole set on every process."""
+
+    images: TrainingImages
+    indices: Tensor  # int64 [n]: index in the whole set of each of `images`
+    distributed: bool
+    n_stored: int  # stored images of the whole set (its length is n_stored, or 2 n_stored with xflip)
+
+    @classmethod
+    def whole(cls, images: TrainingImages) -> "Shard":
+        return cls(images, torch.arange(len(images)), False, images.storage.shape[0])
+
+    @classmethod
+    def of(cls, images: TrainingImages) -> "Shard":
+        """This rank's contiguous shard (refused without a process group)."""
+        own = shard(images)
+        indices = shard_indices(images.storage.shape[0], images.xflip, dist.get_rank(), dist.get_world_size())
+        return cls(own, indices, True, images.storage.shape[0])
+
+    def whole_of(self, values: Tensor) -> Tensor:
+        """Per-image values [n, ...] of `images` -> [N, ...] for the whole set (gathered over the ranks)."""
+        return gather_shards(values, self.n_stored, self.images.xflip) if self.distributed else values
+
+    def summed(self, values: Tensor) -> Tensor:
+        """Sums over `images` -> sums over the whole set."""
+        return sum_across(values) if self.distributed else values
+
+
+def kmeans_labels(images: TrainingImages, n_clusters: int, seed: int, chunk_images: int,
+                  own: Shard | None = None) -> Tensor:
     """Lloyd's k-means (k-means++ start from a seeded generator) on the N images: cluster labels int64 [N].
 
     Each step is one pass over chunks of the storage: float64 distances to the centres, the nearest centre of each
     image, and the float64 sums of each cluster's new members (the next centres). Stops when no label changes (at
-    most KMEANS_MAX_ITERATIONS); an emptied cluster restarts at the image farthest from its centre.
+    most KMEANS_MAX_ITERATIONS); an emptied cluster restarts at the image farthest from its centre. own: the images
+    this process passes over (a torch.distributed shard: its distances and labels are gathered and its sums summed
+    over the ranks, so every rank takes the same steps as one process would); None: all of them.
     """
     if n_clusters > len(images):
         raise DenoiserLabError(f"components={n_clusters} needs at least as many training images, got {len(images)}")
-    centres = kmeans_plus_plus(images, n_clusters, torch.Generator().manual_seed(seed), chunk_images)
+    own = own or Shard.whole(images)
+    centres = kmeans_plus_plus(images, own, n_clusters, torch.Generator().manual_seed(seed), chunk_images)
     labels = None
     for _ in range(KMEANS_MAX_ITERATIONS):
-        distances, new_labels, counts, sums = assign_to_centres(images, centres, chunk_images)
+        distances, new_labels, counts, sums = assign_to_centres(own.images, centres, chunk_images)
+        distances, new_labels = own.whole_of(distances), own.whole_of(new_labels)
+        counts, sums = own.summed(counts), own.summed(sums)
         if labels is not None and torch.equal(new_labels, labels):
             break
         labels = new_labels
@@ -189,19 +235,20 @@ def assign_to_centres(images: TrainingImages, centres: Tensor,
     return torch.cat(distances), torch.cat(labels), counts, sums
 
 
-def kmeans_plus_plus(images: TrainingImages, n_clusters: int, generator: torch.Generator,
+def kmeans_plus_plus(images: TrainingImages, own: Shard, n_clusters: int, generator: torch.Generator,
                      chunk_images: int) -> Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): images drawn with probability proportional to the squared
-    distance to the nearest centre so far, one pass over the storage per centre. Returns float64 [K, D]."""
+    distance to the nearest centre so far, one pass over `own`'s images per centre (their distances gathered for
+    the whole set). Returns float64 [K, D]."""
     first = int(torch.randint(len(images), (1,), generator=generator))
     centres = [image_row(images, first)]
-    nearest = squared_distances_to_row(images, centres[0], chunk_images)  # [N]
+    nearest = own.whole_of(squared_distances_to_row(own.images, centres[0], chunk_images))  # [N]
     for _ in range(1, n_clusters):
         total = nearest.sum()
         probabilities = nearest / total if total > 0 else torch.full_like(nearest, 1 / len(nearest))
         chosen = int(torch.multinomial(probabilities, 1, generator=generator))
         centres.append(image_row(images, chosen))
-        nearest = torch.minimum(nearest, squared_distances_to_row(images, centres[-1], chunk_images))
+        nearest = torch.minimum(nearest, own.whole_of(squared_distances_to_row(own.images, centres[-1], chunk_images)))
     return torch.stack(centres)
 
 

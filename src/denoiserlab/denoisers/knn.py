@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
+from denoiserlab.denoisers.distributed import check_same_queries, shard, shard_indices
 from denoiserlab.denoisers.training_set import (
     DeviceCopies,
     TrainingImages,
@@ -62,6 +65,11 @@ class KNNConfig:
     # chunk by chunk from its storage, and the chosen images by index; "auto": ram for a float tensor and for an
     # ImageSet whose copy fits in training_set.AUTO_RAM_BYTES (1 GiB), else stream. Same results.
     storage: str = "auto"
+    # search over the processes of an initialised torch.distributed group: rank r of W holds the images
+    # [r N / W, (r + 1) N / W) for the neighbour search, the ranks' neighbours are merged into the k nearest of the
+    # whole set, and every rank reads the chosen images from the training set it was given (only those rows: pages
+    # of a memory-mapped file); calls are collective and give the one-process result
+    distributed: bool = False
 
     def __post_init__(self):
         check_count(self.k, "k", minimum=0)
@@ -74,6 +82,7 @@ class KNNConfig:
         check_flag(self.xflip, "xflip")
         check_optional_count(self.chunk_size, "chunk_size")
         check_storage(self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 class KNNDenoiser:
@@ -84,27 +93,35 @@ class KNNDenoiser:
     denoiser's life (storage="stream": nothing per image; an ImageSet's uint8 storage stays where it is). A call adds
     about 4 n D + 16 B (n + 2 k) for the search, B N for the flags of the neighbours and 12 B (2 k + M) D for the
     chosen images (float32 and float64).
-    index="faiss" holds faiss's own float32 copy, 4 N D, whatever the storage.
+    index="faiss" holds faiss's own float32 copy, 4 N D, whatever the storage. With distributed=True each rank holds
+    these for its shard of N / W images (the permutation and the neighbour flags stay N), and a call adds
+    16 W B k for the gathered candidates.
     """
 
     config_class = KNNConfig
     tunable = None  # k and n_random trade cost for accuracy; they are not fitted per sigma
 
     def __init__(self, train: Tensor | ImageSet, k: int = 256, n_random: int = 256, seed: int = 0,
-                 index: str = "exact", xflip: bool = False, chunk_size: int | None = None, storage: str = "auto"):
+                 index: str = "exact", xflip: bool = False, chunk_size: int | None = None, storage: str = "auto",
+                 distributed: bool = False):
         self.config = KNNConfig(k=k, n_random=n_random, seed=seed, index=index, xflip=xflip, chunk_size=chunk_size,
-                                storage=storage)
+                                storage=storage, distributed=distributed)
         source = training_source(train, xflip)
         n_images = len(source)
         self.image_shape_ = source.image_shape  # (C, H, W)
         self.n_nearest_ = min(k, n_images)  # neighbours kept exactly
         self.n_random_ = min(n_random, n_images - self.n_nearest_)  # random others (all of the rest if fewer)
-        self.storage_ = resolve_storage(storage, train, source, bytes_per_value=4)  # "ram" or "stream"
-        # [N, C, H, W] float32 (half the memory of float64 at N = 10^6), or the storage read on demand
-        self.train_ = source if self.storage_ == "stream" else TrainingImages(source.read(0, n_images).contiguous(),
-                                                                              xflip=False)
+        self.source_ = source  # the whole set, read only at the chosen images when distributed
+        searched = source
+        if distributed:  # this rank searches its shard; global_index_ maps its images to the whole set's
+            searched = shard(source)
+            self.global_index_ = shard_indices(source.storage.shape[0], xflip, dist.get_rank(), dist.get_world_size())
+        self.storage_ = resolve_storage(storage, train, searched, bytes_per_value=4)  # "ram" or "stream"
+        # [n, C, H, W] float32 (half the memory of float64 at N = 10^6), or the storage read on demand
+        self.train_ = searched if self.storage_ == "stream" else TrainingImages(
+            searched.read(0, len(searched)).contiguous(), xflip=False)
         rows = search_chunk_size(math.prod(self.image_shape_), chunk_size)
-        self.train_norms_ = torch.cat([squared_norms(chunk.flatten(1)) for chunk in self.train_.chunks(rows)])  # [N]
+        self.train_norms_ = torch.cat([squared_norms(chunk.flatten(1)) for chunk in self.train_.chunks(rows)])  # [n]
         self.order_ = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))  # [N]
         self.index_ = faiss_flat_index(self.train_, rows) if index == "faiss" else None
         in_ram = (self.train_.storage,) if self.storage_ == "ram" else ()
@@ -115,9 +132,12 @@ class KNNDenoiser:
         check_images(x)
         check_same_image_shape(x, self.image_shape_)
         sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        if self.config.distributed:
+            check_same_queries(x, sigma)
         queries = x.reshape(x.shape[0], -1).double()  # [B, D]
         chosen, log_weights = self.chosen_images(queries)
-        rows = self.training_images_on(x.device).gather(chosen, x.device).flatten(2).double()  # [B, M, D]
+        whole = self.source_ if self.config.distributed else self.training_images_on(x.device)
+        rows = whole.gather(chosen, x.device).flatten(2).double()  # [B, M, D]
         distances = (queries[:, None] - rows).square().sum(2)  # [B, M]
         offsets = distances - distances.amin(1, keepdim=True)  # relative to the nearest: no overflow at a tiny sigma
         inv_two_var = (1.0 / (2.0 * sigma[:, None] ** 2)).clamp(max=torch.finfo(torch.float64).max)  # no 0 * inf
@@ -135,19 +155,43 @@ class KNNDenoiser:
         """Indices [B, k + n_random] of the neighbours then the random others, and their log importance weights
         float64 [k + n_random] (0 for neighbours, log((N - k) / n_random) for the others). queries: float64 [B, D]."""
         train_norms, order = self._device_copies.on(queries.device)[:2]
+        n_searched = min(self.n_nearest_, train_norms.shape[0])  # a rank's shard may hold fewer than k images
         if self.n_nearest_ == 0:
             neighbours = torch.zeros(queries.shape[0], 0, dtype=torch.int64, device=queries.device)
         elif self.index_ is not None:
-            neighbours = faiss_search(self.index_, queries, self.n_nearest_)
+            neighbours = faiss_search(self.index_, queries, n_searched)
         else:
-            neighbours = nearest_indices(queries, self.training_images_on(queries.device), train_norms,
-                                         self.n_nearest_, self.config.chunk_size)
+            neighbours = nearest_indices(queries, self.training_images_on(queries.device), train_norms, n_searched,
+                                         self.config.chunk_size)
+        if self.config.distributed and self.n_nearest_:
+            neighbours = nearest_over_ranks(queries, self.training_images_on(queries.device), neighbours,
+                                            self.global_index_, self.n_nearest_)
         others = random_others(order, neighbours, self.n_random_)
-        n_rest = train_norms.shape[0] - self.n_nearest_
+        n_rest = order.shape[0] - self.n_nearest_
         log_weights = torch.zeros(self.n_nearest_ + self.n_random_, dtype=torch.float64, device=queries.device)
         if self.n_random_:
             log_weights[self.n_nearest_ :] = math.log(n_rest / self.n_random_)
         return torch.cat([neighbours, others], 1), log_weights
+
+
+def nearest_over_ranks(queries: Tensor, images: TrainingImages, neighbours: Tensor, global_index: Tensor,
+                       k: int) -> Tensor:
+    """The k nearest of the whole set, indices int64 [B, k] in it, from each rank's nearest of its shard.
+
+    queries: float64 [B, D]; images: this rank's shard; neighbours: int64 [B, k_r] (k_r <= k) into it; global_index:
+    int64 [n_r], each shard image's index in the whole set. Each rank sends its candidates' float64 distances and
+    whole-set indices (padded to k with +inf); every rank keeps the same k smallest. One all_gather of each.
+    """
+    rows = images.gather(neighbours, queries.device).flatten(2).double()  # [B, k_r, D]
+    distances = F.pad((queries[:, None] - rows).square().sum(2), (0, k - neighbours.shape[1]), value=math.inf)
+    indices = F.pad(global_index.to(queries.device)[neighbours], (0, k - neighbours.shape[1]), value=-1)
+    world_size = dist.get_world_size()
+    all_distances = [torch.empty_like(distances) for _ in range(world_size)]
+    all_indices = [torch.empty_like(indices) for _ in range(world_size)]
+    dist.all_gather(all_distances, distances)
+    dist.all_gather(all_indices, indices)
+    _, order = torch.cat(all_distances, 1).topk(k, dim=1, largest=False)
+    return torch.cat(all_indices, 1).gather(1, order)
 
 
 def search_chunk_size(dim: int, chunk_size: int | None = None) -> int:
