@@ -147,6 +147,29 @@ def test_sample_under_torchrun_writes_the_one_process_samples(tmp_path, source):
     np.testing.assert_allclose(saved_samples(tmp_path / "two"), saved_samples(tmp_path / "one"), rtol=0, atol=1e-5)
 
 
+def test_heatmaps_under_torchrun_share_the_levels_and_write_the_one_process_file(tmp_path):
+    """2 ranks split a 3-level grid round-robin (levels 0 and 2, level 1) into one .parts folder; the rank that
+    finishes last writes the file, equal to the one-process file."""
+    from denoiserlab.networks import save_checkpoint
+    from denoiserlab.networks.build import build_denoiser
+    from denoiserlab.studies.locality.heatmaps import read_heatmaps_file
+
+    torch.manual_seed(0)
+    network = build_denoiser("mixer", 1, 28, dict(hidden_size=16, depth=1, patch_size=7),
+                             training_data={"source": "fashion-mnist", "subset": 12, "seed": 0})
+    path = save_checkpoint(tmp_path / "net", network.eval())
+    argv = ["heatmaps", "--network", str(path), "--steps", "3", "--n-samples", "2", "--batch-size", "2",
+            "--products-per-pass", "196"]
+    ranks = run_as_torchrun([[*argv, "--out", str(tmp_path / "two.npz")]] * 2)
+    assert [rank.returncode for rank in ranks] == [0, 0], [rank.stderr for rank in ranks]
+    assert sum("heatmaps [3, H, W, H, W]" in rank.stdout for rank in ranks) >= 1
+    stored = sorted(path.name.split("-")[1] for path in (tmp_path / "two.npz.parts").rglob("level-*"))
+    assert stored == ["00", "01", "02"]
+    assert main([*argv, "--out", str(tmp_path / "one.npz")]) == 0
+    two, one = read_heatmaps_file(tmp_path / "two.npz"), read_heatmaps_file(tmp_path / "one.npz")
+    torch.testing.assert_close(two["same_channel"], one["same_channel"], rtol=0, atol=0)
+
+
 def test_a_failing_rank_ends_the_run_instead_of_hanging(tmp_path):
     """Rank 1 cannot read its data, so it stops with its one error line; rank 0 then fails at its first collective
     instead of waiting: both end with an error long before any timeout."""

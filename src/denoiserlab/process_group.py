@@ -61,6 +61,11 @@ def is_main_process() -> bool:
     return not in_process_group() or dist.get_rank() == 0
 
 
+def rank() -> int:
+    """This process's rank (0 without a group)."""
+    return dist.get_rank() if in_process_group() else 0
+
+
 def world_size() -> int:
     """Processes in the group (1 without one)."""
     return dist.get_world_size() if in_process_group() else 1

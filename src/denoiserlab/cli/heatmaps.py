@@ -13,6 +13,12 @@ Rerun with a larger --n-samples to go on where the criterion was not met: a sigm
 larger cap would not have drawn more z for it), the others are computed again under the new cap (their first rounds
 are drawn again with the same seeds, so the result equals a run with the new cap from the start); the high-z
 reference does not depend on the cap and is reused.
+
+Under torchrun (`torchrun --nproc-per-node K -m denoiserlab -- heatmaps ...`) the K ranks share the grid levels
+round-robin (rank r computes levels r, r + K, ... of --levels or of the whole grid, each on its own device), all
+storing into OUT's `.parts` folder, which must be on a file system every rank sees; the rank that finishes last finds
+every level stored and writes OUT, as separate runs with --levels do. No collective waits for the slower ranks, so a
+level may take longer than the group's collective timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from denoiserlab.analysis import gradient_heatmaps
 from denoiserlab.analysis.heatmap_convergence import (criterion_readings, heatmap_convergence,
                                                       heatmaps_until_converged, mask_iou, relative_distance)
 from denoiserlab.cli.common import add_device_argument
+from denoiserlab import process_group
 from denoiserlab.assets import resolve
 from denoiserlab.data import load
 from denoiserlab.diffusion import edm_sigmas
@@ -67,7 +74,7 @@ def add_parser(subparsers) -> None:
                              "independent seed, and store how far the file's map there is from it")
     parser.add_argument("--reference-samples", type=int, default=256, help="z of the reference (default: %(default)s)")
     add_device_argument(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, under_torchrun=True)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -83,7 +90,8 @@ def run(args: argparse.Namespace) -> None:
         check_adaptive_options(args)
     sigmas = edm_sigmas(check_steps(args.steps, "--steps"))
     reference_level = check_reference_options(args, sigmas)
-    own_levels = level_range(args.levels, len(sigmas))
+    own_levels = level_range(args.levels, len(sigmas))[process_group.rank()::process_group.world_size()]
+    args.device = process_group.rank_device(args.device)  # under torchrun, "cuda" is this rank's GPU
     network = load_network(args.network, trust_pickle=args.trust_pickle, device=args.device)
     network.eval().requires_grad_(False)
     if network.training_data is None:
@@ -113,7 +121,8 @@ def run(args: argparse.Namespace) -> None:
         return finished, table
 
     own = {}
-    for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}")):
+    for level, sigma in enumerate(tqdm(sigmas.tolist(), desc=f"heatmaps of {args.network}",
+                                       disable=not process_group.is_main_process())):
         if level in own_levels:
             finished, table = stored_level(level)
             own[level] = table if finished else cache.run(*level_keys[level], compute_level(level, sigma))
@@ -135,8 +144,8 @@ def run(args: argparse.Namespace) -> None:
         finished, reference = stored_under_any_cap(cache, "reference", reference_key, args)
         missing += [] if finished else ["reference"]
     if missing:
-        print(f"levels {args.levels} of {args.network} done; not finished yet: {missing} (the run that finishes "
-              f"them writes {args.out}, or rerun without --levels)")
+        print(f"levels {list(own_levels)} of {args.network} done; not finished yet: {missing} (the run that "
+              f"finishes them writes {args.out}, or rerun without --levels)")
         return
     heatmaps = {"sigmas": sigmas, **{reading: torch.stack([table[reading] for table in levels])
                                      for reading in READINGS}}
