@@ -1,5 +1,5 @@
 """`make demo`'s configs ship inside the package and load; its index page shows both studies' headline numbers;
-`demo --dataset emoji` stops before any work while the emoji networks do not ship."""
+`demo --dataset emoji` stops before any work while the emoji DiT and the heatmaps do not ship."""
 
 import pytest
 
@@ -94,7 +94,7 @@ def test_demo_on_emoji_stops_before_any_work_naming_the_missing_networks(tmp_pat
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()
     assert line.startswith("denoiserlab: error: demo --dataset emoji needs shipped files this package lacks")
-    for text in ("checkpoints unet-small-emoji, dit-small-emoji", "heatmaps unet-small-emoji.npz, dit-small-emoji.npz",
+    for text in ("checkpoints dit-small-emoji;", "heatmaps unet-small-emoji.npz, dit-small-emoji.npz",
                  "denoiserlab train --config configs/train-unet-small-emoji.toml --out runs/unet-small-emoji",
                  "denoiserlab train --config configs/train-dit-small-emoji.toml --out runs/dit-small-emoji"):
         assert text in line

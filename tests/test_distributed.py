@@ -77,10 +77,11 @@ def test_distributed_needs_a_process_group_and_a_flag(build):
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """Every case of distributed_worker.py (optimal, PSPC-Square with an int and a schedule, PSPC-Flex, CFDM, ELS with
-    both paddings, LS, DataLocality, kNN (k above a shard's size too), the Gaussian mixture by labels and k-means; in RAM and streamed, compiled and eager, with xflip; one sigma per sample from
-    0.002 to 80, and sigma = 0.002 alone) on 13
-    images split 6 / 7 over two gloo processes: both ranks get the one-process result to 1e-6 (float64 for the
-    optimal denoiser: 1e-12), and both refuse a call whose queries differ between them."""
+    both paddings, LS, DataLocality, kNN (k above a shard's size too), the Gaussian mixture by labels and k-means;
+    in RAM and streamed, compiled and eager, with xflip; one sigma per sample from 0.002 to 80, and sigma = 0.002
+    alone) on 13 images split 6 / 7 over two gloo processes: both ranks get the one-process result to 1e-6 (float64
+    for the optimal denoiser: 1e-12), and both refuse a call whose queries differ between them.
+    """
     init_method = f"file://{tmp_path / 'rendezvous'}"
     ranks = [subprocess.Popen([sys.executable, str(WORKER), str(rank), "2", init_method, str(tmp_path)],
                               env=one_thread_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -36,11 +36,16 @@ def test_train_configs_train_from_scratch_with_the_fidelity_sigmas(arch):
         assert list(resolve_preset(config.arch, config.network)[1].attn_resolutions) == [8]
 
 
-def test_study_configs_name_the_last_checkpoints_of_those_runs():
-    checkpoints = {arch: f"runs/{arch}-emoji/network-{int(train_config(arch).kimg):06d}" for arch in ARCHITECTURES}
+def test_study_configs_name_the_shipped_unet_and_the_dit_run():
+    """The U-Net ships (trained by its config: emoji, unet-small); the DiT is named at its run's last checkpoint."""
+    from denoiserlab.networks import load
+
+    dit_checkpoint = f"runs/dit-small-emoji/network-{int(train_config('dit-small').kimg):06d}"
     locality = load_toml(LocalityStudyConfig, CONFIGS / "locality-emoji.toml")
-    assert [network.path for network in locality.networks] == [checkpoints["unet-small"], checkpoints["dit-small"]]
+    assert [network.path for network in locality.networks] == ["shipped:unet-small-emoji", dit_checkpoint]
     assert all(network.heatmaps.startswith("runs/") for network in locality.networks)
     gaussian = load_toml(GaussianStudyConfig, CONFIGS / "gaussian-emoji.toml")
-    assert gaussian.networks[0].path == checkpoints["unet-small"]
+    assert gaussian.networks[0].path == "shipped:unet-small-emoji"
     assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
+    unet = load("shipped:unet-small-emoji")
+    assert unet.training_data["source"] == "emoji" and unet.img_channels == 3 and unet.img_resolution == 32
