@@ -1,5 +1,5 @@
 """`make demo`'s configs ship inside the package and load; its index page shows both studies' headline numbers;
-`demo --dataset emoji` stops before any work while the emoji DiT and the heatmaps do not ship."""
+`demo --dataset emoji` stops before any work while the emoji heatmaps do not ship."""
 
 import pytest
 
@@ -87,16 +87,16 @@ def test_emoji_demo_configs_name_the_emoji_networks_and_colour_pixels():
     assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
 
 
-def test_demo_on_emoji_stops_before_any_work_naming_the_missing_networks(tmp_path, capsys, monkeypatch):
+def test_demo_on_emoji_stops_before_any_work_naming_the_missing_heatmaps(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo_module, "run_parts", lambda *args: pytest.fail("the demo started a study"))
     out = tmp_path / "out"
     assert main(["demo", "--dataset", "emoji", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()
     assert line.startswith("denoiserlab: error: demo --dataset emoji needs shipped files this package lacks")
-    for text in ("checkpoints dit-small-emoji;", "heatmaps unet-small-emoji.npz, dit-small-emoji.npz",
-                 "denoiserlab train --config configs/train-unet-small-emoji.toml --out runs/unet-small-emoji",
-                 "denoiserlab train --config configs/train-dit-small-emoji.toml --out runs/dit-small-emoji"):
+    assert "checkpoints" not in line  # both emoji networks ship
+    for text in ("(heatmaps unet-small-emoji.npz, dit-small-emoji.npz under",
+                 "denoiserlab heatmaps --network shipped:unet-small-emoji --until-converged 0.02"):
         assert text in line
     assert captured.out == "" and not out.exists()
     assert main(["demo", "--quick", "--dataset", "emoji", "--out", str(out)]) == 2

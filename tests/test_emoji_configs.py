@@ -1,15 +1,17 @@
 """The emoji configs of issue 16 (3x32x32 RGB): the two training configs are valid from-scratch runs with the
-fidelity recipe's training sigmas, and the two study configs load and name the checkpoints those runs write."""
+fidelity recipe's training sigmas, and the two study configs load and name the shipped networks those runs made."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
 
 from denoiserlab.cli import train as train_cli
 from denoiserlab.config import load_toml
+from denoiserlab.assets import assets_folder
 from denoiserlab.networks.build import resolve_preset
 from denoiserlab.studies.gaussian_structure import GaussianStudyConfig
 from denoiserlab.studies.locality import LocalityStudyConfig
@@ -36,16 +38,18 @@ def test_train_configs_train_from_scratch_with_the_fidelity_sigmas(arch):
         assert list(resolve_preset(config.arch, config.network)[1].attn_resolutions) == [8]
 
 
-def test_study_configs_name_the_shipped_unet_and_the_dit_run():
-    """The U-Net ships (trained by its config: emoji, unet-small); the DiT is named at its run's last checkpoint."""
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_study_configs_name_the_shipped_networks_those_configs_trained(arch):
+    """Both networks ship, trained on emoji with their architecture; the heatmaps are made under runs/."""
     from denoiserlab.networks import load
 
-    dit_checkpoint = f"runs/dit-small-emoji/network-{int(train_config('dit-small').kimg):06d}"
     locality = load_toml(LocalityStudyConfig, CONFIGS / "locality-emoji.toml")
-    assert [network.path for network in locality.networks] == ["shipped:unet-small-emoji", dit_checkpoint]
+    assert [network.path for network in locality.networks] == [f"shipped:{name}-small-emoji" for name in ("unet", "dit")]
     assert all(network.heatmaps.startswith("runs/") for network in locality.networks)
     gaussian = load_toml(GaussianStudyConfig, CONFIGS / "gaussian-emoji.toml")
     assert gaussian.networks[0].path == "shipped:unet-small-emoji"
     assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
-    unet = load("shipped:unet-small-emoji")
-    assert unet.training_data["source"] == "emoji" and unet.img_channels == 3 and unet.img_resolution == 32
+    network = load(f"shipped:{arch}-emoji")
+    assert network.training_data["source"] == "emoji" and network.img_channels == 3 and network.img_resolution == 32
+    shipped_config = json.loads((assets_folder("checkpoints") / f"{arch}-emoji" / "config.json").read_text())
+    assert shipped_config["preset"] == train_config(arch).arch == arch

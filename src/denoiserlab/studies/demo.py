@@ -48,14 +48,11 @@ class DemoDataset:
 
 
 EMOJI_HOW_TO_SHIP = (
-    "train a missing network from a repository checkout (U-Net: `OMP_NUM_THREADS=1 denoiserlab train --config "
-    "configs/train-unet-small-emoji.toml --out runs/unet-small-emoji`; DiT: `OMP_NUM_THREADS=1 denoiserlab train "
-    "--config configs/train-dit-small-emoji.toml --out runs/dit-small-emoji`; ~1.5-2 CPU-hours each) and ship its last "
-    "network-KKKKKK folder with `scripts/ship_checkpoint.py RUN/network-KKKKKK unet-small-emoji` (or dit-small-emoji), "
-    "then make each network's heatmaps with `denoiserlab heatmaps --network shipped:unet-small-emoji --until-converged "
-    "0.02 --start-samples 8 --groups 4 --n-samples 64 --out src/denoiserlab/assets/heatmaps/unet-small-emoji.npz` "
-    "(likewise dit-small-emoji; ~4-6 CPU-hours each); meanwhile configs/locality-emoji.toml and "
-    "configs/gaussian-emoji.toml run the studies on networks under runs/")
+    "both networks ship; make each one's heatmaps from a repository checkout with `OMP_NUM_THREADS=1 denoiserlab "
+    "heatmaps --network shipped:unet-small-emoji --until-converged 0.02 --start-samples 8 --groups 4 --n-samples 64 "
+    "--out src/denoiserlab/assets/heatmaps/unet-small-emoji.npz` (likewise dit-small-emoji; ~4-6 CPU-hours each, "
+    "resumable, shared over ranks under torchrun); meanwhile configs/locality-emoji.toml and "
+    "configs/gaussian-emoji.toml run the studies with heatmaps under runs/")
 DEMO_DATASETS = {
     "fashion-mnist": DemoDataset("Fashion-MNIST", LOCALITY_CONFIG, GAUSSIAN_CONFIG,
                                  "reinstall denoiserlab: these files ship with it"),
