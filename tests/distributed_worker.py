@@ -2,7 +2,8 @@
 
 Joins a gloo group at INIT (a file:// URL), builds every case of `cases(distributed=True)` and writes its outputs to
 OUT/rank-RANK.npz; test_distributed.py compares them with `cases(distributed=False)` in one process. Also records
-whether a call with different queries on the two ranks was refused (as it must be, on every rank).
+whether a call with different queries on the two ranks was refused (as it must be, on every rank), and whether a
+study stage's value broadcast from rank 0 arrived intact.
 """
 
 import datetime
@@ -86,6 +87,24 @@ def outputs(distributed: bool) -> dict[str, np.ndarray]:
     return {name: denoiser(x.double(), sigma).numpy() for name, (denoiser, sigma) in cases(distributed).items()}
 
 
+def stage_value(rank: int) -> dict:
+    """A value of every kind a study stage holds, different on every rank."""
+    return {"tensor": torch.arange(6.0).reshape(2, 3) + rank, "flags": torch.tensor([True, rank == 0]),
+            "empty": torch.zeros(0, 4, dtype=torch.int64), "array": np.full(3, float(rank)),
+            "nested": ([rank, "text", None], (1.5 * rank,)), "name": f"rank {rank}"}
+
+
+def broadcast_check(rank: int) -> bool:
+    """Whether studies.common.ranks.broadcast_value gives this rank exactly rank 0's stage value."""
+    from denoiserlab.studies.common.ranks import broadcast_value
+
+    got, expected = broadcast_value(stage_value(rank)), stage_value(0)
+    return (torch.equal(got["tensor"], expected["tensor"]) and torch.equal(got["flags"], expected["flags"])
+            and got["empty"].shape == (0, 4) and got["empty"].dtype == torch.int64
+            and isinstance(got["array"], np.ndarray) and np.array_equal(got["array"], expected["array"])
+            and got["nested"] == expected["nested"] and got["name"] == expected["name"])
+
+
 def main(rank: int, world_size: int, init_method: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
@@ -97,7 +116,8 @@ def main(rank: int, world_size: int, init_method: str, out: str) -> None:
         refused = False
     except DenoiserLabError:
         refused = True
-    np.savez(f"{out}/rank-{rank}.npz", refused=np.array(refused), **results)
+    broadcast = broadcast_check(rank)
+    np.savez(f"{out}/rank-{rank}.npz", refused=np.array(refused), broadcast=np.array(broadcast), **results)
     dist.destroy_process_group()
 
 

@@ -80,7 +80,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     both paddings, LS, DataLocality, kNN (k above a shard's size too), the Gaussian mixture by labels and k-means;
     in RAM and streamed, compiled and eager, with xflip; one sigma per sample from 0.002 to 80, and sigma = 0.002
     alone) on 13 images split 6 / 7 over two gloo processes: both ranks get the one-process result to 1e-6 (float64
-    for the optimal denoiser: 1e-12), and both refuse a call whose queries differ between them.
+    for the optimal denoiser: 1e-12), and both refuse a call whose queries differ between them. Both also receive
+    rank 0's study stage value (studies.common.ranks.broadcast_value).
     """
     init_method = f"file://{tmp_path / 'rendezvous'}"
     ranks = [subprocess.Popen([sys.executable, str(WORKER), str(rank), "2", init_method, str(tmp_path)],
@@ -95,8 +96,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     expected = load_worker().outputs(distributed=False)
     for rank in range(2):
         with np.load(tmp_path / f"rank-{rank}.npz") as saved:
-            assert bool(saved["refused"])
-            assert sorted(name for name in saved.files if name != "refused") == sorted(expected)
+            assert bool(saved["refused"]) and bool(saved["broadcast"])
+            assert sorted(name for name in saved.files if name not in ("refused", "broadcast")) == sorted(expected)
             for name, reference in expected.items():
                 tolerance = 1e-12 if name.startswith("optimal") else 1e-6
                 np.testing.assert_allclose(saved[name], reference, rtol=0, atol=tolerance, err_msg=name)

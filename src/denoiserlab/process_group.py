@@ -96,16 +96,17 @@ def sum_over_ranks(tensor: Tensor) -> Tensor:
     return sum_across(tensor) if in_process_group() else tensor
 
 
-def parallel_over_rows(function: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
-    """function(rows) computed data-parallel: each rank maps its contiguous share of the rows [n, ...] (`shard_bounds`;
-    possibly none), and every rank gets the concatenation [n, ...]. function must return a tensor of its argument's
-    shape, dtype and device (a sampler: noise -> images). Without a group, simply function(rows)."""
+def parallel_over_rows(function: Callable[..., Tensor], rows: Tensor, *per_row: Tensor) -> Tensor:
+    """function(rows, *per_row) computed data-parallel: each rank maps its contiguous share of the rows [n, ...]
+    (`shard_bounds`; possibly none), with the same share of every per_row tensor [n, ...] (e.g. one sigma per row),
+    and every rank gets the concatenation [n, ...]. function must return a tensor of the rows' shape, dtype and
+    device (a sampler: noise -> images). Without a group, simply function(rows, *per_row)."""
     if not in_process_group():
-        return function(rows)
+        return function(rows, *per_row)
     size, n_rows, mine = dist.get_world_size(), rows.shape[0], rank_rows(rows.shape[0])
     padded = rows.new_zeros(-(-n_rows // size), *rows.shape[1:])  # all_gather takes equal shapes
     if mine.stop > mine.start:
-        padded[: mine.stop - mine.start] = function(rows[mine])
+        padded[: mine.stop - mine.start] = function(rows[mine], *(values[mine] for values in per_row))
     pieces = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(pieces, padded)
     bounds = [shard_bounds(n_rows, rank, size) for rank in range(size)]

@@ -1,12 +1,18 @@
-"""`denoiserlab study CONFIG.toml --out DIR`: the locality study (networks vs analytical denoisers), resumable."""
+"""`denoiserlab study CONFIG.toml --out DIR`: the locality study (networks vs analytical denoisers), resumable.
+
+Under torchrun (`torchrun --nproc-per-node K -m denoiserlab study ...`) the K ranks run it as one study: networks
+data-parallel over each batch, analytical denoisers sharded over the training set, rank 0 alone keeping the stage
+files and writing the outputs (`denoiserlab.studies.common.ranks`)."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from denoiserlab import process_group
 from denoiserlab.cli.common import add_device_argument, with_device
 from denoiserlab.config import load_toml
 from denoiserlab.outputs import check_output_folder
@@ -21,12 +27,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--feature-model", default=None,
                         help="TorchScript image encoder for the feature cosine of samples (overrides the config)")
     add_device_argument(parser, default=None, default_text="the config's device, 'cpu' unless it names one")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, under_torchrun=True)
 
 
 def run(args: argparse.Namespace) -> None:
     check_output_folder(args.out)
     config = with_device(load_toml(LocalityStudyConfig, args.config), args.device, args.config)
+    config = replace(config, device=process_group.rank_device(config.device))  # under torchrun: this rank's GPU
+    if not process_group.is_main_process():  # rank 0 reports; every rank computes
+        run_locality_study(config, args.out, feature_model=args.feature_model)
+        return
     names = ", ".join(network.name for network in config.networks)
     data = config.data.source if config.data else "the networks' training set"
     print(f"denoiserlab study: {args.config} on {data}, networks {names}; output in {args.out}/")

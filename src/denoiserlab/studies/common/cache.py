@@ -28,6 +28,8 @@ from torch import Tensor
 
 from denoiserlab.atomic import atomic_write
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.process_group import in_process_group, is_main_process
+from denoiserlab.studies.common.ranks import broadcast_flag, broadcast_value
 
 STAGE_SUFFIX = ".safetensors"
 STAGE_FORMAT = "denoiserlab-stage-1"  # metadata "format" of a stage file; other values are not read
@@ -162,13 +164,18 @@ def read_stage(path: str | Path, key: dict | None = None) -> tuple[Any, float]:
 class StageCache:
     """Runs stages once per key; `computed` lists the stages computed (not loaded) by this object, in order.
 
-    log: called with one line per stage computed (name, wall and CPU seconds), e.g. print; None: silent."""
+    log: called with one line per stage computed (name, wall and CPU seconds), e.g. print; None: silent.
+    collective: in a torch.distributed process group, every rank runs every stage and rank 0 alone keeps the files
+    (`run`; the studies); otherwise each process reads and writes the files of the stages it runs (e.g. the
+    heatmaps command, whose ranks take different levels)."""
 
-    def __init__(self, root: str | Path, log: Callable[[str], None] | None = None):
+    def __init__(self, root: str | Path, log: Callable[[str], None] | None = None, collective: bool = False):
         self.root = Path(root) / "stages"
-        self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".*.tmp"):  # left by a write that was killed
-            stale.unlink()
+        self.collective = collective and in_process_group()
+        if not self.collective or is_main_process():
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".*.tmp"):  # left by a write that was killed
+                stale.unlink()
         self.log = log
         self.computed: list[str] = []
         # stage -> {"seconds": compute time, "cpu_seconds": its process CPU time (None if not recorded),
@@ -200,15 +207,25 @@ class StageCache:
             return False, None
 
     def run(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
-        """The output of stage `name` under `key`: loaded when finished before, else compute() and stored."""
-        finished, value = self.stored(name, key)
+        """The output of stage `name` under `key`: loaded when finished before, else compute() and stored.
+
+        Collective (see the class): every rank calls this with the same stage and compute() runs on every rank;
+        rank 0 decides whether the stage is finished, alone reads and writes the file, and every rank returns rank
+        0's value (`studies.common.ranks`)."""
+        keeps_files = not self.collective or is_main_process()
+        finished, value = self.stored(name, key) if keeps_files else (False, None)
+        if self.collective and broadcast_flag(finished):
+            return broadcast_value(value)
         if finished:
             return value
         path = self.path(name, key)
         started, cpu_started = time.perf_counter(), time.process_time()
         value = compute()
+        if self.collective:
+            value = broadcast_value(value)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        write_stage(path, key, value, seconds, cpu_seconds)
+        if keeps_files:
+            write_stage(path, key, value, seconds, cpu_seconds)
         self.computed.append(name)
         self.timings[name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "cached": False}
         if self.log is not None:

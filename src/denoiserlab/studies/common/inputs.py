@@ -14,6 +14,7 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loaders import load as load_network_file
 from denoiserlab.studies.common.cache import checkpoint_fingerprint
 from denoiserlab.studies.common.config import DataConfig, NetworkConfig
+from denoiserlab.studies.common.ranks import row_parallel
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def heatmaps_path(spec: str) -> Path:
 @dataclass
 class LoadedNetwork:
     config: NetworkConfig
-    module: nn.Module  # den(x, sigma), eval mode, gradients off
+    module: nn.Module  # den(x, sigma), eval mode, gradients off; under torchrun data-parallel (`ranks.row_parallel`)
     key: dict  # cache key: the path and a content fingerprint of the checkpoint
 
 
@@ -74,7 +75,7 @@ def load_network(config: NetworkConfig, device: str) -> LoadedNetwork:
     path = network_path(config.path)
     module = load_network_file(path, trust_pickle=config.trust_pickle, device=device, **config.options)
     module.eval().requires_grad_(False)
-    return LoadedNetwork(config, module, {"path": config.path, "options": config.options,
+    return LoadedNetwork(config, row_parallel(module), {"path": config.path, "options": config.options,
                                           "fingerprint": checkpoint_fingerprint(path)})
 
 

@@ -24,6 +24,7 @@ from denoiserlab.denoisers import REGISTRY, create, load_schedule, tunable
 from denoiserlab.denoisers.options import check_denoiser_options
 from denoiserlab.denoisers.schedules import Tunable
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.process_group import in_process_group
 from denoiserlab.studies.common.inputs import TrainingData
 
 STUDY_KEYS = ("schedule", "candidates", "train_subset")  # keys of a [denoisers.NAME] table the study reads itself
@@ -153,7 +154,7 @@ def build_method(spec: MethodSpec, data: TrainingData, value: object = None, inp
     """The configured denoiser on its training images (flips as the study's unless its options say otherwise);
     `value` is the tuned value or schedule (None: the fixed one, else the method's default), `inputs` what the
     tunable needs (e.g. heatmaps)."""
-    options = with_disk_cache(spec.name, spec.options)
+    options = sharded_over_ranks(spec.name, with_disk_cache(spec.name, spec.options))
     if "xflip" not in options and "xflip" in inspect.signature(REGISTRY[spec.name]).parameters:
         options["xflip"] = data.xflip
     if spec.tunable is not None:
@@ -170,6 +171,17 @@ def with_disk_cache(name: str, options: dict) -> dict:
     options = dict(options)
     if "cache" not in options and "cache" in inspect.signature(REGISTRY[name]).parameters:
         options["cache"] = True
+    return options
+
+
+def sharded_over_ranks(name: str, options: dict) -> dict:
+    """A copy of the options of denoiser `name` with distributed=True when a torch.distributed process group is
+    initialised (a study under torchrun), the denoiser takes that option and the options do not set it: each rank
+    then holds one shard of the training set (`studies.common.ranks`)."""
+    options = dict(options)
+    if (in_process_group() and "distributed" not in options
+            and "distributed" in inspect.signature(REGISTRY[name]).parameters):
+        options["distributed"] = True
     return options
 
 

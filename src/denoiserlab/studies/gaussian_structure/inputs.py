@@ -11,7 +11,7 @@ from denoiserlab.denoisers import create
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.studies.common.config import DataConfig, NetworkConfig
 from denoiserlab.studies.common.inputs import TrainingData, check_image_shape, load_network, load_training_data
-from denoiserlab.studies.common.methods import with_disk_cache
+from denoiserlab.studies.common.methods import sharded_over_ranks, with_disk_cache
 
 
 @dataclass
@@ -27,7 +27,8 @@ class StudyData:
         """The registered denoiser `name` on these images (built on first use, then reused)."""
         label = f"{name}:{sorted((options or {}).items())}"
         if label not in self.denoisers_:
-            self.denoisers_[label] = create(name, self.images.cpu(), **with_disk_cache(name, options or {}))
+            options = sharded_over_ranks(name, with_disk_cache(name, options or {}))
+            self.denoisers_[label] = create(name, self.images.cpu(), **options)
         return self.denoisers_[label]
 
 

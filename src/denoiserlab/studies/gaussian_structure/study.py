@@ -71,6 +71,7 @@ from denoiserlab.analysis.feature_model import feature_encoder
 from denoiserlab.atomic import write_json
 from denoiserlab.config import to_dict
 from denoiserlab.outputs import check_output_folder, write_resolved_config
+from denoiserlab.process_group import is_main_process
 from denoiserlab.studies.common.cache import StageCache, file_fingerprint, key_hash, write_value
 from denoiserlab.studies.common.inputs import heatmaps_path
 from denoiserlab.studies.common.methods import (
@@ -135,6 +136,8 @@ def run_gaussian_study(config: GaussianStudyConfig, out: str | Path, command: st
     results["stages"] = {"computed": list(ctx.cache.computed),
                          "loaded": [stage for stage, record in ctx.cache.timings.items() if record["cached"]],
                          "cpu_seconds": {stage: record["cpu_seconds"] for stage, record in ctx.cache.timings.items()}}
+    if not is_main_process():  # under torchrun rank 0 alone writes the outputs
+        return results
     write_json(ctx.out / "results.json", results)
     arrays = {"networks": {name: network_arrays(studies[name], network.data.images,
                                                 tuple(network.data.images.shape[1:]))
@@ -151,8 +154,10 @@ def open_study(config: GaussianStudyConfig, out: Path, progress: bool,
     """Write the resolved config (never over a config.toml that denoiserlab did not write, such as the one given)
     and open the stage cache."""
     check_output_folder(out)
-    write_resolved_config(out / "config.toml", to_dict(config))
-    return GaussianStudyContext(config, out, StageCache(out, log), config.sigmas.grid(), progress)
+    if is_main_process():  # under torchrun rank 0 alone writes the outputs
+        write_resolved_config(out / "config.toml", to_dict(config))
+    return GaussianStudyContext(config, out, StageCache(out, log, collective=True), config.sigmas.grid(),
+                                progress and is_main_process())
 
 
 def study_network(ctx: GaussianStudyContext, network: StudyNetwork) -> dict:

@@ -16,6 +16,7 @@ from torch import Tensor
 from denoiserlab.config import to_dict
 from denoiserlab.studies.common.cache import StageCache, file_fingerprint
 from denoiserlab.studies.common.inputs import LoadedNetwork, TrainingData, heatmaps_path
+from denoiserlab.studies.common.ranks import unwrapped
 from denoiserlab.studies.locality.config import LocalityStudyConfig
 from denoiserlab.studies.locality.heatmaps import (check_heatmaps_network, compute_heatmaps, heatmaps_on_grid,
                                                    read_heatmaps_file)
@@ -105,7 +106,7 @@ def stage_heatmaps(ctx: StudyContext, network: LoadedNetwork) -> dict:
     config = ctx.config.heatmaps
     key = {**ctx.grid_key, "network": network.key, "heatmaps": to_dict(config), "seed": ctx.config.evaluation.seed}
     computed = ctx.cache.run(f"heatmaps-{network.config.name}", key, lambda: compute_heatmaps(
-        network.module, ctx.data.images, ctx.sigmas, config, ctx.config.evaluation.seed, ctx.config.device,
+        unwrapped(network.module), ctx.data.images, ctx.sigmas, config, ctx.config.evaluation.seed, ctx.config.device,
         ctx.progress))
     return {**computed, "source": "computed", "command": "denoiserlab study", "key": key, "matches_network": True}
 

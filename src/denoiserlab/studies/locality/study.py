@@ -65,6 +65,7 @@ from denoiserlab.atomic import write_json
 from denoiserlab.config import to_dict
 from denoiserlab.denoisers.gaussian import check_rank
 from denoiserlab.outputs import check_output_folder, check_resolved_config, write_resolved_config
+from denoiserlab.process_group import is_main_process
 from denoiserlab.studies.common.cache import StageCache
 from denoiserlab.studies.common.inputs import (
     LoadedNetwork,
@@ -130,6 +131,8 @@ def run_locality_study(config: LocalityStudyConfig, out: str | Path, feature_mod
     numbers = sample_numbers(samples, ctx.data.images, config.similarity.ssim_window, features)
     results = assemble_results(ctx, specs, per_network, numbers, feature_model or config.similarity.feature_model,
                                command or " ".join(sys.argv), time.perf_counter() - started)
+    if not is_main_process():  # under torchrun rank 0 alone writes the outputs
+        return results
     write_json(ctx.out / "results.json", results)
     if not write_report:
         return results
@@ -163,8 +166,10 @@ def open_study(config: LocalityStudyConfig, out: Path, log: Callable[[str], None
     for spec in specs:
         if "rank" in spec.options and spec.options["rank"] is not None:
             check_rank(spec.options["rank"], image_shape[0] * image_shape[1] * image_shape[2])
-    write_resolved_config(out / "config.toml", to_dict(config))
-    return StudyContext(config, out, StageCache(out, log), data, config.sigmas.grid(), networks, progress)
+    if is_main_process():
+        write_resolved_config(out / "config.toml", to_dict(config))
+    return StudyContext(config, out, StageCache(out, log, collective=True), data, config.sigmas.grid(), networks,
+                        progress and is_main_process())
 
 
 def shared_method(ctx: StudyContext, spec: MethodSpec) -> Method:
@@ -242,7 +247,7 @@ def tuned_method(ctx: StudyContext, network: str, spec: MethodSpec, fitting: dic
 def keep_heatmaps_file(ctx: StudyContext, name: str, heatmaps: dict) -> None:
     """Write computed heatmaps to DIR/heatmaps/<network>.npz (float16), ready to ship, once."""
     path = ctx.out / "heatmaps" / f"{name}.npz"
-    if heatmaps["source"] == "computed" and not path.exists():
+    if heatmaps["source"] == "computed" and is_main_process() and not path.exists():
         heatmap_config = ctx.config.heatmaps
         command = (f"{' '.join(sys.argv)}  # heatmaps of network {name!r}: n_samples={heatmap_config.n_samples},"
                    f" seed={ctx.config.evaluation.seed}")
