@@ -1,5 +1,8 @@
 """PSPC-Square and PSPC-Flex against a slow float64 loop over crops written here (STYLE section 10)."""
 
+import importlib.util
+import os
+
 import pytest
 import torch
 
@@ -17,8 +20,20 @@ def compiled_kernel_available() -> bool:
     return True
 
 
+def triton_kernel_runs_here() -> bool:
+    """Triton installed; without CUDA its kernels then run on CPU tensors through Triton's interpreter, which must be
+    switched on before the kernels are first imported (nothing else in the tests uses Triton)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    return True
+
+
 KERNELS = ["eager", pytest.param("compiled", marks=pytest.mark.skipif(not compiled_kernel_available(),
                                                                     reason="C kernel cannot be built here"))]
+SQUARE_KERNELS = [*KERNELS, pytest.param("triton", marks=pytest.mark.skipif(not triton_kernel_runs_here(),
+                                                                          reason="triton is not installed"))]
 
 
 def reference_composite(x, sigmas, train, crops):
@@ -60,7 +75,7 @@ def make_data(shape, n_train=20, batch=3, seed=0):
 SIGMAS = torch.tensor([0.4, 0.9, 2.0])
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
 @pytest.mark.parametrize("shape,size", [((1, 8, 8), 1), ((1, 8, 8), 3), ((1, 8, 8), 4), ((3, 6, 6), 2), ((3, 6, 6), 5)])
 def test_square_matches_loop_reference(kernel, shape, size):
     train, x = make_data(shape)
@@ -69,14 +84,14 @@ def test_square_matches_loop_reference(kernel, shape, size):
     assert torch.allclose(out.double(), reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
 def test_square_non_square_image(kernel):
     train, x = make_data((2, 5, 7))
     out = PSPCSquare(train, 3, kernel=kernel, chunk_size=7)(x, SIGMAS)
     assert torch.allclose(out.double(), reference_composite(x, SIGMAS, train, square_crops(5, 7, 3)), atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
 def test_square_full_size_and_larger_is_optimal(kernel):
     train, x = make_data((3, 6, 6))
     optimal = OptimalDenoiser(train)(x, SIGMAS)
@@ -84,7 +99,7 @@ def test_square_full_size_and_larger_is_optimal(kernel):
         assert torch.allclose(PSPCSquare(train, size, kernel=kernel)(x, SIGMAS), optimal, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
 def test_square_per_sample_patch_size_from_schedule(kernel):
     train, x = make_data((1, 8, 8), batch=4)
     sigmas = torch.tensor([2.0, 0.3, 1.0, 0.3])
@@ -98,7 +113,7 @@ def test_square_per_sample_patch_size_from_schedule(kernel):
         assert torch.allclose(out[b : b + 1].double(), reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
 def test_square_xflip_uses_flipped_copies(kernel):
     train, x = make_data((1, 6, 6), n_train=10)
     out = PSPCSquare(train, 3, xflip=True, kernel=kernel)(x, SIGMAS)
@@ -106,7 +121,7 @@ def test_square_xflip_uses_flipped_copies(kernel):
     assert torch.allclose(out.double(), reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
 def test_square_exact_at_smallest_sigma(kernel):
     train, _ = make_data((3, 6, 6))
     train[1] = train[0]  # two identical images: their weights must split evenly, not collapse
@@ -265,6 +280,16 @@ def test_square_rejects_bad_schedule_value_bad_kernel_and_bad_input():
         square(torch.randn(2, 1, 7, 6), 1.0)
     with pytest.raises(DenoiserLabError, match="shape"):
         square(torch.randn(1, 6, 6), 1.0)
+
+
+def test_triton_kernel_refuses_cpu_tensors_without_the_interpreter_and_flex_has_none(monkeypatch):
+    train, x = make_data((1, 6, 6))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(DenoiserLabError, match="runs on CUDA devices"):
+        PSPCSquare(train, 3, kernel="triton")(x, 1.0)
+    assert PSPCSquare(train, 3, kernel="auto")(x, 1.0).shape == x.shape  # auto never picks Triton on CPU
+    with pytest.raises(DenoiserLabError, match="kernel must be one of"):
+        PSPCFlex(train, torch.ones(1, 6, 6, dtype=torch.bool), kernel="triton")
 
 
 @pytest.mark.parametrize(

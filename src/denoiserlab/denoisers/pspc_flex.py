@@ -62,8 +62,9 @@ class PSPCFlexConfig:
     distributed: bool = False  # shard the training set over torch.distributed ranks, as OptimalConfig.distributed
 
     def __post_init__(self):
-        if self.kernel not in KERNELS:
-            raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        flex_kernels = tuple(kernel for kernel in KERNELS if kernel != "triton")  # no Triton kernel for listed crops
+        if self.kernel not in flex_kernels:
+            raise DenoiserLabError(f"kernel must be one of {flex_kernels}, got {self.kernel!r}")
         if not callable(self.masks) and not isinstance(self.masks, Tensor):
             raise DenoiserLabError("masks must be a bool tensor [K, H, W] or a callable sigma -> masks, "
                                    f"got {type(self.masks).__name__}")

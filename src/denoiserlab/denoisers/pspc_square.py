@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers import pspc_kernel
+from denoiserlab.denoisers import pspc_kernel, pspc_triton
 from denoiserlab.denoisers.box_filter import box_sums, box_sums_transposed, windows_per_pixel
 from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard, sum_across
 from denoiserlab.denoisers.schedules import Tunable, estimate_by_group
@@ -50,14 +50,16 @@ from denoiserlab.validation import (
     sigma_per_sample,
 )
 
-KERNELS = ("auto", "compiled", "eager")
+KERNELS = ("auto", "compiled", "eager", "triton")
 
 
 @dataclass(frozen=True)
 class PSPCSquareConfig:
     patch_size: int | Callable[[float], int] = 3  # crop side in pixels, or a schedule sigma -> side (PatchSchedule)
     xflip: bool = False  # also use the horizontal flip of every training image
-    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled on CPU
+    # "compiled" (C kernel, CPU), "triton" (fused Triton kernel, CUDA: pspc_triton.py), "eager" (PyTorch, any
+    # device), "auto": compiled on CPU, triton on CUDA when Triton is installed (else eager, with a warning)
+    kernel: str = "auto"
     # training images per chunk (None: about 32 MiB of float32 intermediates on the eager path, of float32 lanes
     # on the compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
     chunk_size: int | None = None
@@ -144,6 +146,9 @@ class PSPCSquare:
         if use_compiled_kernel(self, x.device, "PSPC-Square"):
             numerators = kernel_numerators(self, x, sigma, pspc_kernel.square_crops(x.shape[2], x.shape[3], size))
             return numerators / windows_per_pixel(*x.shape[2:], size)
+        if use_triton_kernel(self, x.device):
+            return pspc_triton.square_composite_triton(x, sigma, eager_training_images(self, x.device), size,
+                                                       self.config.chunk_size, self.config.distributed)
         return square_composite(x, sigma, eager_training_images(self, x.device), size, self.config.chunk_size,
                                 self.config.distributed)
 
@@ -176,7 +181,7 @@ def use_compiled_kernel(denoiser, device: torch.device, name: str,
     """Whether a call of `denoiser` (with config.kernel) goes to the C kernel that `load` builds: CPU only; "auto"
     falls back to eager, with a warning, when the kernel cannot be built, and records kernel="eager" in the
     denoiser's config."""
-    if denoiser.config.kernel == "eager" or device.type != "cpu":
+    if denoiser.config.kernel in ("eager", "triton") or device.type != "cpu":
         if denoiser.config.kernel == "compiled":
             raise DenoiserLabError(f"kernel='compiled' runs on CPU only, got a tensor on {device}")
         return False
@@ -186,6 +191,24 @@ def use_compiled_kernel(denoiser, device: torch.device, name: str,
         if denoiser.config.kernel == "compiled":
             raise
         pspc_kernel.warn_fallback(error, name)
+        denoiser.config = dataclasses.replace(denoiser.config, kernel="eager")
+        return False
+    return True
+
+
+def use_triton_kernel(denoiser, device: torch.device) -> bool:
+    """Whether a PSPC-Square call on `device` goes to the Triton kernel: always for kernel="triton" (which raises
+    where Triton cannot run), for "auto" on CUDA when Triton is installed; "auto" falls back to eager, with a
+    warning, and records kernel="eager" in the denoiser's config."""
+    if denoiser.config.kernel == "triton":
+        pspc_triton.check_available(device)
+        return True
+    if denoiser.config.kernel != "auto" or device.type != "cuda":
+        return False
+    try:
+        pspc_triton.check_available(device)
+    except pspc_triton.TritonUnavailable as error:
+        pspc_kernel.warn_fallback(error, "PSPC-Square")
         denoiser.config = dataclasses.replace(denoiser.config, kernel="eager")
         return False
     return True
