@@ -31,7 +31,8 @@ def main() -> None:
     network = load(args.network).eval()
     train = data.load(**network.training_data)
     images, gaussian = train.as_float(), GaussianDenoiser(train)
-    sizes = [n for n in (2048, 4096, 8192, 16384, 32768, 65536) if n < args.n_max] + [args.n_max]
+    dim = images[0].numel()  # least squares needs more samples than D + 1 unknowns per output
+    sizes = [n for n in (2048, 4096, 8192, 16384, 32768, 65536) if dim + 1 <= n < args.n_max] + [args.n_max]
     print("sigma    " + "  ".join(f"n={n:<6d}" for n in sizes) + "  split-half  (weight NMSE vs the Gaussian's W)")
     rows = []
     for level, sigma in enumerate(edm_sigmas(args.steps).tolist()):

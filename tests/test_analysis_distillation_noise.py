@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from denoiserlab.analysis import LinearDenoiser, distill_linear, weight_nmse, weight_nmse_versus_samples
-from denoiserlab.analysis.distillation_noise import least_squares_with_halves, split_half_nmse
+from denoiserlab.analysis.distillation_noise import least_squares_noise, least_squares_with_halves, split_half_nmse
 from denoiserlab.analysis.noisy_inputs import noisy_batches
 from denoiserlab.errors import DenoiserLabError
 
@@ -75,3 +75,37 @@ def test_least_squares_with_halves_is_distill_linears_fit(tiny_train):
     assert least_squares_with_halves(nonlinear_denoiser, tiny_train, 0.7, 60)[3] is None  # < 2 (D + 1)
     with pytest.raises(DenoiserLabError, match="D \\+ 1 = 37"):
         least_squares_with_halves(nonlinear_denoiser, tiny_train, 0.7, 30)
+
+
+def test_least_squares_noise_predicts_the_fits_scatter():
+    """A Gaussian map R plus white output noise of variance v on Gaussian images: over several draws, the plain
+    fit's NMSE to R minus the split-half estimate (the noise part) matches the prediction from the fit residual and
+    R's spectrum; so does the mean-square output difference of the fit to R on fresh noisy images."""
+    dim, sigma, n, variance = 16, 0.5, 96, 0.04
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(dim, dim, generator=generator, dtype=torch.float64) * 0.15
+    images = (torch.randn(4000, dim, generator=generator, dtype=torch.float64) @ mixing.T).reshape(-1, 1, 4, 4)
+    flat = images.flatten(1)
+    covariance = torch.cov(flat.T, correction=0)
+    gaussian_map = covariance @ torch.linalg.inv(covariance + sigma**2 * torch.eye(dim, dtype=torch.float64))
+    spectrum = torch.linalg.svdvals(gaussian_map)
+    mean = flat.mean(0)
+    linear = LinearDenoiser(gaussian_map, mean - gaussian_map @ mean, (1, 4, 4))
+    noise = torch.Generator().manual_seed(1)
+
+    def noisy_gaussian(x, sigma):
+        return linear(x, sigma) + variance**0.5 * torch.randn(x.shape, generator=noise, dtype=x.dtype)
+
+    measured_nmse, predicted_nmse, measured_output, predicted_output = [], [], [], []
+    fresh = (images[:2000] + sigma * torch.randn(2000, 1, 4, 4, generator=generator, dtype=torch.float64)).flatten(1)
+    for seed in range(40):
+        weight, _, fit_mse, _ = least_squares_with_halves(noisy_gaussian, images, sigma, n, seed=seed)
+        nmse, output = least_squares_noise(float(fit_mse), n, spectrum, sigma)
+        measured_nmse.append(weight_nmse(weight, gaussian_map))
+        measured_output.append(((fresh - mean) @ (weight - gaussian_map).T).pow(2).mean().item())
+        predicted_nmse.append(nmse)
+        predicted_output.append(output)
+    assert np.mean(measured_nmse) == pytest.approx(np.mean(predicted_nmse), rel=0.15)
+    assert np.mean(measured_output) == pytest.approx(np.mean(predicted_output), rel=0.15)
+    with pytest.raises(DenoiserLabError, match="needs n_samples > D"):
+        least_squares_noise(0.1, 17, spectrum, sigma)

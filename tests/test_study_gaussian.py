@@ -187,6 +187,14 @@ def test_distillation_matches_numpy_least_squares_and_explicit_gaussian(study):
     assert stored["weight_nmse"][level] == pytest.approx(expected_nmse, rel=1e-6)
     split_half = ((first - gaussian) * (second - gaussian)).sum() / (gaussian**2).sum()
     assert stored["weight_nmse_split_half"][level] == pytest.approx(split_half, rel=1e-6)
+    coefficients = np.linalg.lstsq(design, targets, rcond=None)[0]
+    n, dim = design.shape[0], design.shape[1] - 1
+    residual = ((design @ coefficients - targets) ** 2).mean() * n / (n - dim - 1)  # unbiased residual variance
+    covariance_inverse_trace = np.trace(np.linalg.inv(np.cov(images.flatten(1).double().numpy().T, bias=True)
+                                                      + sigma**2 * np.eye(dim)))
+    expected_noise = dim * residual * covariance_inverse_trace / (n - dim - 1) / (gaussian**2).sum()
+    assert stored["weight_nmse_noise_predicted"][level] == pytest.approx(expected_noise, rel=1e-5)
+    assert stored["rmse_noise_predicted"][level] == pytest.approx(math.sqrt(dim * residual / (n - dim - 1)), rel=1e-5)
     assert np.allclose(stored["spectrum_linear"][level], np.linalg.svd(weight, compute_uv=False), atol=1e-8)
     left, _, _ = np.linalg.svd(weight)
     left_gaussian, _, _ = np.linalg.svd(gaussian)
@@ -310,8 +318,9 @@ def test_gradient_descent_distillation_matches_distill_linear_and_keeps_its_loss
         assert torch.equal(table["losses"], losses) and losses[-1] < losses[0]
         assert math.isnan(table["weight_nmse_split_half"])  # split-half is a least-squares estimate only
         tables.append(table)
-    summary = distillation_summary(tables, "gd")
+    summary = distillation_summary(tables, "gd", 64, torch.tensor([80.0, 0.5]))
     assert summary["loss_curves"].shape == (2, 30)
+    assert torch.isnan(summary["weight_nmse_noise_predicted"]).all()  # a least-squares prediction only
     results = {"sigmas": [80.0, 0.5], "distillation": {"a": plain(summary)}}
     assert loss_curves_figure(results, "a", tmp_path / "loss.png").is_file()
 

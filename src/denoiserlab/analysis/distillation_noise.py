@@ -80,6 +80,28 @@ def fit_rows(inputs: Tensor, targets: Tensor, start: int, stop: int, chunk: int)
                              for row in range(start, stop, chunk))
 
 
+def least_squares_noise(fit_mse: float, n_samples: int, gaussian_spectrum: Tensor, sigma: float) -> tuple[float, float]:
+    """What least-squares noise alone adds to a distillation on n_samples noisy training images at sigma, expected
+    when the part of the denoiser that no affine map explains acts as white noise of the fit's residual variance:
+    (weight NMSE against the Gaussian map R, mean-square output difference per element on fresh noisy images).
+
+    fit_mse: the fit's in-sample residual per element; gaussian_spectrum: float [D], R's singular values
+    s_i = lambda_i / (lambda_i + sigma^2) (R = Sigma C^-1, with C = Sigma + sigma^2 I the noisy images' covariance).
+    With r^2 = fit_mse n / (n - D - 1), the unbiased residual variance, the fitted W scatters around the best affine
+    map by E|dW|_F^2 = D r^2 tr(C^-1) / (n - D - 1), where tr(C^-1) = (D - sum s) / sigma^2, and |R|_F^2 = sum s^2;
+    its outputs by E|dW (x - mean)|^2 / D = D r^2 / (n - D - 1) per element. So the noise grows with the residual
+    (largest where the denoiser is least linear) and falls like D / n: colour images (D = 3,072) need n >> 3,073.
+    """
+    spectrum = torch.as_tensor(gaussian_spectrum, dtype=torch.float64)
+    dim = spectrum.numel()
+    dof = n_samples - dim - 1
+    if dof <= 0:
+        raise DenoiserLabError(f"least squares needs n_samples > D + 1 = {dim + 1}, got {n_samples}")
+    residual = fit_mse * n_samples / dof
+    weight_noise = dim * residual * (dim - spectrum.sum().item()) / sigma**2 / dof
+    return weight_noise / spectrum.pow(2).sum().item(), dim * residual / dof
+
+
 def check_sizes(sizes, dim: int) -> list[int]:
     """sizes as a list of increasing ints, the smallest >= D + 1 and the largest >= 2 (D + 1)."""
     sizes = [int(n) for n in sizes]

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from denoiserlab import __version__
+from denoiserlab.analysis.distillation_noise import least_squares_noise
 from denoiserlab.analysis.memorization import MEMORIZED_RATIO, calibrated_score, memorization_verdict
 from denoiserlab.config import to_dict
 from denoiserlab.studies.common.results import plain
@@ -30,10 +31,11 @@ def stacked(per_sigma: list[dict], key: str) -> Tensor:
     return torch.stack([torch.as_tensor(table[key]) for table in per_sigma])
 
 
-def distillation_summary(per_sigma: list[dict], method: str) -> dict:
-    """results["distillation"][network] from the per-sigma stage outputs."""
+def distillation_summary(per_sigma: list[dict], method: str, n_samples: int, sigmas: Tensor) -> dict:
+    """results["distillation"][network] from the per-sigma stage outputs (n_samples: the distillation's)."""
     summary = {"method": method, "weight_nmse": stacked(per_sigma, "weight_nmse"),
                "weight_nmse_split_half": stacked(per_sigma, "weight_nmse_split_half"),
+               **predicted_noise(per_sigma, method, n_samples, sigmas),
                "alignment": stacked(per_sigma, "alignment"),
                "rmse_linear_vs_gaussian": stacked(per_sigma, "rmse_linear_vs_gaussian"),
                "fit_mse": stacked(per_sigma, "fit_mse"),
@@ -44,12 +46,25 @@ def distillation_summary(per_sigma: list[dict], method: str) -> dict:
     return summary
 
 
-def network_results(study: dict, method: str) -> dict:
+def predicted_noise(per_sigma: list[dict], method: str, n_samples: int, sigmas: Tensor) -> dict:
+    """weight_nmse_noise_predicted and rmse_noise_predicted [L]: what least-squares noise alone adds to the weight
+    NMSE and to the RMSE of the fit's outputs (analysis.least_squares_noise); NaN for gradient-descent fits and
+    for least squares without spare samples (n_samples = D + 1)."""
+    if method != "lstsq" or n_samples <= torch.as_tensor(per_sigma[0]["spectrum_gaussian"]).numel() + 1:
+        nan = torch.full((len(per_sigma),), math.nan, dtype=torch.float64)
+        return {"weight_nmse_noise_predicted": nan, "rmse_noise_predicted": nan.clone()}
+    pairs = [least_squares_noise(float(table["fit_mse"]), n_samples, table["spectrum_gaussian"], float(sigma))
+             for table, sigma in zip(per_sigma, sigmas)]
+    return {"weight_nmse_noise_predicted": torch.tensor([nmse for nmse, _ in pairs], dtype=torch.float64),
+            "rmse_noise_predicted": torch.tensor([output for _, output in pairs], dtype=torch.float64).sqrt()}
+
+
+def network_results(study: dict, method: str, n_samples: int, sigmas: Tensor) -> dict:
     """The per-network blocks of results.json from one network's stage outputs."""
     trajectory, generalization = study["trajectory"], study["generalization"]
     return {
         "linearity": study["linearity"],
-        "distillation": distillation_summary(study["distillation"], method),
+        "distillation": distillation_summary(study["distillation"], method, n_samples, sigmas),
         "score_error": {"linear": stacked(study["distillation"], "rmse_network_vs_linear"),
                         "gaussian": study["score_errors"]["gaussian"], "optimal": study["score_errors"]["optimal"]},
         "sampling": {"sigmas": trajectory["sigmas"], "nmse": trajectory["nmse"],
@@ -87,12 +102,23 @@ def paper_checks(block: dict, sigmas: Tensor) -> dict:
         "weight_nmse_split_half_fraction_below_paper_max": fraction_below(
             torch.as_tensor(block["distillation"]["weight_nmse_split_half"]), PAPER["weight_nmse_max"]),
         "rmse_linear_vs_gaussian_max": float(torch.as_tensor(block["distillation"]["rmse_linear_vs_gaussian"]).max()),
+        "rmse_linear_vs_gaussian_noise_removed_max": noise_removed_max(block["distillation"]),
         "rmse_network_vs_linear_high_noise_max": (float(torch.as_tensor(block["score_error"]["linear"])[high].max())
                                                    if high.any() else None),
         "generalization_score": block["generalization"]["score"],
         **{key: block["generalization"][key] for key in ("calibrated_score", "heldout_score", "verdict", "generalizes",
                                                          "paper_threshold_generalizes", "memorized_fraction")},
     }
+
+
+def noise_removed_max(distillation: dict) -> float | None:
+    """Largest sqrt(max(0, RMSE^2 - predicted noise^2)) over sigma: the distilled-vs-Gaussian RMSE without the
+    least-squares noise (an estimate; None for gradient-descent fits)."""
+    rmse = torch.as_tensor(distillation["rmse_linear_vs_gaussian"], dtype=torch.float64)
+    noise = torch.as_tensor(distillation["rmse_noise_predicted"], dtype=torch.float64)
+    if torch.isnan(noise).all():
+        return None
+    return float((rmse.pow(2) - noise.pow(2)).clamp(min=0).sqrt().max())
 
 
 def fraction_below(values: Tensor, limit: float) -> float | None:
@@ -103,7 +129,8 @@ def fraction_below(values: Tensor, limit: float) -> float | None:
 def assemble_results(config, sigmas: Tensor, networks: dict, studies: dict, denoiser_linearity: dict,
                      strong: list[dict], sweeps: dict, timings: dict, command: str) -> dict:
     """The whole results.json table (plain JSON types)."""
-    blocks = {name: network_results(study, config.distillation.method) for name, study in studies.items()}
+    blocks = {name: network_results(study, config.distillation.method, config.distillation.n_samples, sigmas)
+              for name, study in studies.items()}
     linearity = config.linearity
     results = {
         "study": "gaussian_structure", "version": __version__, "command": command, "config": to_dict(config),
