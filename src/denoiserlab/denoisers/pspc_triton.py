@@ -70,8 +70,10 @@ def kernels():
 
 
 def tile_sizes(channels: int, height: int, width: int) -> dict:
-    """The kernels' block shapes: each side rounded up to a power of two."""
-    return {"CB": power_of_two(channels), "HB": power_of_two(height), "WB": power_of_two(width)}
+    """The kernels' block shapes (each side rounded up to a power of two) and warps per program: about 512 tile
+    values per warp (16 per thread for each of the two image-sized tiles a pass-2 program holds), 4 to 16 warps."""
+    tiles = {"CB": power_of_two(channels), "HB": power_of_two(height), "WB": power_of_two(width)}
+    return {**tiles, "num_warps": max(4, min(16, tiles["CB"] * tiles["HB"] * tiles["WB"] // 512))}
 
 
 def power_of_two(value: int) -> int:
