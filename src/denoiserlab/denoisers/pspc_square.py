@@ -8,7 +8,8 @@ Fast and exact: every crop distance is a window sum of one per-pixel squared-dif
 so all crop distances come from one box filter (`box_filter.py`), and the composite is
 sum_n x_n * (transposed box filter of the normalised crop weights of n) / (crops per pixel): O(B N H W) for any s.
 Two streaming passes over the training set: per-crop log normalisers, then the weighted sums. The CPU default is
-the fused C kernel (`pspc_kernel.py`); the eager PyTorch path below is the readable reference and runs anywhere.
+the fused C kernel (`pspc_kernel.py`), the CUDA default the fused Triton kernel (`pspc_triton.py`, when Triton is
+installed); the eager PyTorch path below is the readable reference and runs anywhere.
 
 Precision: float32 per-pixel differences and cancellation-free window sums give every crop distance D to a relative
 error of ~1e-7. Each crop's softmax runs in distance space, exp(-(D - m) / (2 sigma^2)) with m its smallest
