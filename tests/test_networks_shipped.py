@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ import denoiserlab
 from denoiserlab import data
 from denoiserlab.data.builtin import DEBIAN_FASHION_MNIST
 from denoiserlab.networks import load_checkpoint
+from denoiserlab.studies.common.cache import checkpoint_fingerprint
 
 ASSETS = Path(denoiserlab.__file__).parent / "assets" / "checkpoints"
 SHIPPED = sorted(config.parent for config in ASSETS.rglob("config.json"))  # sweep-fashion-mnist/* included
@@ -26,3 +28,19 @@ def test_shipped_checkpoint_loads_and_names_its_training_set(folder):
     # At sigma = 0.1 a trained denoiser removes most of the noise: its error is well below the noise's.
     assert (out - x0).square().mean() < 0.5 * 0.1**2
     assert (folder / "README.md").is_file() or (folder.parent / "README.md").is_file()
+
+
+HEATMAPS = Path(denoiserlab.__file__).parent / "assets" / "heatmaps"
+HEATMAP_NETWORKS = {  # every shipped heatmap file -> the shipped checkpoint whose weights it was computed from
+    "unet-small.npz": "unet-small-fashion-mnist",
+    "dit-small.npz": "dit-small-fashion-mnist",
+    "mixer-small.npz": "mixer-small-fashion-mnist",
+}
+
+
+def test_every_shipped_heatmap_file_matches_its_shipped_network():
+    """A re-shipped checkpoint needs recomputed heatmaps: a study refuses a file whose fingerprint differs."""
+    assert sorted(path.name for path in HEATMAPS.glob("*.npz")) == sorted(HEATMAP_NETWORKS)
+    for file, network in HEATMAP_NETWORKS.items():
+        with np.load(HEATMAPS / file, allow_pickle=False) as table:
+            assert str(table["network_fingerprint"]) == checkpoint_fingerprint(ASSETS / network), file
