@@ -9,7 +9,7 @@ from pathlib import Path
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+div.wide { overflow-x: auto; } table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f2f2f2; } td.number { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { font-size: 0.9em; color: #555; }
@@ -38,10 +38,10 @@ def cell_html(value) -> str:
 
 
 def table_html(header: list[str], rows: list[list]) -> str:
-    """A table with a header row."""
+    """A table with a header row, in a box that scrolls sideways when the table is wider than the page."""
     head = "".join(f"<th>{html.escape(str(name))}</th>" for name in header)
     body = "".join("<tr>" + "".join(cell_html(value) for value in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def text_html(text: str, note: bool = False) -> str:
