@@ -8,16 +8,22 @@ import triton
 import triton.language as tl
 
 @triton.jit
+def image_tile(image_ptr, channels, height, width, CB: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr):
+    """One image [C, H, W] as a [CB, HB, WB] tile, 0 outside the image."""
+    c = tl.arange(0, CB)[:, None, None]
+    r = tl.arange(0, HB)[None, :, None]
+    q = tl.arange(0, WB)[None, None, :]
+    return tl.load(image_ptr + (c * height + r) * width + q, mask=(c < channels) & (r < height) & (q < width),
+                   other=0.0)
+
+
+@triton.jit
 def crop_distances(z, x_ptr, scratch_ptr, channels, height, width, size,
                    CB: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr):
     """z: the query's [CB, HB, WB] tile (0 outside the image); x_ptr: one training image [C, H, W]. Returns
     (the image's tile, D [HB, WB]: the distance of the size x size crop at (row, col), valid where
     row <= H - size and col <= W - size)."""
-    c = tl.arange(0, CB)[:, None, None]
-    r3 = tl.arange(0, HB)[None, :, None]
-    q3 = tl.arange(0, WB)[None, None, :]
-    image = tl.load(x_ptr + (c * height + r3) * width + q3,
-                    mask=(c < channels) & (r3 < height) & (q3 < width), other=0.0)
+    image = image_tile(x_ptr, channels, height, width, CB, HB, WB)
     difference = z - image
     pixel = tl.sum(difference * difference, axis=0)  # [HB, WB], float32 per-pixel differences
     r = tl.arange(0, HB)[:, None]
@@ -44,11 +50,7 @@ def normaliser_pass(queries_ptr, train_ptr, g_ptr, min_ptr, sum_ptr, scratch_ptr
     k = tl.program_id(1)
     n_programs = tl.num_programs(1)
     image_size = channels * height * width
-    c = tl.arange(0, CB)[:, None, None]
-    r3 = tl.arange(0, HB)[None, :, None]
-    q3 = tl.arange(0, WB)[None, None, :]
-    z = tl.load(queries_ptr + b * image_size + (c * height + r3) * width + q3,
-                mask=(c < channels) & (r3 < height) & (q3 < width), other=0.0)
+    z = image_tile(queries_ptr + b * image_size, channels, height, width, CB, HB, WB)
     g = tl.load(g_ptr + b)
     scratch = scratch_ptr + (b * n_programs + k) * 2 * HB * WB
     running_min = tl.full([HB, WB], 3.0e38, tl.float32)
@@ -79,11 +81,7 @@ def numerator_pass(queries_ptr, train_ptr, g_ptr, min_ptr, inverse_sum_ptr, out_
     k = tl.program_id(1)
     n_programs = tl.num_programs(1)
     image_size = channels * height * width
-    c = tl.arange(0, CB)[:, None, None]
-    r3 = tl.arange(0, HB)[None, :, None]
-    q3 = tl.arange(0, WB)[None, None, :]
-    pixels = (c < channels) & (r3 < height) & (q3 < width)
-    z = tl.load(queries_ptr + b * image_size + (c * height + r3) * width + q3, mask=pixels, other=0.0)
+    z = image_tile(queries_ptr + b * image_size, channels, height, width, CB, HB, WB)
     g = tl.load(g_ptr + b)
     r = tl.arange(0, HB)[:, None]
     q = tl.arange(0, WB)[None, :]
@@ -111,5 +109,8 @@ def numerator_pass(queries_ptr, train_ptr, g_ptr, min_ptr, inverse_sum_ptr, out_
             pixel_weights += tl.load(scratch + HB * WB + (r - dy) * WB + q, mask=r >= dy, other=0.0)
         tl.debug_barrier()  # before the next image's crop_distances overwrites the scratch tile
         total += pixel_weights[None, :, :] * image
+    c = tl.arange(0, CB)[:, None, None]
+    r3 = tl.arange(0, HB)[None, :, None]
+    q3 = tl.arange(0, WB)[None, None, :]
     tl.store(out_ptr + ((b * n_programs + k) * channels + c) * height * width + r3 * width + q3, total,
-             mask=pixels)
+             mask=(c < channels) & (r3 < height) & (q3 < width))
