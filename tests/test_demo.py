@@ -107,4 +107,15 @@ def test_demo_runs_on_fashion_mnist_by_default(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("denoiserlab.cli.demo.run_demo", lambda out, **options: calls.append(options))
     assert main(["demo", "--out", str(tmp_path / "out")]) == 0
-    assert calls == [{"jobs": None, "device": "cpu", "dataset": "fashion-mnist"}]
+    assert calls == [{"jobs": None, "device": "cpu", "dataset": "fashion-mnist", "locality_config": None,
+                      "gaussian_config": None}]
+
+
+def test_demo_with_a_missing_config_or_quick_stops_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo_module, "run_parts", lambda *args: pytest.fail("the demo started a study"))
+    out = tmp_path / "out"
+    assert main(["demo", "--locality-config", str(tmp_path / "nope.toml"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"denoiserlab: error: study config {tmp_path / 'nope.toml'} is not a file\n"
+    assert main(["demo", "--quick", "--gaussian-config", str(tmp_path / "nope.toml"), "--out", str(out)]) == 2
+    assert "--dataset and the configs apply to the studies" in capsys.readouterr().err
+    assert not out.exists()

@@ -77,6 +77,26 @@ def tiny(tmp_path_factory) -> Path:
     return root
 
 
+LOCALITY_TABLE = {"all_denoisers": True,
+                  "denoisers": {"knn": {"k": 4, "n_random": 2}, "gaussian_mixture": {"components": 2}},
+                  "sigmas": {"steps": 3},
+                  "evaluation": {"forward_pairs": 3, "reverse_trajectories": 3, "batch_size": 8},
+                  "heatmaps": {"n_samples": 2},
+                  "fitting": {"pairs": 2, "trajectories": 2}}
+GAUSSIAN_TABLE = {"all_denoisers": True,
+                  "denoisers": {"knn": {"k": 4, "n_random": 2}, "gaussian_mixture": {"components": 2}},
+                  "sigmas": {"steps": 3},
+                  "linearity": {"n_pairs": 4, "alphas": [0.3]},
+                  "distillation": {"n_samples": 140, "top_k": 4, "batch_size": 40},  # >= 2 (D + 1): split-half too
+                  "score_error": {"n_samples": 8, "batch_size": 8},
+                  "sampling": {"n_samples": 3},
+                  "generalization": {"k": 4, "steps": 3, "sampler": "euler", "batch_size": 3}}
+
+
+def networks(root: Path, *names: str) -> list[dict]:
+    return [{"name": name, "path": str(root / name)} for name in names]
+
+
 def study_outputs(root: Path, command: str, table: dict) -> tuple[list, Path, Path]:
     """Run `command` on `table` under two ranks and in one process: (rank results, 2-rank out, 1-process out)."""
     config = root / f"{command}.toml"
@@ -89,13 +109,7 @@ def study_outputs(root: Path, command: str, table: dict) -> tuple[list, Path, Pa
 
 
 def test_locality_study_under_torchrun_equals_one_process(tiny):
-    table = {"all_denoisers": True,
-             "networks": [{"name": "mixer", "path": str(tiny / "mixer")}, {"name": "dit", "path": str(tiny / "dit")}],
-             "denoisers": {"knn": {"k": 4, "n_random": 2}, "gaussian_mixture": {"components": 2}},
-             "sigmas": {"steps": 3},
-             "evaluation": {"forward_pairs": 3, "reverse_trajectories": 3, "batch_size": 8},
-             "heatmaps": {"n_samples": 2},
-             "fitting": {"pairs": 2, "trajectories": 2}}
+    table = dict(LOCALITY_TABLE, networks=networks(tiny, "mixer", "dit"))
     ranks, two, one = study_outputs(tiny, "study", table)
     assert "report:" in ranks[0].stdout and ranks[1].stdout == ""  # rank 0 reports, rank 1 only computes
     assert_same_results(two, one)
@@ -108,19 +122,36 @@ def test_locality_study_under_torchrun_equals_one_process(tiny):
 
 
 def test_gaussian_study_under_torchrun_equals_one_process(tiny):
-    table = {"all_denoisers": True,
-             "networks": [{"name": "mixer", "path": str(tiny / "mixer")}],
-             "denoisers": {"knn": {"k": 4, "n_random": 2}, "gaussian_mixture": {"components": 2}},
-             "sigmas": {"steps": 3},
-             "linearity": {"n_pairs": 4, "alphas": [0.3]},
-             "distillation": {"n_samples": 140, "top_k": 4, "batch_size": 40},  # >= 2 (D + 1): split-half too
-             "score_error": {"n_samples": 8, "batch_size": 8},
-             "sampling": {"n_samples": 3},
-             "generalization": {"k": 4, "steps": 3, "sampler": "euler", "batch_size": 3}}
+    table = dict(GAUSSIAN_TABLE, networks=networks(tiny, "mixer"))
     ranks, two, one = study_outputs(tiny, "gaussian-study", table)
     assert "results.json and report.html" in ranks[0].stdout and ranks[1].stdout == ""
     assert_same_results(two, one)
     assert (two / "report.html").is_file()
+
+
+def test_demo_under_torchrun_equals_one_process(tiny):
+    """`denoiserlab demo` with a user's two configs: under two ranks both studies run one after the other over
+    the ranks, rank 0 alone prints and writes the index page, and each study's results equal one process's."""
+    configs = []
+    for name, table in (("demo-locality", dict(LOCALITY_TABLE, networks=networks(tiny, "mixer"))),
+                        ("demo-gaussian", dict(GAUSSIAN_TABLE, networks=networks(tiny, "dit")))):
+        configs.append(tiny / f"{name}.toml")
+        configs[-1].write_text(tomli_w.dumps(table))
+    argv = ["demo", "--locality-config", str(configs[0]), "--gaussian-config", str(configs[1])]
+    two, one = tiny / "demo-two", tiny / "demo-one"
+    ranks = run_as_torchrun([[*argv, "--out", str(two)]] * 2)
+    assert [rank.returncode for rank in ranks] == [0, 0], [rank.stderr[-2000:] for rank in ranks]
+    assert "one after the other over 2 ranks" in ranks[0].stdout and f"report: {two / 'index.html'}" in ranks[0].stdout
+    assert ranks[1].stdout == ""
+    assert main([*argv, "--jobs", "1", "--out", str(one)]) == 0
+    for study in ("locality", "gaussian"):
+        assert_same_results(two / study, one / study)
+    page = (two / "index.html").read_text()
+    assert "denoiserlab demo: demo-locality.toml and demo-gaussian.toml</" in page  # not "shipped networks"
+    assert not (one / "index.html").read_text().count("shipped networks")
+    jobs = run_as_torchrun([[*argv, "--jobs", "2", "--out", str(tiny / "demo-jobs")]] * 2)
+    assert [rank.returncode for rank in jobs] == [2, 2]
+    assert "the demo's studies run one after the other over the ranks" in jobs[0].stderr
 
 
 def test_study_denoisers_shard_in_a_process_group(monkeypatch):

@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_under_torchrun(args: argparse.Namespace) -> None:
-    """Run the parsed command as one rank of a torchrun group: `sample`, `train`, `heatmaps`, `study` and
-    `gaussian-study`."""
+    """Run the parsed command as one rank of a torchrun group: `sample`, `train`, `heatmaps`, `study`,
+    `gaussian-study` and `demo`."""
     if not getattr(args, "under_torchrun", False):
         raise DenoiserLabError(f"denoiserlab {args.command} does not run under torchrun (only sample, train, "
-                               "heatmaps, study and gaussian-study do); run it as one process")
+                               "heatmaps, study, gaussian-study and demo do); run it as one process")
     with process_group.joined_from_environment():
         args.func(args)
 

@@ -176,7 +176,8 @@ def demo_index_html(results: dict) -> str:
             + table_html(["stage group", "wall seconds", "CPU seconds"],
                          timing_rows(results["stage_timings"]) + studies
                          + [["demo (this run, wall)", results["timings_s"].get("total"), None]])))
-    return page_html(f"denoiserlab demo: {results['dataset']}, shipped networks", sections)
+    networks = ", shipped networks" if results.get("shipped_configs", True) else ""
+    return page_html(f"denoiserlab demo: {results['dataset']}{networks}", sections)
 
 
 def write_demo_index(results: dict, out: Path) -> Path:

@@ -28,6 +28,7 @@ import torch
 from denoiserlab.assets import SHIPPED_PREFIX, assets_folder, shipped_path
 from denoiserlab.config import load_toml
 from denoiserlab.errors import DenoiserLabError
+from denoiserlab.process_group import in_process_group, is_main_process, world_size
 from denoiserlab.report.demo import stage_groups, timing_rows, write_demo_index
 from denoiserlab.studies.gaussian_structure import GaussianStudyConfig, run_gaussian_study
 from denoiserlab.studies.locality import LocalityStudyConfig, run_locality_study
@@ -65,13 +66,42 @@ def demo_config_path(name: str) -> Path:
     return shipped_path(name, "configs")
 
 
-def demo_configs(dataset: str) -> tuple[LocalityStudyConfig, GaussianStudyConfig]:
-    """The two study configs of the demo on `dataset` (a DEMO_DATASETS name)."""
+@dataclass(frozen=True)
+class DemoConfigFiles:
+    """The two study configs (TOML files) one demo runs."""
+
+    locality: Path  # the locality study
+    gaussian: Path  # the hidden-Gaussian-structure study
+    title: str  # what the index page says the demo ran on
+    shipped: bool  # both are the package's own configs for a DEMO_DATASETS name
+
+
+def demo_config_files(dataset: str, locality: str | Path | None = None,
+                      gaussian: str | Path | None = None) -> DemoConfigFiles:
+    """The configs of the demo on `dataset` (a DEMO_DATASETS name), where `locality` or `gaussian` (TOML paths)
+    replace the shipped config of that study."""
     if dataset not in DEMO_DATASETS:
         raise DenoiserLabError(f"the demo runs on {', '.join(DEMO_DATASETS)}, got {dataset!r}")
     spec = DEMO_DATASETS[dataset]
-    return (load_toml(LocalityStudyConfig, demo_config_path(spec.locality_config)),
-            load_toml(GaussianStudyConfig, demo_config_path(spec.gaussian_config)))
+    files = DemoConfigFiles(Path(locality) if locality else demo_config_path(spec.locality_config),
+                            Path(gaussian) if gaussian else demo_config_path(spec.gaussian_config), spec.title,
+                            shipped=locality is None and gaussian is None)
+    if files.shipped:
+        return files
+    for path in (files.locality, files.gaussian):
+        if not path.is_file():
+            raise DenoiserLabError(f"study config {path} is not a file")
+    return replace(files, title=f"{files.locality.name} and {files.gaussian.name}")
+
+
+def load_demo_configs(files: DemoConfigFiles) -> tuple[LocalityStudyConfig, GaussianStudyConfig]:
+    """The two study configs of a demo, parsed and checked."""
+    return load_toml(LocalityStudyConfig, files.locality), load_toml(GaussianStudyConfig, files.gaussian)
+
+
+def demo_configs(dataset: str) -> tuple[LocalityStudyConfig, GaussianStudyConfig]:
+    """The two shipped study configs of the demo on `dataset` (a DEMO_DATASETS name)."""
+    return load_demo_configs(demo_config_files(dataset))
 
 
 def shipped_names(locality: LocalityStudyConfig, gaussian: GaussianStudyConfig) -> dict[str, list[str]]:
@@ -95,14 +125,16 @@ def missing_shipped(locality: LocalityStudyConfig, gaussian: GaussianStudyConfig
     return missing
 
 
-def check_demo_dataset(dataset: str) -> None:
-    """Stop before any work, naming the missing files and how to make them, when the demo on `dataset` needs
-    shipped files this package lacks."""
-    missing = missing_shipped(*demo_configs(dataset))
+def check_demo_configs(dataset: str, files: DemoConfigFiles) -> None:
+    """Stop before any work, naming the missing files (and, for the shipped configs of `dataset`, how to make
+    them), when the demo's configs name shipped files this package lacks."""
+    missing = missing_shipped(*load_demo_configs(files))
     if missing:
         listed = "; ".join(f"{folder} {', '.join(names)}" for folder, names in missing.items())
-        raise DenoiserLabError(f"demo --dataset {dataset} needs shipped files this package lacks ({listed} under "
-                               f"src/denoiserlab/assets/): {DEMO_DATASETS[dataset].how_to_ship}")
+        what = f"demo --dataset {dataset}" if files.shipped else f"the demo on {files.title}"
+        how = DEMO_DATASETS[dataset].how_to_ship if files.shipped else "name files that exist instead"
+        raise DenoiserLabError(f"{what} needs shipped files this package lacks ({listed} under "
+                               f"src/denoiserlab/assets/): {how}")
 
 
 def available_cores() -> int:
@@ -110,29 +142,29 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_locality_part(out: Path, progress: bool, device: str, dataset: str) -> tuple[dict, float, float]:
-    """The locality study of the demo on `dataset` into OUT/locality on `device`: (results, wall seconds, CPU
-    seconds of this process)."""
+def run_locality_part(out: Path, progress: bool, device: str, files: DemoConfigFiles) -> tuple[dict, float, float]:
+    """The demo's locality study into OUT/locality on `device`: (results, wall seconds, CPU seconds of this
+    process)."""
     started, cpu = time.perf_counter(), time.process_time()
-    config = replace(demo_configs(dataset)[0], device=device)
+    config = replace(load_toml(LocalityStudyConfig, files.locality), device=device)
     results = run_locality_study(config, out / "locality", command="denoiserlab demo", log=stage_logger("locality"),
                                  progress=progress)
     return results, time.perf_counter() - started, time.process_time() - cpu
 
 
-def run_gaussian_part(out: Path, progress: bool, device: str, dataset: str) -> tuple[dict, float, float]:
-    """The Gaussian-structure study of the demo on `dataset` into OUT/gaussian on `device`: (results, wall
-    seconds, CPU seconds of this process)."""
+def run_gaussian_part(out: Path, progress: bool, device: str, files: DemoConfigFiles) -> tuple[dict, float, float]:
+    """The demo's Gaussian-structure study into OUT/gaussian on `device`: (results, wall seconds, CPU seconds of
+    this process)."""
     started, cpu = time.perf_counter(), time.process_time()
-    config = replace(demo_configs(dataset)[1], device=device)
+    config = replace(load_toml(GaussianStudyConfig, files.gaussian), device=device)
     results = run_gaussian_study(config, out / "gaussian", "denoiserlab demo", progress=progress,
                                  log=stage_logger("gaussian"))
     return results, time.perf_counter() - started, time.process_time() - cpu
 
 
 def stage_logger(study: str):
-    """One printed line per stage computed, prefixed with the study."""
-    return lambda line: print(f"  [{study}] {line}", flush=True)
+    """One printed line per stage computed, prefixed with the study (by rank 0 alone under torchrun)."""
+    return lambda line: print(f"  [{study}] {line}", flush=True) if is_main_process() else None
 
 
 def set_threads(threads: int) -> None:
@@ -140,41 +172,56 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_parts(out: Path, jobs: int, progress: bool, device: str, dataset: str) -> dict[str, tuple[dict, float, float]]:
-    """Both studies of the demo on `dataset` on `device`, side by side in `jobs` >= 2 processes (spawned: no state
-    shared), or one after the other."""
+def run_parts(out: Path, jobs: int, progress: bool, device: str,
+              files: DemoConfigFiles) -> dict[str, tuple[dict, float, float]]:
+    """Both studies of the demo on `device`, side by side in `jobs` >= 2 processes (spawned: no state shared), or
+    one after the other."""
     parts = {"locality": run_locality_part, "gaussian": run_gaussian_part}
     if jobs < 2:
-        return {name: part(out, progress, device, dataset) for name, part in parts.items()}
+        return {name: part(out, progress, device, files) for name, part in parts.items()}
     threads = max(1, torch.get_num_threads() // 2)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=context, initializer=set_threads, initargs=(threads,)) as pool:
-        futures = {name: pool.submit(part, out, False, device, dataset)
+        futures = {name: pool.submit(part, out, False, device, files)
                    for name, part in parts.items()}  # bars would interleave
         return {name: future.result() for name, future in futures.items()}
 
 
 def run_demo(out: str | Path, progress: bool = True, jobs: int | None = None, device: str = "cpu",
-             dataset: str = "fashion-mnist") -> dict:
+             dataset: str = "fashion-mnist", locality_config: str | Path | None = None,
+             gaussian_config: str | Path | None = None) -> dict:
     """Both studies into OUT/locality and OUT/gaussian, then OUT/index.html; returns {study: results.json table,
     "timings_s": {study: wall seconds}, "cpu_seconds": {study: CPU seconds}, "stage_timings": {group: ...},
-    "dataset": its title}. jobs: studies run at once (None: 2 when the machine has two or more cores); device: torch
-    device of both studies ('cpu', 'cuda' or 'cuda:N'); dataset: a DEMO_DATASETS name. Device and shipped files are
-    checked before any work."""
+    "dataset": its title}. jobs: studies run at once (None: 2 when the machine has two or more cores; always 1 in a
+    process group); device: torch device of both studies ('cpu', 'cuda' or 'cuda:N'); dataset: a DEMO_DATASETS
+    name; locality_config / gaussian_config: TOML files that replace that study's shipped config. Device, configs
+    and shipped files are checked before any work.
+
+    Under torchrun every rank calls this: the studies run one after the other, each as one study over the ranks
+    (networks data-parallel, analytical denoisers sharded), and rank 0 alone prints and writes."""
     check_device(device, "device")
-    check_demo_dataset(dataset)
+    files = demo_config_files(dataset, locality_config, gaussian_config)
+    check_demo_configs(dataset, files)
+    if in_process_group() and jobs == 2:
+        raise DenoiserLabError("under torchrun the demo's studies run one after the other over the ranks; drop --jobs")
     out = Path(out)
-    jobs = (2 if available_cores() >= 2 else 1) if jobs is None else jobs
+    if in_process_group():
+        jobs = 1
+    elif jobs is None:
+        jobs = 2 if available_cores() >= 2 else 1
     started = time.perf_counter()
-    spec = DEMO_DATASETS[dataset]
-    print(f"locality study ({spec.locality_config}) -> {out / 'locality'}; hidden-Gaussian-structure study "
-          f"({spec.gaussian_config}) -> {out / 'gaussian'}; {'side by side' if jobs >= 2 else 'one after the other'}",
-          flush=True)
-    parts = run_parts(out, jobs, progress, device, dataset)
+    if is_main_process():
+        ranks = f" over {world_size()} ranks" if in_process_group() else ""
+        print(f"locality study ({files.locality.name}) -> {out / 'locality'}; hidden-Gaussian-structure study "
+              f"({files.gaussian.name}) -> {out / 'gaussian'}; "
+              f"{'side by side' if jobs >= 2 else 'one after the other'}{ranks}", flush=True)
+    parts = run_parts(out, jobs, progress, device, files)
     results = {name: part[0] for name, part in parts.items()}
-    results["dataset"] = spec.title
+    results["dataset"], results["shipped_configs"] = files.title, files.shipped
     results["timings_s"] = {name: part[1] for name, part in parts.items()}
     results["cpu_seconds"] = {name: part[2] for name, part in parts.items()}
+    if not is_main_process():
+        return results
     results["stage_timings"] = {f"{name}: {group}": timing for name in parts
                                 for group, timing in stage_groups(name, results[name]).items()}
     results["timings_s"]["total"] = time.perf_counter() - started
