@@ -5,7 +5,8 @@ training images/s on --device, the CPU figures beside, and each method's agreeme
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_gpu.py --device cpu --n 2000      # CPU only: a few minutes
 
 Rows (markdown on stdout, every number in the --out JSON file):
-- optimal, Gaussian, PSPC-Square (s = 11; on CUDA the default fused Triton kernel and the eager path), PSPC-Flex (lambda = 0.4; masks from a synthetic locality heatmap, an
+- optimal, Gaussian, PSPC-Square (s = 11), PSPC-Flex (lambda = 0.4; on CUDA both with the default fused Triton
+  kernels and with the eager paths; Flex masks from a synthetic locality heatmap, an
   isotropic Gaussian falloff of width HEATMAP_WIDTH pixels around each output pixel) and ELS (P = 3, zero padding),
   each built once on N uniform random training images and called on B noisy training images at sigma = --sigma.
   ELS runs on --els-n images (default N / 10): its cost is B N (HW)^2 exponentials, 8e11 at N = 100,000.
@@ -236,11 +237,14 @@ def denoiser_rows(args: argparse.Namespace, device: torch.device) -> list[Row]:
         denoiser_row(f"PSPC-Flex lambda={args.lam}", lambda images: PSPCFlex(images, masks),
                      lambda *inputs: reference_composite(*inputs, masks), train, check_n, args, device),
     ]
-    if device.type == "cuda":  # "auto" above runs the fused Triton kernel there; the eager path beside it
+    if device.type == "cuda":  # "auto" above runs the fused Triton kernels there; the eager paths beside them
         rows.insert(3, denoiser_row(f"PSPC-Square s={size}, eager", lambda images: PSPCSquare(images, size,
                                                                                               kernel="eager"),
                                     lambda *inputs: reference_composite(*inputs, square_masks(height, width, size)),
                                     train, check_n, args, device))
+        rows.append(denoiser_row(f"PSPC-Flex lambda={args.lam}, eager",
+                                 lambda images: PSPCFlex(images, masks, kernel="eager"),
+                                 lambda *inputs: reference_composite(*inputs, masks), train, check_n, args, device))
     els_train = train[: args.els_n]
     rows.append(denoiser_row(f"ELS P={args.els_patch_size}", lambda images: ELS(images, args.els_patch_size),
                              lambda *inputs: reference_els(*inputs, args.els_patch_size), els_train,

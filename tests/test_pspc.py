@@ -32,8 +32,9 @@ def triton_kernel_runs_here() -> bool:
 
 KERNELS = ["eager", pytest.param("compiled", marks=pytest.mark.skipif(not compiled_kernel_available(),
                                                                     reason="C kernel cannot be built here"))]
-SQUARE_KERNELS = [*KERNELS, pytest.param("triton", marks=pytest.mark.skipif(not triton_kernel_runs_here(),
-                                                                          reason="triton is not installed"))]
+# the Triton kernels of PSPC-Square and PSPC-Flex (through the interpreter on CPU)
+ALL_KERNELS = [*KERNELS, pytest.param("triton", marks=pytest.mark.skipif(not triton_kernel_runs_here(),
+                                                                       reason="triton is not installed"))]
 
 
 def reference_composite(x, sigmas, train, crops):
@@ -75,7 +76,7 @@ def make_data(shape, n_train=20, batch=3, seed=0):
 SIGMAS = torch.tensor([0.4, 0.9, 2.0])
 
 
-@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 @pytest.mark.parametrize("shape,size", [((1, 8, 8), 1), ((1, 8, 8), 3), ((1, 8, 8), 4), ((3, 6, 6), 2), ((3, 6, 6), 5)])
 def test_square_matches_loop_reference(kernel, shape, size):
     train, x = make_data(shape)
@@ -84,14 +85,14 @@ def test_square_matches_loop_reference(kernel, shape, size):
     assert torch.allclose(out.double(), reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_square_non_square_image(kernel):
     train, x = make_data((2, 5, 7))
     out = PSPCSquare(train, 3, kernel=kernel, chunk_size=7)(x, SIGMAS)
     assert torch.allclose(out.double(), reference_composite(x, SIGMAS, train, square_crops(5, 7, 3)), atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_square_full_size_and_larger_is_optimal(kernel):
     train, x = make_data((3, 6, 6))
     optimal = OptimalDenoiser(train)(x, SIGMAS)
@@ -99,7 +100,7 @@ def test_square_full_size_and_larger_is_optimal(kernel):
         assert torch.allclose(PSPCSquare(train, size, kernel=kernel)(x, SIGMAS), optimal, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_square_per_sample_patch_size_from_schedule(kernel):
     train, x = make_data((1, 8, 8), batch=4)
     sigmas = torch.tensor([2.0, 0.3, 1.0, 0.3])
@@ -113,7 +114,7 @@ def test_square_per_sample_patch_size_from_schedule(kernel):
         assert torch.allclose(out[b : b + 1].double(), reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_square_xflip_uses_flipped_copies(kernel):
     train, x = make_data((1, 6, 6), n_train=10)
     out = PSPCSquare(train, 3, xflip=True, kernel=kernel)(x, SIGMAS)
@@ -121,7 +122,7 @@ def test_square_xflip_uses_flipped_copies(kernel):
     assert torch.allclose(out.double(), reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", SQUARE_KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_square_exact_at_smallest_sigma(kernel):
     train, _ = make_data((3, 6, 6))
     train[1] = train[0]  # two identical images: their weights must split evenly, not collapse
@@ -153,14 +154,24 @@ def test_flex_compiled_agrees_with_eager_on_larger_input():
     assert torch.allclose(compiled, PSPCFlex(train, masks, kernel="eager", chunk_size=50)(x, sigmas), atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.skipif(not triton_kernel_runs_here(), reason="triton is not installed")
+def test_flex_triton_agrees_with_eager_over_several_tiles_and_chunks():
+    """More crops (150), pixels (120) and images (133, chunks of 70) than one tile of the Triton kernel holds."""
+    train, x = make_data((3, 12, 10), n_train=133, batch=3)
+    sigmas = torch.tensor([0.5, 3.0, 0.05])
+    masks = random_masks(150, 12, 10, 8)
+    triton = PSPCFlex(train, masks, kernel="triton", chunk_size=70)(x, sigmas)
+    assert torch.allclose(triton, PSPCFlex(train, masks, kernel="eager")(x, sigmas), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_flex_all_true_mask_is_optimal(kernel):
     train, x = make_data((3, 6, 6))
     masks = torch.ones(4, 6, 6, dtype=torch.bool)  # duplicates of the full crop
     assert torch.allclose(PSPCFlex(train, masks, kernel=kernel)(x, SIGMAS), OptimalDenoiser(train)(x, SIGMAS), atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_flex_square_masks_equal_square(kernel):
     train, x = make_data((1, 8, 8))
     masks = torch.stack(square_crops(8, 8, 3))
@@ -175,7 +186,7 @@ def random_masks(count, height, width, seed):
     return torch.cat([masks, masks[:3]])  # with duplicated crops
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 28])  # recompute the logits in pass 2, or keep them
 def test_flex_random_masks_match_loop_reference(monkeypatch, cache_bytes, kernel):
     monkeypatch.setattr(pspc_flex, "LOGIT_CACHE_BYTES", cache_bytes)
@@ -207,7 +218,7 @@ def test_row_block_cells_cover_every_crop_exactly(height, width):
     assert len(cells) <= masks.sum()
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_flex_blob_masks_match_loop_reference(kernel):
     """Crops made of long row runs, so that the kernel sums blocks of up to 8 pixels (rectangles and discs)."""
     train, x = make_data((2, 9, 12), seed=5)
@@ -233,7 +244,7 @@ def test_kernel_distance_room_reused_across_calls_of_other_sizes():
     assert pspc_kernel.distance_cache(1 << 20, 1 << 10, 1 << 10) is None  # beyond LOGIT_CACHE_BYTES: recompute
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_flex_per_sample_masks_from_callable(kernel):
     train, x = make_data((1, 6, 6), batch=4)
     sigmas = torch.tensor([2.0, 0.3, 1.0, 0.3])
@@ -248,7 +259,7 @@ def test_flex_per_sample_masks_from_callable(kernel):
         assert torch.allclose(out[b : b + 1].double(), reference, atol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_flex_xflip_and_smallest_sigma(kernel):
     train, _ = make_data((3, 6, 6), n_train=10)
     x = train[:3] + 0.002 * torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(3))
@@ -282,14 +293,15 @@ def test_square_rejects_bad_schedule_value_bad_kernel_and_bad_input():
         square(torch.randn(1, 6, 6), 1.0)
 
 
-def test_triton_kernel_refuses_cpu_tensors_without_the_interpreter_and_flex_has_none(monkeypatch):
+def test_triton_kernels_refuse_cpu_tensors_without_the_interpreter(monkeypatch):
     train, x = make_data((1, 6, 6))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(DenoiserLabError, match="runs on CUDA devices"):
-        PSPCSquare(train, 3, kernel="triton")(x, 1.0)
-    assert PSPCSquare(train, 3, kernel="auto")(x, 1.0).shape == x.shape  # auto never picks Triton on CPU
-    with pytest.raises(DenoiserLabError, match="kernel must be one of"):
-        PSPCFlex(train, torch.ones(1, 6, 6, dtype=torch.bool), kernel="triton")
+    masks = torch.ones(1, 6, 6, dtype=torch.bool)
+    for denoiser in (PSPCSquare(train, 3, kernel="triton"), PSPCFlex(train, masks, kernel="triton")):
+        with pytest.raises(DenoiserLabError, match="runs on CUDA devices"):
+            denoiser(x, 1.0)
+    for denoiser in (PSPCSquare(train, 3, kernel="auto"), PSPCFlex(train, masks, kernel="auto")):
+        assert denoiser(x, 1.0).shape == x.shape  # auto never picks Triton on CPU
 
 
 @pytest.mark.parametrize(

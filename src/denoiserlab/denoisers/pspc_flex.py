@@ -6,7 +6,8 @@ images; each output pixel is the average over the crops that contain it (duplica
 occur); pixels covered by no crop keep the noisy input value.
 
 Identical masks are merged first (lambda = 1 is a single full-image crop). On CPU the default is the fused C kernel
-(`pspc_kernel.py`), which holds each crop as a pixel index list, so a crop costs its size. The eager path below is
+(`pspc_kernel.py`), which holds each crop as a pixel index list, so a crop costs its size; on CUDA the fused Triton
+kernel (`pspc_flex_triton.py`, when Triton is installed). The eager path below is
 the readable reference and runs anywhere (GPU included): with d_n the per-pixel squared differences
 sum_c (z - x_n)^2 ([B, n, H*W], never the |a|^2 - 2ab + |b|^2 expansion), all crop distances are one GEMM
 d_n @ masks^T (a sum of non-negative terms, so no cancellation in float32), and the composite is
@@ -24,10 +25,16 @@ import torch
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers import pspc_kernel
+from denoiserlab.denoisers import pspc_flex_triton, pspc_kernel
 from denoiserlab.denoisers.distributed import check_same_queries, merge_nearest_sums_across, shard, sum_across
 from denoiserlab.denoisers.flex_masks import masks_from_heatmaps
-from denoiserlab.denoisers.pspc_square import KERNELS, eager_training_images, kernel_numerators, use_compiled_kernel
+from denoiserlab.denoisers.pspc_square import (
+    KERNELS,
+    eager_training_images,
+    kernel_numerators,
+    use_compiled_kernel,
+    use_triton_kernel,
+)
 from denoiserlab.denoisers.schedules import Tunable, estimate_by_group
 from denoiserlab.denoisers.streaming_softmax import streaming_nearest_sum
 from denoiserlab.denoisers.training_set import (
@@ -54,7 +61,9 @@ LOGIT_CACHE_BYTES = 1 << 28  # keep pass-1 crop distances for pass 2 up to this 
 class PSPCFlexConfig:
     masks: Tensor | Callable[[float], Tensor]  # bool [K, H, W] crops, or a schedule sigma -> such a tensor
     xflip: bool = False  # also use the horizontal flip of every training image
-    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (two GEMMs, any device), "auto": compiled on CPU
+    # "compiled" (C kernel, CPU), "triton" (fused Triton kernel, CUDA: pspc_flex_triton.py), "eager" (two GEMMs,
+    # any device), "auto": compiled on CPU, triton on CUDA when Triton is installed (else eager, with a warning)
+    kernel: str = "auto"
     # training images per chunk (None: about 32 MiB of intermediates on the eager path, of float32 lanes on the
     # compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
     chunk_size: int | None = None
@@ -62,9 +71,8 @@ class PSPCFlexConfig:
     distributed: bool = False  # shard the training set over torch.distributed ranks, as OptimalConfig.distributed
 
     def __post_init__(self):
-        flex_kernels = tuple(kernel for kernel in KERNELS if kernel != "triton")  # no Triton kernel for listed crops
-        if self.kernel not in flex_kernels:
-            raise DenoiserLabError(f"kernel must be one of {flex_kernels}, got {self.kernel!r}")
+        if self.kernel not in KERNELS:
+            raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if not callable(self.masks) and not isinstance(self.masks, Tensor):
             raise DenoiserLabError("masks must be a bool tensor [K, H, W] or a callable sigma -> masks, "
                                    f"got {type(self.masks).__name__}")
@@ -173,6 +181,11 @@ class PSPCFlex:
     def composite(self, x: Tensor, sigma: Tensor, index: int) -> Tensor:
         """The composite over crop set `index`. x: [B, C, H, W]; sigma: float64 [B]; returns float64 [B, C, H, W]."""
         crops = self._crop_sets[index][1]
+        if use_triton_kernel(self, x.device, "PSPC-Flex"):
+            crops = crops.to(x.device)
+            return pspc_flex_triton.flex_composite_triton(x, sigma, eager_training_images(self, x.device), crops.masks,
+                                                          crops.counts, self.config.chunk_size,
+                                                          self.config.distributed)
         if not use_compiled_kernel(self, x.device, "PSPC-Flex"):
             train = eager_training_images(self, x.device)
             return flex_composite(x, sigma, train, crops.to(x.device), self.config.chunk_size, self.config.distributed)
@@ -191,7 +204,7 @@ class PSPCFlex:
             if seen.shape == masks.shape and torch.equal(seen, masks.to(seen.device)):
                 return index
         crops = unique_crops(masks.cpu())
-        kernel_crops = crops.for_kernel(tuple(masks.shape[1:])) if self.config.kernel != "eager" else None
+        kernel_crops = crops.for_kernel(tuple(masks.shape[1:])) if self.config.kernel in ("auto", "compiled") else None
         self._crop_sets.append((masks, crops, kernel_crops))
         return len(self._crop_sets) - 1
 

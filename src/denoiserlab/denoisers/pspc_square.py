@@ -197,10 +197,10 @@ def use_compiled_kernel(denoiser, device: torch.device, name: str,
     return True
 
 
-def use_triton_kernel(denoiser, device: torch.device) -> bool:
-    """Whether a PSPC-Square call on `device` goes to the Triton kernel: always for kernel="triton" (which raises
-    where Triton cannot run), for "auto" on CUDA when Triton is installed; "auto" falls back to eager, with a
-    warning, and records kernel="eager" in the denoiser's config."""
+def use_triton_kernel(denoiser, device: torch.device, name: str = "PSPC-Square") -> bool:
+    """Whether a call of PSPC denoiser `denoiser` (`name` in warnings) on `device` goes to its Triton kernel: always
+    for kernel="triton" (which raises where Triton cannot run), for "auto" on CUDA when Triton is installed; "auto"
+    falls back to eager, with a warning, and records kernel="eager" in the denoiser's config."""
     if denoiser.config.kernel == "triton":
         pspc_triton.check_available(device)
         return True
@@ -209,7 +209,7 @@ def use_triton_kernel(denoiser, device: torch.device) -> bool:
     try:
         pspc_triton.check_available(device)
     except pspc_triton.TritonUnavailable as error:
-        pspc_kernel.warn_fallback(error, "PSPC-Square")
+        pspc_kernel.warn_fallback(error, name)
         denoiser.config = dataclasses.replace(denoiser.config, kernel="eager")
         return False
     return True
