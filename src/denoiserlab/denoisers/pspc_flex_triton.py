@@ -28,7 +28,7 @@ from torch import Tensor
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.distributed import merge_nearest_sums_across, sum_across
 from denoiserlab.denoisers.pspc_triton import DEFAULT_CHUNK_IMAGES, PROGRAMS_PER_CALL, check_available
-from denoiserlab.denoisers.streaming_softmax import merge_nearest_sums
+from denoiserlab.denoisers.streaming_softmax import merged_nearest_sums
 from denoiserlab.denoisers.training_set import TrainingImages
 
 TILES = {"BN": 32, "BP": 64, "BU": 64}  # training images, pixels and crops per tile of a program
@@ -93,13 +93,8 @@ def flex_composite_triton(x: Tensor, sigma: Tensor, train: TrainingImages, masks
         for start in range(0, len(train), chunk_size):
             yield train.read(start, start + chunk_size, x.device).float().flatten(2).contiguous()
 
-    crop_min = crop_sum = None
-    for chunk in chunks():
-        chunk_min, chunk_sum = chunk_normalisers(queries, chunk, masks_t, g)
-        if crop_min is None:
-            crop_min, crop_sum = chunk_min, chunk_sum
-        else:
-            crop_min, crop_sum = merge_nearest_sums(crop_min, crop_sum, chunk_min, chunk_sum, g.double()[:, None])
+    crop_min, crop_sum = merged_nearest_sums((chunk_normalisers(queries, chunk, masks_t, g) for chunk in chunks()),
+                                             g.double()[:, None])
     if distributed:
         crop_min, crop_sum = merge_nearest_sums_across(crop_min, g.double()[:, None], crop_sum)
     crop_min, inverse_sum = crop_min.contiguous(), (1.0 / crop_sum).float().contiguous()

@@ -33,7 +33,7 @@ from torch import Tensor
 from denoiserlab.denoisers import pspc_kernel
 from denoiserlab.denoisers.box_filter import windows_per_pixel
 from denoiserlab.denoisers.distributed import merge_nearest_sums_across, sum_across
-from denoiserlab.denoisers.streaming_softmax import merge_nearest_sums
+from denoiserlab.denoisers.streaming_softmax import merged_nearest_sums
 from denoiserlab.denoisers.training_set import TrainingImages
 from denoiserlab.errors import DenoiserLabError
 
@@ -131,14 +131,8 @@ def square_composite_triton(x: Tensor, sigma: Tensor, train: TrainingImages, siz
         for start in range(0, len(train), chunk_size):
             yield train.read(start, start + chunk_size, x.device).float().contiguous()
 
-    crop_min = crop_sum = None
-    for chunk in chunks():
-        chunk_min, chunk_sum = chunk_normalisers(queries, chunk, g, size)
-        if crop_min is None:
-            crop_min, crop_sum = chunk_min, chunk_sum
-        else:
-            crop_min, crop_sum = merge_nearest_sums(crop_min, crop_sum, chunk_min, chunk_sum,
-                                                    g.double()[:, None, None])
+    crop_min, crop_sum = merged_nearest_sums((chunk_normalisers(queries, chunk, g, size) for chunk in chunks()),
+                                             g.double()[:, None, None])
     if distributed:
         crop_min, crop_sum = merge_nearest_sums_across(crop_min, g.double()[:, None, None], crop_sum)
     crop_min, inverse_sum = crop_min.contiguous(), (1.0 / crop_sum).float().contiguous()

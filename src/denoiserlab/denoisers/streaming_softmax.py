@@ -40,6 +40,18 @@ def merge_nearest_sums(min_a: Tensor, sum_a: Tensor, min_b: Tensor, sum_b: Tenso
     return new_min, merged
 
 
+def merged_nearest_sums(partials: Iterable[tuple[Tensor, Tensor]], inv_two_var: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge the (smallest distance m, float64 sum) states of successive chunks (merge_nearest_sums). inv_two_var:
+    g as float64, broadcastable to the sums. Returns (m, s) over all chunks."""
+    running_min = running_sum = None
+    for chunk_min, chunk_sum in partials:
+        if running_min is None:
+            running_min, running_sum = chunk_min, chunk_sum
+        else:
+            running_min, running_sum = merge_nearest_sums(running_min, running_sum, chunk_min, chunk_sum, inv_two_var)
+    return running_min, running_sum
+
+
 def streaming_nearest_sum(distance_chunks: Iterable[Tensor], inv_two_var: Tensor) -> tuple[Tensor, Tensor]:
     """Softmax normalisers of -distances * g in distance space, over all chunks along dim 1.
 
