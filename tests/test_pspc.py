@@ -20,21 +20,22 @@ def compiled_kernel_available() -> bool:
     return True
 
 
-def triton_kernel_runs_here() -> bool:
-    """Triton installed; without CUDA its kernels then run on CPU tensors through Triton's interpreter, which must be
-    switched on before the kernels are first imported (nothing else in the tests uses Triton)."""
-    if importlib.util.find_spec("triton") is None:
+def triton_interpreter_runs_here() -> bool:
+    """Triton installed and no CUDA: the Triton kernels then run on CPU tensors through Triton's interpreter, which
+    must be switched on before they are first imported (nothing else in the tests uses Triton). Where CUDA is, the
+    `cuda` tests run them compiled (test_cuda_matches_cpu_and_the_loop_reference)."""
+    if importlib.util.find_spec("triton") is None or torch.cuda.is_available():
         return False
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1"
     return True
 
 
 KERNELS = ["eager", pytest.param("compiled", marks=pytest.mark.skipif(not compiled_kernel_available(),
                                                                     reason="C kernel cannot be built here"))]
 # the Triton kernels of PSPC-Square and PSPC-Flex (through the interpreter on CPU)
-ALL_KERNELS = [*KERNELS, pytest.param("triton", marks=pytest.mark.skipif(not triton_kernel_runs_here(),
-                                                                       reason="triton is not installed"))]
+TRITON_INTERPRETED = pytest.mark.skipif(not triton_interpreter_runs_here(),
+                                        reason="triton is not installed, or CUDA runs its kernels compiled")
+ALL_KERNELS = [*KERNELS, pytest.param("triton", marks=TRITON_INTERPRETED)]
 
 
 def reference_composite(x, sigmas, train, crops):
@@ -154,7 +155,7 @@ def test_flex_compiled_agrees_with_eager_on_larger_input():
     assert torch.allclose(compiled, PSPCFlex(train, masks, kernel="eager", chunk_size=50)(x, sigmas), atol=1e-5)
 
 
-@pytest.mark.skipif(not triton_kernel_runs_here(), reason="triton is not installed")
+@TRITON_INTERPRETED
 def test_flex_triton_agrees_with_eager_over_several_tiles_and_chunks():
     """More crops (150), pixels (120) and images (133, chunks of 70) than one tile of the Triton kernel holds."""
     train, x = make_data((3, 12, 10), n_train=133, batch=3)
@@ -330,10 +331,19 @@ def test_flex_rejects_bad_masks_from_callable_and_bad_sigma():
 
 
 @pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu_and_the_loop_reference():
+    """On CUDA "auto" is the Triton kernel where Triton imports (CUDA builds of torch ship it): every kernel there
+    against the CPU and, on more crops, pixels and images than one Triton tile holds, the float64 loop reference."""
     train, x = make_data((3, 8, 8))
     masks = random_masks(10, 8, 8, 0)
-    for den in (PSPCSquare(train, 3, kernel="eager"), PSPCSquare(train, 3), PSPCFlex(train, masks)):
+    for den in (PSPCSquare(train, 3, kernel="eager"), PSPCSquare(train, 3), PSPCFlex(train, masks, kernel="eager"),
+                PSPCFlex(train, masks)):
         on_gpu = den(x.cuda(), SIGMAS.cuda())
         assert on_gpu.device.type == "cuda"
         assert torch.allclose(on_gpu.cpu(), den(x, SIGMAS), atol=1e-5)
+    train, x = make_data((3, 12, 10), n_train=133, batch=3)
+    masks = random_masks(150, 12, 10, 8)
+    for den, crops in ((PSPCFlex(train, masks, chunk_size=70), list(masks)),
+                       (PSPCSquare(train, 5), square_crops(12, 10, 5))):
+        reference = reference_composite(x, SIGMAS, train, crops)
+        assert torch.allclose(den(x.cuda(), SIGMAS.cuda()).cpu().double(), reference, atol=2e-5)

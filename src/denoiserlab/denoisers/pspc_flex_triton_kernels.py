@@ -9,7 +9,7 @@ differences to 10 bits of mantissa.
 import triton
 import triton.language as tl
 
-FAR = 3.0e38  # the distance of a row past the last training image: its weight exp(-(FAR - m) g) is 0
+FAR = tl.constexpr(3.0e38)  # the distance of a row past the last training image: its weight exp(-(FAR - m) g) is 0
 
 
 @triton.jit
