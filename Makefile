@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: venv
+# Triton (CPU build from PyPI) only for the tests: they run the PSPC Triton kernels through its interpreter and
+# compile them for a Hopper GPU with its ptxas; the package itself imports Triton only on CUDA.
+TRITON_STAMP := $(VENV)/.triton
+$(TRITON_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet triton==3.7.1
+	touch $(TRITON_STAMP)
+
+test: venv $(TRITON_STAMP)
 	$(PY) -m pytest -q
 
 demo: venv

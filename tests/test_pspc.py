@@ -35,7 +35,10 @@ KERNELS = ["eager", pytest.param("compiled", marks=pytest.mark.skipif(not compil
 # the Triton kernels of PSPC-Square and PSPC-Flex (through the interpreter on CPU)
 TRITON_INTERPRETED = pytest.mark.skipif(not triton_interpreter_runs_here(),
                                         reason="triton is not installed, or CUDA runs its kernels compiled")
-ALL_KERNELS = [*KERNELS, pytest.param("triton", marks=TRITON_INTERPRETED)]
+# the kernels let exp((m - D) g) underflow through -inf (e.g. from the initial running minimum 3e38), which is exact
+# on a GPU; Triton's interpreter computes with numpy, which warns about the overflow to -inf
+INTERPRETER_OVERFLOW = pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
+ALL_KERNELS = [*KERNELS, pytest.param("triton", marks=[TRITON_INTERPRETED, INTERPRETER_OVERFLOW])]
 
 
 def reference_composite(x, sigmas, train, crops):
@@ -156,6 +159,7 @@ def test_flex_compiled_agrees_with_eager_on_larger_input():
 
 
 @TRITON_INTERPRETED
+@INTERPRETER_OVERFLOW
 def test_flex_triton_agrees_with_eager_over_several_tiles_and_chunks():
     """More crops (150), pixels (120) and images (133, chunks of 70) than one tile of the Triton kernel holds."""
     train, x = make_data((3, 12, 10), n_train=133, batch=3)
