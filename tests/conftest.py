@@ -1,7 +1,18 @@
-"""Shared small fixtures: tiny random training sets so tests run in seconds."""
+"""Shared small fixtures: tiny random training sets so tests run in seconds; Triton's interpreter on machines
+without CUDA."""
+
+import importlib.util
+import os
 
 import pytest
 import torch
+
+# Without CUDA the PSPC Triton kernels run on CPU tensors through Triton's interpreter (test_pspc.py). The switch
+# must be on before anything imports triton: its own library functions (tl.sum, tl.min, ...) are jitted when triton
+# is imported, and other packages the tests import (diffusers) import it at collection.
+TRITON_INTERPRETER = importlib.util.find_spec("triton") is not None and not torch.cuda.is_available()
+if TRITON_INTERPRETER:
+    os.environ["TRITON_INTERPRET"] = "1"
 
 # Tests use tiny tensors, where a second intra-op thread only adds spin-waiting (up to 10x slower on a busy
 # 2-core machine). Results do not depend on the thread count.

@@ -1,7 +1,5 @@
 """PSPC-Square and PSPC-Flex against a slow float64 loop over crops written here (STYLE section 10)."""
 
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ from denoiserlab.denoisers import OptimalDenoiser, PSPCFlex, PSPCSquare
 from denoiserlab.denoisers import pspc_flex, pspc_kernel
 from denoiserlab.denoisers.pspc_kernel import KernelUnavailable, load_library
 from denoiserlab.errors import DenoiserLabError
+from conftest import TRITON_INTERPRETER
 
 
 def compiled_kernel_available() -> bool:
@@ -20,20 +19,11 @@ def compiled_kernel_available() -> bool:
     return True
 
 
-def triton_interpreter_runs_here() -> bool:
-    """Triton installed and no CUDA: the Triton kernels then run on CPU tensors through Triton's interpreter, which
-    must be switched on before they are first imported (nothing else in the tests uses Triton). Where CUDA is, the
-    `cuda` tests run them compiled (test_cuda_matches_cpu_and_the_loop_reference)."""
-    if importlib.util.find_spec("triton") is None or torch.cuda.is_available():
-        return False
-    os.environ["TRITON_INTERPRET"] = "1"
-    return True
-
-
 KERNELS = ["eager", pytest.param("compiled", marks=pytest.mark.skipif(not compiled_kernel_available(),
                                                                     reason="C kernel cannot be built here"))]
 # the Triton kernels of PSPC-Square and PSPC-Flex (through the interpreter on CPU)
-TRITON_INTERPRETED = pytest.mark.skipif(not triton_interpreter_runs_here(),
+# (conftest.py switches the interpreter on without CUDA; with CUDA the `cuda` test runs the kernels compiled)
+TRITON_INTERPRETED = pytest.mark.skipif(not TRITON_INTERPRETER,
                                         reason="triton is not installed, or CUDA runs its kernels compiled")
 # the kernels let exp((m - D) g) underflow through -inf (e.g. from the initial running minimum 3e38), which is exact
 # on a GPU; Triton's interpreter computes with numpy, which warns about the overflow to -inf
