@@ -53,3 +53,14 @@ def test_study_configs_name_the_shipped_networks_those_configs_trained(arch):
     assert network.training_data["source"] == "emoji" and network.img_channels == 3 and network.img_resolution == 32
     shipped_config = json.loads((assets_folder("checkpoints") / f"{arch}-emoji" / "config.json").read_text())
     assert shipped_config["preset"] == train_config(arch).arch == arch
+
+
+def test_no_heatmaps_config_runs_every_registered_denoiser_except_the_one_built_from_heatmaps():
+    """configs/locality-emoji-no-heatmaps.toml: the emoji locality study while the colour heatmaps do not ship."""
+    from denoiserlab.denoisers import REGISTRY
+
+    config = load_toml(LocalityStudyConfig, CONFIGS / "locality-emoji-no-heatmaps.toml")
+    assert [network.path for network in config.networks] == [f"shipped:{name}-small-emoji" for name in ("unet", "dit")]
+    assert all(network.heatmaps is None for network in config.networks)
+    assert sorted(config.methods()) == sorted(set(REGISTRY) - {"pspc_flex"})
+    assert config.heatmaps.n_samples == 1

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 16's emoji heatmaps on a CUDA GPU: both shipped emoji networks, the same convergence rule as the shipped
+# Fashion-MNIST files (--until-converged 0.02, under both readings), up to 256 z per sigma. On one CPU thread these
+# take ~37 s (dit-small) and ~60-90 s (unet-small) per z and sigma, i.e. 4-7 CPU-hours per network.
+#
+#     scripts/gpu_emoji_heatmaps.sh              # outputs in $OUT or results/emoji-heatmaps; HEATMAP_SECONDS per network
+#
+# Installs nothing and reaches no network; runs $PYTHON (else .venv/bin/python when it sees CUDA, else python3) with
+# the package from src/ on PYTHONPATH. A run cut by its time limit keeps its finished sigmas in OUT/*.npz.parts/, and
+# the same command resumes from them. Then ship OUT/{unet,dit}-small-emoji.npz as
+# src/denoiserlab/assets/heatmaps/{unet,dit}-small-emoji.npz.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-results/emoji-heatmaps}"
+mkdir -p "$out"
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+    python=python3
+    if [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+        python=.venv/bin/python
+    fi
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    echo "gpu_emoji_heatmaps: CUDA is not available to $python (set PYTHON to an interpreter with a CUDA build of torch)" >&2
+    exit 2
+fi
+status=0
+for network in dit-small-emoji unet-small-emoji; do
+    echo "== $network (limit ${HEATMAP_SECONDS:-240} s)"
+    timeout "${HEATMAP_SECONDS:-240}" "$python" -m denoiserlab heatmaps --network "shipped:$network" \
+        --out "$out/$network.npz" --device cuda --until-converged 0.02 --start-samples 8 --groups 4 \
+        --check-pairs 16 --n-samples 256 --batch-size 8 --products-per-pass 128 --reference-sigma 1.92 \
+        2>&1 | tr '\r' '\n' | grep -v '^ *$' | tail -n 20 || status=1
+    [ -f "$out/$network.npz" ] || status=1
+done
+echo "gpu_emoji_heatmaps: $([ "$status" = 0 ] && echo finished || echo UNFINISHED); outputs in $out/"
+exit "$status"
