@@ -57,7 +57,8 @@ def feature_model_for(spec: str, source: str):
     (None: no Fréchet distances)."""
     if spec != "auto":
         return load_feature_model(spec)
-    path = assets_folder("feature_models") / f"{source}-classifier.pt"
+    same_images = {"fashion-mnist-full": "fashion-mnist"}  # the vendored subset's classifier reads all 70k images
+    path = assets_folder("feature_models") / f"{same_images.get(source, source)}-classifier.pt"
     return load_feature_model(path) if path.is_file() else None
 
 
