@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -38,22 +40,43 @@ def json_leaves(value, path=""):
         yield path, value
 
 
+def method_order(path: str) -> bool:
+    """Whether a results.json leaf names a method by its place in an order of MSEs (rankings, closest methods):
+    two methods whose MSEs tie to ~1e-7 may trade places between two runs that agree to 1e-4."""
+    return "ranking" in path or "closest" in path
+
+
+def ordered_members(leaves: dict) -> dict:
+    """{list path: sorted method names} of every full ordering among the method_order leaves (the closest-per-sigma
+    lists and single closest names are left out: a tie changes which name they hold, not only where)."""
+    members = defaultdict(list)
+    for path, value in leaves.items():
+        if method_order(path) and "closest" not in path and isinstance(value, str):
+            members[re.sub(r"\[\d+\]$", "", path)].append(value)
+    return {path: sorted(names) for path, names in members.items()}
+
+
 def assert_same_results(two: Path, one: Path) -> None:
     """The results.json files of two output folders: equal keys, strings (paths into the folder aside) and flags;
     numbers to 1e-4 relative (a float32 network on a batch split over two ranks differs from one batch by ~1e-7 a
-    call, which the 3-step trajectories carry into every number)."""
+    call, which the 3-step trajectories carry into every number). Orders of methods by MSE hold the same methods,
+    each a method of the one-process run; their order is the numbers' (checked to 1e-4), so near-ties may swap."""
     text = (two / "results.json").read_text().replace(str(two), str(one))
     leaves_two, leaves_one = (dict(json_leaves(json.loads(content)))
                               for content in (text, (one / "results.json").read_text()))
     assert leaves_two.keys() == leaves_one.keys()
+    names = {value for path, value in leaves_one.items() if method_order(path) and isinstance(value, str)}
     for path, expected in leaves_one.items():
         got = leaves_two[path]
         if isinstance(expected, float) and not isinstance(expected, bool):
             assert isinstance(got, (int, float)) and (math.isnan(got) == math.isnan(expected)), path
             if not math.isnan(expected):
                 assert got == pytest.approx(expected, rel=1e-4, abs=1e-6), path
+        elif method_order(path) and isinstance(expected, str):
+            assert got in names, path
         else:
             assert got == expected, path
+    assert ordered_members(leaves_two) == ordered_members(leaves_one)
 
 
 def tiny_network(folder: Path, architecture: str, overrides: dict, seed: int, training_data: dict) -> Path:
