@@ -3,7 +3,7 @@
 # Fashion-MNIST files (--until-converged 0.02, under both readings), up to 256 z per sigma. On one CPU thread these
 # take ~37 s (dit-small) and ~60-90 s (unet-small) per z and sigma, i.e. 4-7 CPU-hours per network.
 #
-#     scripts/gpu_emoji_heatmaps.sh              # outputs in $OUT or results/emoji-heatmaps; HEATMAP_SECONDS per network
+#     scripts/gpu_emoji_heatmaps.sh     # outputs in $OUT or results/emoji-heatmaps; time limit HEATMAP_SECONDS each
 #
 # Installs nothing and reaches no network; runs $PYTHON (else .venv/bin/python when it sees CUDA, else python3) with
 # the package from src/ on PYTHONPATH. A run cut by its time limit keeps its finished sigmas in OUT/*.npz.parts/, and
@@ -13,16 +13,15 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-results/emoji-heatmaps}"
 mkdir -p "$out"
+sees_cuda() { "$1" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; }
 python="${PYTHON:-}"
 if [ -z "$python" ]; then
     python=python3
-    if [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-        python=.venv/bin/python
-    fi
+    if [ -x .venv/bin/python ] && sees_cuda .venv/bin/python; then python=.venv/bin/python; fi
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-    echo "gpu_emoji_heatmaps: CUDA is not available to $python (set PYTHON to an interpreter with a CUDA build of torch)" >&2
+if ! sees_cuda "$python"; then
+    echo "gpu_emoji_heatmaps: CUDA is not available to $python (set PYTHON to a CUDA build of torch)" >&2
     exit 2
 fi
 status=0
