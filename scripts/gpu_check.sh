@@ -17,13 +17,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-results/gpu-check}"
 mkdir -p "$out"
 
-sees_cuda() { "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
-python="${PYTHON:-}"
-if [ -z "$python" ]; then
-    python=python3
-    if [ -x .venv/bin/python ] && sees_cuda .venv/bin/python; then python=.venv/bin/python; fi
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+. scripts/gpu_python.sh  # sees_cuda, $python, PYTHONPATH
 export DENOISERLAB_CACHE="$out/user-cache"  # compiled kernels and eigendecompositions stay out of the home folder
 
 {

@@ -13,13 +13,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-results/emoji-heatmaps}"
 mkdir -p "$out"
-sees_cuda() { "$1" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; }
-python="${PYTHON:-}"
-if [ -z "$python" ]; then
-    python=python3
-    if [ -x .venv/bin/python ] && sees_cuda .venv/bin/python; then python=.venv/bin/python; fi
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+. scripts/gpu_python.sh  # sees_cuda, $python, PYTHONPATH
 if ! sees_cuda "$python"; then
     echo "gpu_emoji_heatmaps: CUDA is not available to $python (set PYTHON to a CUDA build of torch)" >&2
     exit 2
