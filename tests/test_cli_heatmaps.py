@@ -199,35 +199,91 @@ def test_a_run_finishing_after_the_others_started_writes_the_file(tmp_path, monk
                                read_heatmaps_file(tmp_path / "whole.npz")["same_channel"])
 
 
-def test_larger_cap_reuses_levels_that_met_the_criterion_and_recomputes_the_others(tmp_path, monkeypatch):
-    """Rerun with a larger --n-samples: sigmas that met the criterion under the smaller cap are taken from the .parts
-    folder, the others computed under the new cap, and the file equals a run with the larger cap from the start.
-    (The tiny network meets any tolerance everywhere, so below sigma = 10 the criterion is made unreachable.)"""
+def criterion_unreachable_below_10(monkeypatch) -> list[float]:
+    """The tiny network meets any tolerance everywhere, so below sigma = 10 the criterion is made unreachable
+    (tolerance 0); returns the list of sigmas the command runs heatmaps_until_converged at."""
     from denoiserlab.cli import heatmaps as cli_heatmaps
 
     computed, original = [], cli_heatmaps.heatmaps_until_converged
 
-    def unreachable_below_10(network, train, sigma, labels, start, cap, tolerance, *rest):
+    def unreachable_below_10(network, train, sigma, labels, start, cap, tolerance, *rest, **options):
         computed.append(sigma)
-        return original(network, train, sigma, labels, start, cap, tolerance if sigma > 10 else 0.0, *rest)
+        return original(network, train, sigma, labels, start, cap, tolerance if sigma > 10 else 0.0, *rest,
+                        **options)
 
     monkeypatch.setattr(cli_heatmaps, "heatmaps_until_converged", unreachable_below_10)
+    return computed
+
+
+def counted_rounds(monkeypatch, interrupt_at: int | None = None) -> list[tuple[float, int]]:
+    """(sigma, z count) of every round of z that heatmaps_until_converged draws; with interrupt_at, the draw of that
+    index raises KeyboardInterrupt instead (a kill in the middle of a sigma)."""
+    from denoiserlab.analysis import heatmap_convergence
+    from denoiserlab.analysis.heatmaps import gradient_heatmaps as original
+
+    drawn = []
+
+    def counted(den, images, sigma, n_samples, *args, **kwargs):
+        if len(drawn) == interrupt_at:
+            raise KeyboardInterrupt
+        drawn.append((sigma, n_samples))
+        return original(den, images, sigma, n_samples, *args, **kwargs)
+
+    monkeypatch.setattr(heatmap_convergence, "gradient_heatmaps", counted)
+    return drawn
+
+
+CONVERGED_OPTIONS = ["--until-converged", "0.02", "--start-samples", "2", "--groups", "2",
+                     "--check-pairs", "2", "--batch-size", "2", "--seed", "3"]
+
+
+def test_larger_cap_reuses_levels_that_met_the_criterion_and_recomputes_the_others(tmp_path, monkeypatch):
+    """Rerun with a larger --n-samples: sigmas that met the criterion under the smaller cap are taken from the .parts
+    folder, the others go on under the new cap from the rounds of z the smaller cap drew (only the new rounds are
+    drawn), and the file equals a run with the larger cap from the start."""
+    computed = criterion_unreachable_below_10(monkeypatch)
     path = tiny_checkpoint(tmp_path)
-    options = ["--network", str(path), "--steps", "3", "--until-converged", "0.02", "--start-samples", "2",
-               "--groups", "2", "--check-pairs", "2", "--batch-size", "2", "--seed", "3"]
+    options = ["--network", str(path), "--steps", "3", *CONVERGED_OPTIONS]
     out = tmp_path / "maps.npz"
     assert main(["heatmaps", "--out", str(out), "--n-samples", "4", *options]) == 0
     assert read_heatmaps_file(out)["convergence"]["converged"].tolist() == [True, False, False]
     computed.clear()
     out.unlink()
+    drawn = counted_rounds(monkeypatch)
     assert main(["heatmaps", "--out", str(out), "--n-samples", "8", *options]) == 0
     assert computed == edm_sigmas(3).tolist()[1:]  # sigma = 80 taken from the parts
+    assert drawn == [(sigma, 4) for sigma in edm_sigmas(3).tolist()[1:]]  # rounds of 2 and 2 z kept from cap 4
     fresh = tmp_path / "fresh.npz"
     assert main(["heatmaps", "--out", str(fresh), "--n-samples", "8", *options]) == 0
     extended, expected = read_heatmaps_file(out), read_heatmaps_file(fresh)
     assert extended["n_samples"] == expected["n_samples"] == [4, 8, 8]
     assert torch.equal(extended["same_channel"], expected["same_channel"])
     assert torch.equal(extended["convergence"]["converged"], expected["convergence"]["converged"])
+
+
+def test_a_sigma_killed_between_rounds_of_z_resumes_at_its_first_unfinished_round(tmp_path, monkeypatch):
+    """Under --until-converged each finished round of z is kept in the .parts folder: rerun after a kill inside a
+    sigma, the command draws only the rounds it had not finished and writes the file an uninterrupted run writes.
+    Rounds of a sigma that met the criterion are removed once the sigma is stored; the others stay for a larger cap."""
+    criterion_unreachable_below_10(monkeypatch)
+    path = tiny_checkpoint(tmp_path)
+    options = ["--network", str(path), "--n-samples", "8", "--steps", "2", *CONVERGED_OPTIONS]
+    sigmas = edm_sigmas(2).tolist()
+    assert main(["heatmaps", "--out", str(tmp_path / "whole.npz"), *options]) == 0
+    out = tmp_path / "maps.npz"
+    counted_rounds(monkeypatch, interrupt_at=3)  # sigma 80: 2 rounds (met), then the second round of the next sigma
+    assert main(["heatmaps", "--out", str(out), *options]) == 130
+    assert not out.exists()
+    drawn = counted_rounds(monkeypatch)
+    assert main(["heatmaps", "--out", str(out), *options]) == 0
+    assert drawn == [(sigmas[1], 2), (sigmas[1], 4)]
+    resumed, whole = read_heatmaps_file(out), read_heatmaps_file(tmp_path / "whole.npz")
+    for reading in ("same_channel", "n_samples"):
+        assert torch.equal(torch.as_tensor(resumed[reading]), torch.as_tensor(whole[reading]))
+    for key in ("converged", "flex_change", "relative_se", "half_iou"):
+        assert torch.equal(resumed["convergence"][key], whole["convergence"][key])
+    stages = tmp_path / "maps.npz.parts" / "stages"
+    assert [len(list(stages.glob(f"level-{level:02d}-round-*"))) for level in range(2)] == [0, 3]
 
 
 def test_colour_images_carry_the_evidence_of_both_readings(tmp_path):

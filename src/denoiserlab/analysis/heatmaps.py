@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from denoiserlab.analysis.noisy_inputs import Denoiser, check_positive_int, check_sigma, noisy_batches
 from denoiserlab.errors import DenoiserLabError
@@ -33,7 +34,8 @@ class GradientHeatmaps:
 
 def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: int = 100, seed: int = 0,
                       batch_size: int = 16, products_per_pass: int = 64, sampling: str = "iid",
-                      labels: Tensor | None = None, antithetic: bool = False, groups: int = 1) -> GradientHeatmaps:
+                      labels: Tensor | None = None, antithetic: bool = False, groups: int = 1,
+                      progress: bool = False) -> GradientHeatmaps:
     """Both heatmap readings of den at noise level sigma, averaged over n_samples noisy images (module docstring).
 
     images: float [N, C, H, W] in [-1, 1]; den must be differentiable in x. How the z = y0 + sigma eps are drawn
@@ -45,7 +47,7 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     With groups = G > 1 the z are dealt to G groups (pairs kept together) and each group's mean maps are returned
     too, for standard errors and convergence (groups_same_channel, groups_all_channels). batch_size noisy images go
     through one forward pass; products_per_pass vector-Jacobian products are vectorised at a time (memory grows with
-    their product).
+    their product). progress: a bar over the z (a colour image's z costs minutes on a CPU).
     """
     sigma = check_sigma(sigma)
     check_images(images, "images")
@@ -56,10 +58,12 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     channels, height, width = images.shape[1:]
     abs_jacobian = torch.zeros(groups, channels * height * width, channels, height, width, dtype=torch.float64,
                                device=images.device)  # [G, D out, C, H, W in], sums over each group's z of |J(z)|
-    for start in range(0, n_samples, batch_size):
-        membership = torch.nn.functional.one_hot(group_of[start : start + batch_size], groups)  # [B, G]
-        abs_jacobian += summed_abs_jacobian(den, z[start : start + batch_size], sigma, products_per_pass,
-                                            membership.to(abs_jacobian))
+    with tqdm(total=n_samples, desc=f"z at sigma {sigma:.3g}", unit="z", leave=False, disable=not progress) as bar:
+        for start in range(0, n_samples, batch_size):
+            membership = torch.nn.functional.one_hot(group_of[start : start + batch_size], groups)  # [B, G]
+            abs_jacobian += summed_abs_jacobian(den, z[start : start + batch_size], sigma, products_per_pass,
+                                                membership.to(abs_jacobian))
+            bar.update(len(membership))
     counts = torch.bincount(group_of, minlength=groups).to(abs_jacobian)  # [G]
     abs_jacobian = abs_jacobian.reshape(groups, channels, height, width, channels, height, width)
     same_per_group = torch.diagonal(abs_jacobian, dim1=1, dim2=4).sum(-1)  # [G, H, W, H, W] sums

@@ -2,7 +2,8 @@
 
 The file is what a study's `heatmaps = "PATH"` reads instead of recomputing (see
 denoiserlab.studies.locality.heatmaps). Each sigma is stored as soon as it is done (in OUT's `.parts` folder), so
-rerunning the same command after a kill resumes at the first unfinished sigma.
+rerunning the same command after a kill resumes at the first unfinished sigma (under --until-converged, at the first
+unfinished round of z within it).
 
 With --until-converged TOL the z count is a measured choice per sigma (analysis.heatmaps_until_converged): starting
 from --start-samples z (label-stratified systematic draws), it doubles until PSPC-Flex's MSE to the network at the
@@ -10,8 +11,8 @@ fitted threshold changes by less than TOL, at most up to --n-samples; the file t
 (criterion, bootstrap standard error, half-split crop IoU, running-mean convergence) that the study's report shows.
 Rerun with a larger --n-samples to go on where the criterion was not met: a sigma that met it under a smaller
 --n-samples of the form --start-samples * 2^k (other options equal) is taken from the .parts folder as it is (a
-larger cap would not have drawn more z for it), the others are computed again under the new cap (their first rounds
-are drawn again with the same seeds, so the result equals a run with the new cap from the start); the high-z
+larger cap would not have drawn more z for it), the others go on under the new cap from the rounds of z the smaller
+cap's run kept for them (the same seeds, so the result equals a run with the new cap from the start); the high-z
 reference does not depend on the cap and is reused.
 
 Under torchrun (`torchrun --nproc-per-node K -m denoiserlab -- heatmaps ...`) the K ranks share the grid levels
@@ -27,11 +28,13 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from denoiserlab.analysis import gradient_heatmaps
+from denoiserlab.analysis.heatmaps import GradientHeatmaps
 from denoiserlab.analysis.heatmap_convergence import (criterion_readings, heatmap_convergence,
                                                       heatmaps_until_converged, mask_iou, relative_distance)
 from denoiserlab.cli.common import add_device_argument
@@ -103,14 +106,16 @@ def run(args: argparse.Namespace) -> None:
     network_fingerprint = checkpoint_fingerprint(resolve(args.network))
     key = {"network": network_fingerprint,
            "n_samples": args.n_samples, "seed": args.seed, "batch_size": args.batch_size, "steps": args.steps}
+    round_key = {"network": network_fingerprint, "batch_size": args.batch_size, "groups": args.groups,
+                 "sampling": "systematic"}  # with sigma, a round's z count and seed: what its maps depend on
     if args.until_converged is not None:
         key.update(until_converged=args.until_converged, start_samples=args.start_samples, groups=args.groups,
                    check_pairs=args.check_pairs, sampling="systematic")
 
-    def compute_level(level: int, sigma: float):
+    def compute_level(level: int, sigma: float, rounds: LevelRounds):
         if args.until_converged is None:
             return lambda: _both_readings(network, train, sigma, args, args.seed + level)
-        return lambda: _converged_level(network, train, imageset.labels, sigma, args, args.seed + level)
+        return lambda: _converged_level(network, train, imageset.labels, sigma, args, args.seed + level, rounds)
 
     level_keys = [(f"level-{level:02d}", {**key, "sigma": sigma}) for level, sigma in enumerate(sigmas.tolist())]
 
@@ -125,7 +130,12 @@ def run(args: argparse.Namespace) -> None:
                                        disable=not process_group.is_main_process())):
         if level in own_levels:
             finished, table = stored_level(level)
-            own[level] = table if finished else cache.run(*level_keys[level], compute_level(level, sigma))
+            if not finished:
+                rounds = LevelRounds(cache, f"level-{level:02d}-round", {**round_key, "sigma": sigma})
+                table = cache.run(*level_keys[level], compute_level(level, sigma, rounds))
+                if bool(table.get("converged", True)):  # a larger --n-samples would not draw more z for this sigma
+                    rounds.remove()
+            own[level] = table
     if reference_level is not None:
         reference_key = {**key, "sigma": sigmas[reference_level].item(), "reference_samples": args.reference_samples}
         compute_reference = lambda: _reference_map(  # noqa: E731
@@ -197,13 +207,40 @@ def stored_under_any_cap(cache: StageCache, name: str, key: dict, args: argparse
     return False, None
 
 
+class LevelRounds:
+    """The finished rounds of z of one sigma under --until-converged (analysis.heatmaps_until_converged's
+    round_cache), kept in the .parts folder: a sigma killed after hours resumes at its first unfinished round, and a
+    rerun with a larger --n-samples draws only the rounds beyond the smaller cap. A round's maps depend on the
+    network, sigma, its z count and seed, the batch size and the groups, not on the cap or the tolerance (`key`).
+    Rounds of a sigma that met the criterion are removed once the sigma is stored (no larger cap needs them)."""
+
+    def __init__(self, cache: StageCache, name: str, key: dict):
+        self.cache, self.name, self.key = cache, name, key
+        self.paths: list[Path] = []
+
+    def __call__(self, n_samples: int, round_seed: int, draw: Callable[[], GradientHeatmaps]) -> GradientHeatmaps:
+        key = {**self.key, "round_samples": n_samples, "round_seed": round_seed}
+        self.paths.append(self.cache.path(self.name, key))
+        return GradientHeatmaps(**self.cache.run(self.name, key, lambda: heatmap_fields(draw())))
+
+    def remove(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+
+def heatmap_fields(maps: GradientHeatmaps) -> dict:
+    """GradientHeatmaps as a dict of its fields (tensors, the z count and None), as a stage file stores it."""
+    return {name: getattr(maps, name) for name in GradientHeatmaps.__dataclass_fields__}
+
+
 def parts_folder(out: Path) -> Path:
     """Where finished sigmas are kept until the heatmap file is written (a rerun resumes from it)."""
     return out.with_name(out.name + ".parts")
 
 
 def _both_readings(network, train, sigma: float, args: argparse.Namespace, seed: int) -> dict:
-    result = gradient_heatmaps(network, train, sigma, args.n_samples, seed, args.batch_size, args.products_per_pass)
+    result = gradient_heatmaps(network, train, sigma, args.n_samples, seed, args.batch_size, args.products_per_pass,
+                               progress=process_group.is_main_process())
     return {reading: getattr(result, reading).float().cpu() for reading in READINGS}
 
 
@@ -239,7 +276,8 @@ def _reference_map(network, train, labels, sigma: float, args: argparse.Namespac
     """The map at one sigma from --reference-samples label-stratified z (an independent estimate), in the readings
     that build masks (criterion_readings)."""
     result = gradient_heatmaps(network, train, sigma, args.reference_samples, seed, args.batch_size,
-                               args.products_per_pass, sampling="systematic", labels=labels)
+                               args.products_per_pass, sampling="systematic", labels=labels,
+                               progress=process_group.is_main_process())
     return {reading: getattr(result, reading).float().cpu() for reading in criterion_readings(train)}
 
 
@@ -267,12 +305,14 @@ def check_adaptive_options(args: argparse.Namespace) -> None:
                                f"({args.start_samples})")
 
 
-def _converged_level(network, train, labels, sigma: float, args: argparse.Namespace, seed: int) -> dict:
+def _converged_level(network, train, labels, sigma: float, args: argparse.Namespace, seed: int,
+                     rounds: LevelRounds) -> dict:
     """One sigma with the z count doubled until the PSPC-Flex criterion holds under every reading that builds masks,
     and its convergence evidence (for colour images the all_channels reading's too, its keys prefixed)."""
     result = heatmaps_until_converged(network, train, sigma, labels, args.start_samples, args.n_samples,
                                       args.until_converged, args.groups, args.check_pairs, seed, args.batch_size,
-                                      args.products_per_pass)
+                                      args.products_per_pass, round_cache=rounds,
+                                      progress=process_group.is_main_process())
     maps, last = result["heatmaps"], result["history"][-1]
     table = {"same_channel": maps.same_channel.float().cpu(), "all_channels": maps.all_channels.float().cpu(),
              "n_samples": torch.tensor(result["n_samples"]), "converged": torch.tensor(result["converged"])}
