@@ -169,3 +169,16 @@ def test_bad_heatmap_sampling_options_are_refused(tiny_rgb_train, options, messa
     options = {"n_samples": 4, **options}
     with pytest.raises(DenoiserLabError, match=message):
         gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.5, **options)
+
+
+def test_attention_networks_give_heatmaps_without_pytorch_vmap_notices(recwarn):
+    """PyTorch warns that fused CPU attention has no vmap rule (it loops instead, as fast as the alternatives we
+    measured); that notice would interleave with the heatmap command's progress bars, so it is filtered (only it)."""
+    from denoiserlab.networks.build import build_denoiser
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    den = build_denoiser("dit", 3, 8, dict(hidden_size=8, depth=1, num_heads=2, patch_size=4)).eval()
+    maps = gradient_heatmaps(den.requires_grad_(False), images, 1.0, n_samples=2, batch_size=2, products_per_pass=8)
+    assert torch.isfinite(maps.same_channel).all() and maps.same_channel.sum() > 0
+    assert not [warning for warning in recwarn if "batching rule" in str(warning.message)]

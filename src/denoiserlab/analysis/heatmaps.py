@@ -9,6 +9,7 @@ product, so the denoiser must treat the samples of a batch independently (no bat
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from denoiserlab.validation import check_images
 
 
 SAMPLINGS = ("iid", "systematic")
+VMAP_FALLBACK_NOTICE = "There is a performance drop because we have not yet implemented the batching rule"
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,9 @@ def summed_abs_jacobian(den: Denoiser, z: Tensor, sigma: float, products_per_pas
         one_hot = torch.zeros(rows.shape[0], dim, dtype=output.dtype, device=z.device)
         one_hot[torch.arange(rows.shape[0]), rows] = 1
         cotangents = one_hot.reshape(-1, 1, *z.shape[1:]).expand(-1, *z.shape).contiguous()  # [k, B, C, H, W]
-        (gradients,) = torch.func.vmap(vjp_fn)(cotangents)  # [k, B, C, H, W]: rows `rows` of every J(z_b)
+        with warnings.catch_warnings():  # PyTorch's notice that fused CPU attention is vmapped by a loop (measured:
+            warnings.filterwarnings("ignore", message=VMAP_FALLBACK_NOTICE)  # no faster with the math backend)
+            (gradients,) = torch.func.vmap(vjp_fn)(cotangents)  # [k, B, C, H, W]: rows `rows` of every J(z_b)
         sums = torch.einsum("kb...,bg->gk...", gradients.abs().double(), weights)  # [G, k, C, H, W]
         total[:, start : start + rows.shape[0]] = sums
     return total[0] if membership is None else total
