@@ -95,7 +95,7 @@ def test_demo_on_emoji_stops_before_any_work_naming_the_missing_heatmaps(tmp_pat
     (line,) = captured.err.splitlines()
     assert line.startswith("denoiserlab: error: demo --dataset emoji needs shipped files this package lacks")
     assert "checkpoints" not in line  # both emoji networks ship
-    for text in ("(heatmaps unet-small-emoji.npz, dit-small-emoji.npz under",
+    for text in ("(heatmaps unet-small-emoji.npz under",
                  "denoiserlab heatmaps --network shipped:unet-small-emoji --until-converged 0.02"):
         assert text in line
     assert captured.out == "" and not out.exists()

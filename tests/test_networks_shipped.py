@@ -35,6 +35,7 @@ HEATMAP_NETWORKS = {  # every shipped heatmap file -> the shipped checkpoint who
     "unet-small.npz": "unet-small-fashion-mnist",
     "dit-small.npz": "dit-small-fashion-mnist",
     "mixer-small.npz": "mixer-small-fashion-mnist",
+    "dit-small-emoji.npz": "dit-small-emoji",
 }
 
 
