@@ -196,6 +196,7 @@ def test_report_is_self_contained_with_embedded_figures(setup):
     for text in ("Headline numbers", "pspc_flex", "No feature model was given", "Timings per stage", "torch",
                  "mixer: the two readings coincide (one-channel images)"):
         assert text in page
+    assert "apply only to heatmaps the study computes itself" not in page  # its heatmaps were computed here
 
 
 def test_one_channel_heatmap_readings_coincide(setup):
@@ -317,6 +318,7 @@ def test_heatmap_convergence_evidence_reaches_results_and_report(setup, tmp_path
     assert block["convergence"]["converged"] == [True] * (levels - 1) + [False]
     page = (tmp_path / "out" / "report.html").read_text()
     assert "met at %d of %d sigmas" % (levels - 1, levels) in page and "256-z reference" in page
+    assert "apply only to heatmaps the study computes itself; mixer read theirs from a file" in page
     assert (tmp_path / "out" / "figures" / "heatmap-convergence-mixer.png").is_file()
 
 

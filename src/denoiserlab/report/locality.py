@@ -48,7 +48,7 @@ def write_locality_report(results: dict, arrays: dict, out: str | Path) -> Path:
                 ("Samples: similarity and memorization", samples_section(results)),
                 ("Heatmaps", heatmaps_section(results, out / "figures")),
                 ("Heatmap readings: same_channel vs all_channels", readings_section(results)),
-                ("Configuration (resolved)", pre_html(tomli_w.dumps(results["config"]))),
+                ("Configuration (resolved)", config_section(results)),
                 ("Versions and command", versions_section(results)),
                 ("Timings per stage", timings_section(results))]
     page = page_html(f"Locality study: {results['dataset']['name']}", sections)
@@ -270,6 +270,16 @@ def heatmaps_section(results: dict, folder: Path) -> str:
                                                             folder / f"heatmap-convergence-{name}.png"),
                                  f"Convergence of {name}'s heatmaps"))
     return "".join(parts)
+
+
+def config_section(results: dict) -> str:
+    """The resolved config, with a note when networks' heatmaps came from files: [heatmaps] n_samples, batch_size
+    and products_per_pass then did not apply to them (the files carry their own z counts)."""
+    from_files = [name for name, table in results["heatmaps"].items() if table["source"] != "computed"]
+    note = (text_html(f"[heatmaps] n_samples, batch_size and products_per_pass apply only to heatmaps the study "
+                      f"computes itself; {', '.join(from_files)} read theirs from a file, whose z counts the "
+                      f"Heatmaps section shows.", note=True) if from_files else "")
+    return note + pre_html(tomli_w.dumps(results["config"]))
 
 
 def readings_section(results: dict) -> str:
