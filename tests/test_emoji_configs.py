@@ -40,12 +40,15 @@ def test_train_configs_train_from_scratch_with_the_fidelity_sigmas(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_study_configs_name_the_shipped_networks_those_configs_trained(arch):
-    """Both networks ship, trained on emoji with their architecture; the heatmaps are made under runs/."""
+    """Both networks ship, trained on emoji with their architecture; the DiT's heatmaps ship, the U-Net's are made
+    under runs/."""
     from denoiserlab.networks import load
 
     locality = load_toml(LocalityStudyConfig, CONFIGS / "locality-emoji.toml")
     assert [network.path for network in locality.networks] == [f"shipped:{name}-small-emoji" for name in ("unet", "dit")]
-    assert all(network.heatmaps.startswith("runs/") for network in locality.networks)
+    assert [network.heatmaps for network in locality.networks] == ["runs/unet-small-emoji/heatmaps.npz",
+                                                                   "shipped:dit-small-emoji.npz"]
+    assert (assets_folder("heatmaps") / "dit-small-emoji.npz").is_file()
     gaussian = load_toml(GaussianStudyConfig, CONFIGS / "gaussian-emoji.toml")
     assert gaussian.networks[0].path == "shipped:unet-small-emoji"
     assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
