@@ -29,7 +29,7 @@ from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks.loss import edm_loss
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-TIMEOUT_SECONDS = 120  # a hung rank fails the test instead of blocking the suite
+TIMEOUT_SECONDS = 300  # a hung rank fails the test instead of blocking the suite
 
 
 def load_worker():
