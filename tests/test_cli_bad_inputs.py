@@ -346,8 +346,10 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, outcomes):
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_no_partial_output(tmp_path):
     environment = process_environment(tmp_path)
+    # As at a terminal: a suite run as a background job of a shell inherits SIGINT ignored, and so would the CLI.
     process = subprocess.Popen(command() + ["sample", "--subset", "2000", "--n", "256", "--steps", "4000", "--out",
-                                            "out"], cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
+                                            "out"], cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stderr, started = [], threading.Event()
 
     def read():
