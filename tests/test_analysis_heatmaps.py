@@ -182,3 +182,71 @@ def test_attention_networks_give_heatmaps_without_pytorch_vmap_notices(recwarn):
     maps = gradient_heatmaps(den.requires_grad_(False), images, 1.0, n_samples=2, batch_size=2, products_per_pass=8)
     assert torch.isfinite(maps.same_channel).all() and maps.same_channel.sum() > 0
     assert not [warning for warning in recwarn if "batching rule" in str(warning.message)]
+
+
+class MemorySums:
+    """A RunningSums kept in memory that can end the computation (KeyboardInterrupt, as a kill) at its k-th save."""
+
+    def __init__(self, kill_at_save: int | None = None):
+        self.saved, self.saves, self.kill_at_save = None, 0, kill_at_save
+
+    def load(self):
+        return self.saved
+
+    def save(self, z_done, sums):
+        self.saves += 1
+        self.saved = (z_done, sums.clone())
+        if self.saves == self.kill_at_save:
+            raise KeyboardInterrupt
+
+
+def counted_batches(monkeypatch) -> list[int]:
+    """The batch sizes summed_abs_jacobian is called with, in order (gradient_heatmaps' work)."""
+    from denoiserlab.analysis import heatmaps
+
+    calls, original = [], heatmaps.summed_abs_jacobian
+
+    def counted(den, z, *args, **kwargs):
+        calls.append(len(z))
+        return original(den, z, *args, **kwargs)
+
+    monkeypatch.setattr(heatmaps, "summed_abs_jacobian", counted)
+    return calls
+
+
+def test_a_computation_killed_between_batches_resumes_from_its_running_sums(tiny_rgb_train, monkeypatch):
+    """Killed after its second batch of z (of four: 3 + 3 + 3 + 1), a rerun with the same running sums computes only
+    the last two batches and returns exactly the maps of an uninterrupted run, groups included; the last batch is
+    not saved (the caller stores the finished maps)."""
+    options = dict(n_samples=10, seed=2, batch_size=3, products_per_pass=25, sampling="systematic", groups=2)
+    whole = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.7, **options)
+    sums = MemorySums(kill_at_save=2)
+    with pytest.raises(KeyboardInterrupt):
+        gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.7, running_sums=sums, **options)
+    assert sums.saved[0] == 6
+    calls = counted_batches(monkeypatch)
+    resumed = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.7, running_sums=sums, **options)
+    assert calls == [3, 1] and sums.saves == 3
+    for name in ("same_channel", "all_channels", "groups_same_channel", "groups_all_channels"):
+        assert torch.equal(getattr(resumed, name), getattr(whole, name))
+
+
+@pytest.mark.parametrize("saved", [(6, torch.zeros(2, 75, 3, 5, 5)),  # float32
+                                   (6, torch.zeros(1, 75, 3, 5, 5, dtype=torch.float64)),  # other groups
+                                   (5, torch.zeros(2, 75, 3, 5, 5, dtype=torch.float64)),  # not a batch boundary
+                                   (12, torch.zeros(2, 75, 3, 5, 5, dtype=torch.float64)),  # past the end
+                                   (6, torch.full((2, 75, 3, 5, 5), -1.0, dtype=torch.float64)),
+                                   (6, torch.full((2, 75, 3, 5, 5), math.nan, dtype=torch.float64)),
+                                   ("6", torch.zeros(2, 75, 3, 5, 5, dtype=torch.float64)),
+                                   (6, "sums")])
+def test_running_sums_that_cannot_be_this_computations_are_ignored(tiny_rgb_train, monkeypatch, saved):
+    """What a store hands back is untrusted (a file): sums of another shape or dtype, a z count off the batches or
+    past the end, negative or NaN sums, wrong types: the computation starts afresh and its maps are right."""
+    options = dict(n_samples=10, seed=2, batch_size=3, products_per_pass=25, sampling="systematic", groups=2)
+    whole = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.7, **options)
+    sums = MemorySums()
+    sums.saved = saved
+    calls = counted_batches(monkeypatch)
+    restarted = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.7, running_sums=sums, **options)
+    assert calls == [3, 3, 3, 1]
+    assert torch.equal(restarted.groups_all_channels, whole.groups_all_channels)

@@ -324,3 +324,49 @@ def test_colour_images_carry_the_evidence_of_both_readings(tmp_path):
                                   labels=imageset.labels).all_channels.float()
     assert float(convergence["all_channels_reference_distance"]) == pytest.approx(
         relative_distance(table["all_channels"][0].float(), reference), rel=1e-2)
+
+
+def counted_batches(monkeypatch, kill_at: int | None = None) -> list[int]:
+    """The sizes of the batches of z whose Jacobians the command computes, in order; with kill_at, the batch of that
+    index raises KeyboardInterrupt instead, once (a kill in the middle of a round of z)."""
+    from denoiserlab.analysis import heatmaps
+
+    calls, original, kill = [], heatmaps.summed_abs_jacobian, [kill_at]
+
+    def counted(den, z, *args, **kwargs):
+        if len(calls) == kill[0]:
+            kill[0] = None
+            raise KeyboardInterrupt
+        calls.append(len(z))
+        return original(den, z, *args, **kwargs)
+
+    monkeypatch.setattr(heatmaps, "summed_abs_jacobian", counted)
+    return calls
+
+
+@pytest.mark.parametrize("mode, kill_at, left", [("converged", 5, [2]), ("fixed", 3, [2])])
+def test_a_kill_inside_a_computation_costs_only_the_unfinished_batch_of_z(tmp_path, monkeypatch, mode, kill_at,
+                                                                          left):
+    """The running sums of z are kept in the .parts folder (here after every batch): killed in the second batch of
+    a round of 4 z (until-converged: rounds 2 + 2 at sigma 80, then 2 + 2 + 4) or of a sigma's 4 z (fixed count),
+    the rerun computes only that batch, writes the file an uninterrupted run writes and leaves no running sums."""
+    from denoiserlab.cli import heatmaps as cli_heatmaps
+
+    monkeypatch.setattr(cli_heatmaps, "SUMS_INTERVAL_SECONDS", 0.0)
+    criterion_unreachable_below_10(monkeypatch)
+    path = tiny_checkpoint(tmp_path)
+    options = ["--network", str(path), "--steps", "2", "--batch-size", "2", "--seed", "3"]
+    options += ["--n-samples", "8", *CONVERGED_OPTIONS] if mode == "converged" else ["--n-samples", "4"]
+    assert main(["heatmaps", "--out", str(tmp_path / "whole.npz"), *options]) == 0
+    out = tmp_path / "maps.npz"
+    counted_batches(monkeypatch, kill_at=kill_at)
+    assert main(["heatmaps", "--out", str(out), *options]) == 130
+    stages = tmp_path / "maps.npz.parts" / "stages"
+    assert len(list(stages.glob("partial-*"))) == 1
+    calls = counted_batches(monkeypatch)
+    assert main(["heatmaps", "--out", str(out), *options]) == 0
+    assert calls == left
+    assert not list(stages.glob("partial-*"))
+    resumed, whole = read_heatmaps_file(out), read_heatmaps_file(tmp_path / "whole.npz")
+    for reading in ("same_channel", "all_channels"):
+        assert torch.equal(resumed[reading], whole[reading])

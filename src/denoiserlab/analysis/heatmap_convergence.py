@@ -98,7 +98,8 @@ def flex_change_on_doubling(mse_half: Tensor, mse_full: Tensor) -> tuple[int, fl
     return fitted, float((mse_half[fitted] - mse_full[fitted]).abs() / mse_full[fitted])
 
 
-RoundCache = Callable[[int, int, Callable[[], GradientHeatmaps]], GradientHeatmaps]  # (n_samples, seed, draw) -> maps
+# (n_samples, seed, draw) -> maps; draw(running_sums=None) computes them (gradient_heatmaps' running_sums)
+RoundCache = Callable[[int, int, Callable[..., GradientHeatmaps]], GradientHeatmaps]
 FLEX_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0)  # PSPC-Flex's default candidates (PSPCFlex.tunable)
 
 
@@ -114,9 +115,10 @@ def heatmaps_until_converged(den, images: Tensor, sigma: float, labels: Tensor |
     Each round draws as many new z as it has (systematic, label-stratified draws with a new seed), so the previous
     estimate is exactly the first half of the new one. The check set is `check_pairs` forward-process inputs
     (training image + sigma * eps, seeded apart from the z). Stops at max_samples even if not converged.
-    round_cache(n_samples, round_seed, draw) is called for each round (draw() computes its maps) and returns draw()
-    or what an earlier draw() with the same arguments returned: the heatmaps command keeps finished rounds, so that
-    a killed sigma resumes at its first unfinished round. progress: a bar over each round's z.
+    round_cache(n_samples, round_seed, draw) is called for each round (draw(running_sums=None) computes its maps)
+    and returns draw()'s maps or what an earlier draw with the same arguments returned: the heatmaps command keeps
+    finished rounds, and within a round the running sums (gradient_heatmaps' running_sums), so that a killed sigma
+    resumes at its first unfinished batch of z. progress: a bar over each round's z.
     Returns {"heatmaps": GradientHeatmaps of all z (with per-group maps), "n_samples", "converged",
     "history": [{"n_samples", "change" (the largest over the readings), "fitted_threshold" (same_channel's),
     "by_reading": {reading: {"change", "fitted_threshold"}}}], "flex_mse": float64 [T] with all z (same_channel),
@@ -125,9 +127,12 @@ def heatmaps_until_converged(den, images: Tensor, sigma: float, labels: Tensor |
     readings = criterion_readings(images)
     z_check, outputs = flex_check_set(den, images, sigma, check_pairs, seed)
     round_cache = round_cache or (lambda n_samples, round_seed, draw_round: draw_round())
-    draw = lambda n_samples, round_seed: round_cache(n_samples, round_seed, lambda: gradient_heatmaps(
-        den, images, sigma, n_samples, round_seed, batch_size, products_per_pass, sampling="systematic",
-        labels=labels, groups=groups, progress=progress))
+
+    def draw(n_samples: int, round_seed: int) -> GradientHeatmaps:
+        return round_cache(n_samples, round_seed, lambda running_sums=None: gradient_heatmaps(
+            den, images, sigma, n_samples, round_seed, batch_size, products_per_pass, sampling="systematic",
+            labels=labels, groups=groups, progress=progress, running_sums=running_sums))
+
     mses = lambda maps: {reading: flex_mse_to_network(den, images, sigma, getattr(maps, reading), thresholds,
                                                       z_check, outputs) for reading in readings}
     current = draw(start_samples, seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -25,6 +26,17 @@ SAMPLINGS = ("iid", "systematic")
 VMAP_FALLBACK_NOTICE = "There is a performance drop because we have not yet implemented the batching rule"
 
 
+class RunningSums(Protocol):
+    """Where gradient_heatmaps keeps its running sums between batches of z (the heatmaps command: a file in its
+    .parts folder), so that a computation killed after hours resumes at its first unfinished batch."""
+
+    def load(self) -> tuple[int, Tensor] | None:
+        """(z done, sums) saved by an earlier run of the same computation, or None."""
+
+    def save(self, z_done: int, sums: Tensor) -> None:
+        """Keep the sums over the first z_done z (float64 [G, D out, C, H, W in]); may skip some calls."""
+
+
 @dataclass(frozen=True)
 class GradientHeatmaps:
     same_channel: Tensor  # float64 [H, W, H, W]: E_z sum_c |dD_{c,y,x} / dz_{c,y',x'}|, indexed [y, x, y', x']
@@ -37,7 +49,7 @@ class GradientHeatmaps:
 def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: int = 100, seed: int = 0,
                       batch_size: int = 16, products_per_pass: int = 64, sampling: str = "iid",
                       labels: Tensor | None = None, antithetic: bool = False, groups: int = 1,
-                      progress: bool = False) -> GradientHeatmaps:
+                      progress: bool = False, running_sums: RunningSums | None = None) -> GradientHeatmaps:
     """Both heatmap readings of den at noise level sigma, averaged over n_samples noisy images (module docstring).
 
     images: float [N, C, H, W] in [-1, 1]; den must be differentiable in x. How the z = y0 + sigma eps are drawn
@@ -49,7 +61,10 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     With groups = G > 1 the z are dealt to G groups (pairs kept together) and each group's mean maps are returned
     too, for standard errors and convergence (groups_same_channel, groups_all_channels). batch_size noisy images go
     through one forward pass; products_per_pass vector-Jacobian products are vectorised at a time (memory grows with
-    their product). progress: a bar over the z (a colour image's z costs minutes on a CPU).
+    their product). progress: a bar over the z (a colour image's z costs minutes on a CPU). running_sums: the sums
+    are saved there after each batch and taken up from there at the start (what it loads is checked: sums of
+    another shape or a z count that is not a batch boundary start the computation afresh); the result equals an
+    uninterrupted computation's.
     """
     sigma = check_sigma(sigma)
     check_images(images, "images")
@@ -58,14 +73,17 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     z = heatmap_inputs(images, sigma, n_samples, seed, batch_size, sampling, labels, antithetic)  # [n, C, H, W]
     group_of = group_assignment(n_samples, groups, 2 if antithetic else 1)  # [n]
     channels, height, width = images.shape[1:]
-    abs_jacobian = torch.zeros(groups, channels * height * width, channels, height, width, dtype=torch.float64,
-                               device=images.device)  # [G, D out, C, H, W in], sums over each group's z of |J(z)|
-    with tqdm(total=n_samples, desc=f"z at sigma {sigma:.3g}", unit="z", leave=False, disable=not progress) as bar:
-        for start in range(0, n_samples, batch_size):
+    shape = (groups, channels * height * width, channels, height, width)  # [G, D out, C, H, W in]
+    z_done, abs_jacobian = resumed_sums(running_sums, shape, n_samples, batch_size, images.device)  # sums of |J(z)|
+    with tqdm(total=n_samples, initial=z_done, desc=f"z at sigma {sigma:.3g}", unit="z", leave=False,
+              disable=not progress) as bar:
+        for start in range(z_done, n_samples, batch_size):
             membership = torch.nn.functional.one_hot(group_of[start : start + batch_size], groups)  # [B, G]
             abs_jacobian += summed_abs_jacobian(den, z[start : start + batch_size], sigma, products_per_pass,
                                                 membership.to(abs_jacobian))
             bar.update(len(membership))
+            if running_sums is not None and start + len(membership) < n_samples:
+                running_sums.save(start + len(membership), abs_jacobian)
     counts = torch.bincount(group_of, minlength=groups).to(abs_jacobian)  # [G]
     abs_jacobian = abs_jacobian.reshape(groups, channels, height, width, channels, height, width)
     same_per_group = torch.diagonal(abs_jacobian, dim1=1, dim2=4).sum(-1)  # [G, H, W, H, W] sums
@@ -76,6 +94,21 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     all_per_group = abs_jacobian.sum((1, 4))  # [G, H, W, H, W] sums
     return GradientHeatmaps(same_channel, all_channels, n_samples, same_per_group / counts.view(-1, 1, 1, 1, 1),
                             all_per_group / counts.view(-1, 1, 1, 1, 1))
+
+
+def resumed_sums(running_sums: RunningSums | None, shape: tuple[int, ...], n_samples: int, batch_size: int,
+                 device: torch.device) -> tuple[int, Tensor]:
+    """(z done, float64 sums of `shape`) to start gradient_heatmaps from: what running_sums saved when it is sums
+    of that shape over a whole number of batches short of n_samples with finite, non-negative entries (anything else
+    is a foreign or damaged save), else (0, zeros)."""
+    saved = None if running_sums is None else running_sums.load()
+    if saved is not None:
+        z_done, sums = saved
+        if (isinstance(sums, Tensor) and tuple(sums.shape) == shape and sums.dtype == torch.float64
+                and isinstance(z_done, int) and 0 < z_done < n_samples and z_done % batch_size == 0
+                and bool(torch.isfinite(sums).all()) and bool((sums >= 0).all())):
+            return z_done, sums.to(device)
+    return 0, torch.zeros(shape, dtype=torch.float64, device=device)
 
 
 def heatmap_inputs(images: Tensor, sigma: float, n_samples: int, seed: int, batch_size: int, sampling: str,

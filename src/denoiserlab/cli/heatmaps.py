@@ -3,7 +3,7 @@
 The file is what a study's `heatmaps = "PATH"` reads instead of recomputing (see
 denoiserlab.studies.locality.heatmaps). Each sigma is stored as soon as it is done (in OUT's `.parts` folder), so
 rerunning the same command after a kill resumes at the first unfinished sigma (under --until-converged, at the first
-unfinished round of z within it).
+unfinished round of z within it), and within that at the running sums of its z, kept at most a minute old.
 
 With --until-converged TOL the z count is a measured choice per sigma (analysis.heatmaps_until_converged): starting
 from --start-samples z (label-stratified systematic draws), it doubles until PSPC-Flex's MSE to the network at the
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +47,7 @@ from denoiserlab.diffusion.sigmas import check_steps
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load as load_network
 from denoiserlab.outputs import check_output_file, check_output_folder
-from denoiserlab.studies.common.cache import StageCache, checkpoint_fingerprint
+from denoiserlab.studies.common.cache import StageCache, checkpoint_fingerprint, write_stage
 from denoiserlab.studies.locality.heatmaps import PER_SIGMA_KEYS, READINGS, save_heatmaps_file
 from denoiserlab.validation import check_count, check_device, check_seed
 
@@ -112,9 +113,9 @@ def run(args: argparse.Namespace) -> None:
         key.update(until_converged=args.until_converged, start_samples=args.start_samples, groups=args.groups,
                    check_pairs=args.check_pairs, sampling="systematic")
 
-    def compute_level(level: int, sigma: float, rounds: LevelRounds):
+    def compute_level(level: int, sigma: float, rounds: LevelRounds, sums: StoredSums):
         if args.until_converged is None:
-            return lambda: _both_readings(network, train, sigma, args, args.seed + level)
+            return lambda: _both_readings(network, train, sigma, args, args.seed + level, sums)
         return lambda: _converged_level(network, train, imageset.labels, sigma, args, args.seed + level, rounds)
 
     level_keys = [(f"level-{level:02d}", {**key, "sigma": sigma}) for level, sigma in enumerate(sigmas.tolist())]
@@ -132,18 +133,22 @@ def run(args: argparse.Namespace) -> None:
             finished, table = stored_level(level)
             if not finished:
                 rounds = LevelRounds(cache, f"level-{level:02d}-round", {**round_key, "sigma": sigma})
-                table = cache.run(*level_keys[level], compute_level(level, sigma, rounds))
+                sums = StoredSums(cache, *level_keys[level])
+                table = cache.run(*level_keys[level], compute_level(level, sigma, rounds, sums))
+                sums.remove()
                 if bool(table.get("converged", True)):  # a larger --n-samples would not draw more z for this sigma
                     rounds.remove()
             own[level] = table
     if reference_level is not None:
         reference_key = {**key, "sigma": sigmas[reference_level].item(), "reference_samples": args.reference_samples}
+        reference_sums = StoredSums(cache, "reference", reference_key)
         compute_reference = lambda: _reference_map(  # noqa: E731
             network, train, imageset.labels, sigmas[reference_level].item(), args,
-            args.seed + REFERENCE_SEED_OFFSET + reference_level)
+            args.seed + REFERENCE_SEED_OFFSET + reference_level, reference_sums)
         if reference_level in own_levels:
             finished, reference = stored_under_any_cap(cache, "reference", reference_key, args)
             reference = reference if finished else cache.run("reference", reference_key, compute_reference)
+            reference_sums.remove()
     # other processes' levels are looked up only now, after this run's own: whichever run finishes last writes OUT
     levels, missing = [], []
     for level in range(len(sigmas)):
@@ -218,14 +223,45 @@ class LevelRounds:
         self.cache, self.name, self.key = cache, name, key
         self.paths: list[Path] = []
 
-    def __call__(self, n_samples: int, round_seed: int, draw: Callable[[], GradientHeatmaps]) -> GradientHeatmaps:
+    def __call__(self, n_samples: int, round_seed: int, draw: Callable[..., GradientHeatmaps]) -> GradientHeatmaps:
         key = {**self.key, "round_samples": n_samples, "round_seed": round_seed}
         self.paths.append(self.cache.path(self.name, key))
-        return GradientHeatmaps(**self.cache.run(self.name, key, lambda: heatmap_fields(draw())))
+        sums = StoredSums(self.cache, self.name, key)
+        maps = GradientHeatmaps(**self.cache.run(self.name, key, lambda: heatmap_fields(draw(sums))))
+        sums.remove()
+        return maps
 
     def remove(self) -> None:
         for path in self.paths:
             path.unlink(missing_ok=True)
+
+
+SUMS_INTERVAL_SECONDS = 60.0  # running sums are written at most this often (a colour batch of z: minutes)
+
+
+class StoredSums:
+    """gradient_heatmaps' running sums of one computation (analysis.heatmaps.RunningSums) as a stage file in the
+    .parts folder, named after the stage it leads to ("partial-" + name, same key): written atomically after a batch
+    of z when SUMS_INTERVAL_SECONDS have passed since the last write, removed once that stage is stored. A kill then
+    costs at most that interval and one batch of z, not the whole computation (a round of 64 colour z is an hour)."""
+
+    def __init__(self, cache: StageCache, name: str, key: dict):
+        self.cache, self.name, self.key = cache, "partial-" + name, key
+        self.last_write = time.monotonic()
+
+    def load(self) -> tuple[int, torch.Tensor] | None:
+        finished, value = self.cache.stored(self.name, self.key)
+        if not finished or not isinstance(value, dict):
+            return None  # gradient_heatmaps checks the rest of what a file holds
+        return value.get("z_done"), value.get("sums")
+
+    def save(self, z_done: int, sums: torch.Tensor) -> None:
+        if time.monotonic() - self.last_write >= SUMS_INTERVAL_SECONDS:
+            write_stage(self.cache.path(self.name, self.key), self.key, {"z_done": z_done, "sums": sums}, 0.0)
+            self.last_write = time.monotonic()
+
+    def remove(self) -> None:
+        self.cache.path(self.name, self.key).unlink(missing_ok=True)
 
 
 def heatmap_fields(maps: GradientHeatmaps) -> dict:
@@ -238,9 +274,9 @@ def parts_folder(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def _both_readings(network, train, sigma: float, args: argparse.Namespace, seed: int) -> dict:
+def _both_readings(network, train, sigma: float, args: argparse.Namespace, seed: int, sums: StoredSums) -> dict:
     result = gradient_heatmaps(network, train, sigma, args.n_samples, seed, args.batch_size, args.products_per_pass,
-                               progress=process_group.is_main_process())
+                               progress=process_group.is_main_process(), running_sums=sums)
     return {reading: getattr(result, reading).float().cpu() for reading in READINGS}
 
 
@@ -272,12 +308,13 @@ def check_reference_options(args: argparse.Namespace, sigmas: torch.Tensor) -> i
     return int((sigmas.log() - torch.tensor(args.reference_sigma).log()).abs().argmin())
 
 
-def _reference_map(network, train, labels, sigma: float, args: argparse.Namespace, seed: int) -> dict:
+def _reference_map(network, train, labels, sigma: float, args: argparse.Namespace, seed: int,
+                   sums: StoredSums) -> dict:
     """The map at one sigma from --reference-samples label-stratified z (an independent estimate), in the readings
     that build masks (criterion_readings)."""
     result = gradient_heatmaps(network, train, sigma, args.reference_samples, seed, args.batch_size,
                                args.products_per_pass, sampling="systematic", labels=labels,
-                               progress=process_group.is_main_process())
+                               progress=process_group.is_main_process(), running_sums=sums)
     return {reading: getattr(result, reading).float().cpu() for reading in criterion_readings(train)}
 
 
