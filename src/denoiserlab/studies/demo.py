@@ -53,8 +53,9 @@ EMOJI_HOW_TO_SHIP = (
     "`OMP_NUM_THREADS=1 denoiserlab heatmaps --network shipped:unet-small-emoji --until-converged 0.02 "
     "--start-samples 8 --groups 4 --check-pairs 16 --n-samples 128 --batch-size 8 --products-per-pass 16 "
     "--out src/denoiserlab/assets/heatmaps/unet-small-emoji.npz` (~64 s per z on one thread, so ~8-10 CPU-hours; "
-    "resumable per round of z, split with --levels over processes or shared over ranks under torchrun); meanwhile "
-    "configs/locality-emoji.toml and configs/gaussian-emoji.toml run the studies with the U-Net's heatmaps under runs/")
+    "resumable: a kill costs about one batch of z; split with --levels over processes or shared over ranks under "
+    "torchrun); meanwhile configs/locality-emoji.toml and configs/gaussian-emoji.toml run the studies with the "
+    "U-Net's heatmaps under runs/")
 DEMO_DATASETS = {
     "fashion-mnist": DemoDataset("Fashion-MNIST", LOCALITY_CONFIG, GAUSSIAN_CONFIG,
                                  "reinstall denoiserlab: these files ship with it"),
