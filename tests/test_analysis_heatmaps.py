@@ -201,16 +201,16 @@ class MemorySums:
 
 
 def counted_batches(monkeypatch) -> list[int]:
-    """The batch sizes summed_abs_jacobian is called with, in order (gradient_heatmaps' work)."""
+    """The batch sizes summed_abs_readings is called with, in order (gradient_heatmaps' work)."""
     from denoiserlab.analysis import heatmaps
 
-    calls, original = [], heatmaps.summed_abs_jacobian
+    calls, original = [], heatmaps.summed_abs_readings
 
     def counted(den, z, *args, **kwargs):
         calls.append(len(z))
         return original(den, z, *args, **kwargs)
 
-    monkeypatch.setattr(heatmaps, "summed_abs_jacobian", counted)
+    monkeypatch.setattr(heatmaps, "summed_abs_readings", counted)
     return calls
 
 
@@ -231,13 +231,16 @@ def test_a_computation_killed_between_batches_resumes_from_its_running_sums(tiny
         assert torch.equal(getattr(resumed, name), getattr(whole, name))
 
 
-@pytest.mark.parametrize("saved", [(6, torch.zeros(2, 75, 3, 5, 5)),  # float32
-                                   (6, torch.zeros(1, 75, 3, 5, 5, dtype=torch.float64)),  # other groups
-                                   (5, torch.zeros(2, 75, 3, 5, 5, dtype=torch.float64)),  # not a batch boundary
-                                   (12, torch.zeros(2, 75, 3, 5, 5, dtype=torch.float64)),  # past the end
-                                   (6, torch.full((2, 75, 3, 5, 5), -1.0, dtype=torch.float64)),
-                                   (6, torch.full((2, 75, 3, 5, 5), math.nan, dtype=torch.float64)),
-                                   ("6", torch.zeros(2, 75, 3, 5, 5, dtype=torch.float64)),
+SUMS_SHAPE = (2, 2, 25, 5, 5)  # [reading, group, output pixel, H, W] of 2 groups of 3x5x5 images
+
+
+@pytest.mark.parametrize("saved", [(6, torch.zeros(SUMS_SHAPE)),  # float32
+                                   (6, torch.zeros(2, 1, 25, 5, 5, dtype=torch.float64)),  # other groups
+                                   (5, torch.zeros(SUMS_SHAPE, dtype=torch.float64)),  # not a batch boundary
+                                   (12, torch.zeros(SUMS_SHAPE, dtype=torch.float64)),  # past the end
+                                   (6, torch.full(SUMS_SHAPE, -1.0, dtype=torch.float64)),
+                                   (6, torch.full(SUMS_SHAPE, math.nan, dtype=torch.float64)),
+                                   ("6", torch.zeros(SUMS_SHAPE, dtype=torch.float64)),
                                    (6, "sums")])
 def test_running_sums_that_cannot_be_this_computations_are_ignored(tiny_rgb_train, monkeypatch, saved):
     """What a store hands back is untrusted (a file): sums of another shape or dtype, a z count off the batches or

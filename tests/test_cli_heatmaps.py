@@ -331,7 +331,7 @@ def counted_batches(monkeypatch, kill_at: int | None = None) -> list[int]:
     index raises KeyboardInterrupt instead, once (a kill in the middle of a round of z)."""
     from denoiserlab.analysis import heatmaps
 
-    calls, original, kill = [], heatmaps.summed_abs_jacobian, [kill_at]
+    calls, original, kill = [], heatmaps.summed_abs_readings, [kill_at]
 
     def counted(den, z, *args, **kwargs):
         if len(calls) == kill[0]:
@@ -340,7 +340,7 @@ def counted_batches(monkeypatch, kill_at: int | None = None) -> list[int]:
         calls.append(len(z))
         return original(den, z, *args, **kwargs)
 
-    monkeypatch.setattr(heatmaps, "summed_abs_jacobian", counted)
+    monkeypatch.setattr(heatmaps, "summed_abs_readings", counted)
     return calls
 
 

@@ -34,7 +34,7 @@ class RunningSums(Protocol):
         """(z done, sums) saved by an earlier run of the same computation, or None."""
 
     def save(self, z_done: int, sums: Tensor) -> None:
-        """Keep the sums over the first z_done z (float64 [G, D out, C, H, W in]); may skip some calls."""
+        """Keep the sums over the first z_done z (float64 [2 readings, G, H*W out, H, W in]); may skip calls."""
 
 
 @dataclass(frozen=True)
@@ -72,26 +72,23 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     check_positive_int(groups, "groups")
     z = heatmap_inputs(images, sigma, n_samples, seed, batch_size, sampling, labels, antithetic)  # [n, C, H, W]
     group_of = group_assignment(n_samples, groups, 2 if antithetic else 1)  # [n]
-    channels, height, width = images.shape[1:]
-    shape = (groups, channels * height * width, channels, height, width)  # [G, D out, C, H, W in]
-    z_done, abs_jacobian = resumed_sums(running_sums, shape, n_samples, batch_size, images.device)  # sums of |J(z)|
+    height, width = images.shape[2:]
+    shape = (2, groups, height * width, height, width)  # [reading, G, H*W out, H, W in]: sums of |J(z)| over z
+    z_done, sums = resumed_sums(running_sums, shape, n_samples, batch_size, images.device)
     with tqdm(total=n_samples, initial=z_done, desc=f"z at sigma {sigma:.3g}", unit="z", leave=False,
               disable=not progress) as bar:
         for start in range(z_done, n_samples, batch_size):
             membership = torch.nn.functional.one_hot(group_of[start : start + batch_size], groups)  # [B, G]
-            abs_jacobian += summed_abs_jacobian(den, z[start : start + batch_size], sigma, products_per_pass,
-                                                membership.to(abs_jacobian))
+            sums += summed_abs_readings(den, z[start : start + batch_size], sigma, products_per_pass,
+                                        membership.to(sums))
             bar.update(len(membership))
             if running_sums is not None and start + len(membership) < n_samples:
-                running_sums.save(start + len(membership), abs_jacobian)
-    counts = torch.bincount(group_of, minlength=groups).to(abs_jacobian)  # [G]
-    abs_jacobian = abs_jacobian.reshape(groups, channels, height, width, channels, height, width)
-    same_per_group = torch.diagonal(abs_jacobian, dim1=1, dim2=4).sum(-1)  # [G, H, W, H, W] sums
-    same_channel = same_per_group.sum(0) / n_samples
-    all_channels = abs_jacobian.sum((0, 1, 4)) / n_samples
+                running_sums.save(start + len(membership), sums)
+    counts = torch.bincount(group_of, minlength=groups).to(sums)  # [G]
+    same_per_group, all_per_group = sums.reshape(2, groups, height, width, height, width)  # [G, H, W, H, W] each
+    same_channel, all_channels = same_per_group.sum(0) / n_samples, all_per_group.sum(0) / n_samples
     if groups == 1:
         return GradientHeatmaps(same_channel, all_channels, n_samples)
-    all_per_group = abs_jacobian.sum((1, 4))  # [G, H, W, H, W] sums
     return GradientHeatmaps(same_channel, all_channels, n_samples, same_per_group / counts.view(-1, 1, 1, 1, 1),
                             all_per_group / counts.view(-1, 1, 1, 1, 1))
 
@@ -160,21 +157,21 @@ def group_assignment(n_samples: int, groups: int, block: int) -> Tensor:
     return (torch.arange(n_samples) // block) % groups
 
 
-def summed_abs_jacobian(den: Denoiser, z: Tensor, sigma: float, products_per_pass: int,
-                        membership: Tensor | None = None) -> Tensor:
-    """Sums over the batch of |dD(z_b) / dz_b| from one forward pass and D vector-Jacobian products (one-hot
-    cotangents shared by every z_b of the batch). z: [B, C, H, W].
+def summed_abs_readings(den: Denoiser, z: Tensor, sigma: float, products_per_pass: int,
+                        membership: Tensor) -> Tensor:
+    """Sums over the batch of |dD(z_b) / dz_b| in both readings, per group of z, from one forward pass and D
+    vector-Jacobian products (one-hot cotangents shared by every z_b of the batch). Each pass of products is reduced
+    to the readings at once, so no [D, D] array is held (4.8 GB in float64 for 4 groups of 3x64x64 images).
 
-    Returns float64 [D out, C, H, W in] (the sum over the batch), or with membership (float [B, G], z_b's group as
-    one-hot) float64 [G, D out, C, H, W in], one sum per group.
+    z: [B, C, H, W]; membership: float64 [B, G], z_b's group as one-hot. Returns float64 [2, G, H*W out, H, W in]:
+    [0] sum_c |dD_{c,y,x} / dz_{c,y',x'}| (same_channel), [1] sum_{c,c'} |dD_{c,y,x} / dz_{c',y',x'}| (all_channels).
     """
     output, vjp_fn = torch.func.vjp(lambda inputs: den(inputs, sigma), z.detach())
     if output.shape != z.shape:
         raise DenoiserLabError(f"the denoiser must return the input's shape {tuple(z.shape)},"
                                f" got {tuple(output.shape)}")
-    dim = z[0].numel()
-    weights = torch.ones(z.shape[0], 1, dtype=torch.float64, device=z.device) if membership is None else membership
-    total = torch.empty(weights.shape[1], dim, *z.shape[1:], dtype=torch.float64, device=z.device)
+    dim, pixels = z[0].numel(), z.shape[2] * z.shape[3]
+    total = torch.zeros(2, membership.shape[1], pixels, *z.shape[2:], dtype=torch.float64, device=z.device)
     for start in range(0, dim, products_per_pass):
         rows = torch.arange(start, min(start + products_per_pass, dim), device=z.device)
         one_hot = torch.zeros(rows.shape[0], dim, dtype=output.dtype, device=z.device)
@@ -183,9 +180,11 @@ def summed_abs_jacobian(den: Denoiser, z: Tensor, sigma: float, products_per_pas
         with warnings.catch_warnings():  # PyTorch's notice that fused CPU attention is vmapped by a loop (measured:
             warnings.filterwarnings("ignore", message=VMAP_FALLBACK_NOTICE)  # no faster with the math backend)
             (gradients,) = torch.func.vmap(vjp_fn)(cotangents)  # [k, B, C, H, W]: rows `rows` of every J(z_b)
-        sums = torch.einsum("kb...,bg->gk...", gradients.abs().double(), weights)  # [G, k, C, H, W]
-        total[:, start : start + rows.shape[0]] = sums
-    return total[0] if membership is None else total
+        sums = torch.einsum("kb...,bg->gk...", gradients.abs().double(), membership)  # [G, k, C, H, W in]
+        out_channel, out_pixel = rows // pixels, rows % pixels  # output index = (channel, pixel)
+        total[0].index_add_(1, out_pixel, sums[:, torch.arange(rows.shape[0]), out_channel])  # its own channel
+        total[1].index_add_(1, out_pixel, sums.sum(2))  # every channel
+    return total
 
 
 def heatmap_extent(heatmap: Tensor, mass: float = 0.9) -> Tensor:
