@@ -370,3 +370,20 @@ def test_a_kill_inside_a_computation_costs_only_the_unfinished_batch_of_z(tmp_pa
     resumed, whole = read_heatmaps_file(out), read_heatmaps_file(tmp_path / "whole.npz")
     for reading in ("same_channel", "all_channels"):
         assert torch.equal(resumed[reading], whole[reading])
+
+
+def test_a_run_opening_a_shared_parts_folder_leaves_fresh_temporary_files_alone(tmp_path):
+    """--levels runs share OUT's .parts folder and may start at different times: opening it removes the temporary
+    files of killed writes (untouched for ten minutes) but not one that another process is writing now."""
+    import os
+
+    from denoiserlab.studies.common.cache import StageCache
+
+    stages = tmp_path / "maps.npz.parts" / "stages"
+    stages.mkdir(parents=True)
+    writing, killed = stages / ".level-03-abc.safetensors.x1.tmp", stages / ".level-09-def.safetensors.x2.tmp"
+    writing.write_bytes(b"half written by another process")
+    killed.write_bytes(b"left by kill -9")
+    os.utime(killed, (killed.stat().st_mtime - 601, killed.stat().st_mtime - 601))
+    StageCache(tmp_path / "maps.npz.parts")
+    assert writing.exists() and not killed.exists()

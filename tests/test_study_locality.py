@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -263,7 +264,9 @@ def test_crash_mid_stage_leaves_no_corrupt_file_and_resumes(setup, tmp_path, mon
     config = from_dict(LocalityStudyConfig, setup["table"])
     for path in (out / "stages").glob("heatmaps-dit-*.safetensors"):
         path.unlink()
-    (out / "stages" / ".flex_sweep-x.safetensors.abc.tmp").write_bytes(b"left by kill -9")
+    left = out / "stages" / ".flex_sweep-x.safetensors.abc.tmp"
+    left.write_bytes(b"left by kill -9")
+    os.utime(left, (left.stat().st_mtime - 3600, left.stat().st_mtime - 3600))  # an hour ago
 
     def crash_while_writing(tensors, target, metadata=None):
         Path(target).write_bytes(b"half a file")

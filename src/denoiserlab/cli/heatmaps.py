@@ -71,8 +71,8 @@ def add_parser(subparsers) -> None:
                         help="forward-process inputs of the PSPC-Flex check (--until-converged)")
     parser.add_argument("--levels", default=None, metavar="I-J",
                         help="compute only grid levels I..J (0 = the largest sigma), e.g. to split the work over "
-                             "processes or machines sharing OUT's .parts folder (start them together); the file is "
-                             "written by the run that finds every level finished")
+                             "processes or machines sharing OUT's .parts folder (started together or not); the "
+                             "file is written by the run that finds every level finished")
     parser.add_argument("--reference-sigma", type=float, default=None,
                         help="also compute a high-z reference map at the grid sigma nearest this one, with an "
                              "independent seed, and store how far the file's map there is from it")

@@ -6,7 +6,8 @@ the rest of the value (nested dicts, lists, tuples, numbers, strings, None) as J
 the key and the compute time. Neither format can run code, and every file read back is treated as untrusted: one
 that does not parse, does not hold exactly such a value, or was stored under another key is computed again and
 overwritten. Files are written with `denoiserlab.atomic.atomic_write`, so a killed run (kill -9 included) leaves
-either the finished file or none; stale temporary files of killed writes are removed when the cache opens. A rerun
+either the finished file or none; stale temporary files of killed writes (untouched for ten minutes: another
+process sharing the folder may be writing the fresh ones) are removed when the cache opens. A rerun
 loads finished stages instead of computing them; a changed key gives a new file name, so a stage is never read
 under the wrong settings. `write_value` / `read_value` store other values (e.g. a study's arrays for figures) the
 same way.
@@ -161,6 +162,19 @@ def read_stage(path: str | Path, key: dict | None = None) -> tuple[Any, float]:
         raise StageFileError(f"unreadable stage file: {type(error).__name__}: {error}") from None
 
 
+STALE_SECONDS = 600.0  # a temporary file untouched this long was left by a killed write (writes take seconds)
+
+
+def remove_if_stale(temporary: Path) -> None:
+    """Remove a temporary file of a write unless it changed in the last STALE_SECONDS: processes sharing a folder
+    (the heatmaps command's --levels runs, started at different times) must not delete each other's writes."""
+    try:
+        if time.time() - temporary.stat().st_mtime > STALE_SECONDS:
+            temporary.unlink()
+    except FileNotFoundError:  # its write finished (renamed) or another process removed it meanwhile
+        pass
+
+
 class StageCache:
     """Runs stages once per key; `computed` lists the stages computed (not loaded) by this object, in order.
 
@@ -174,8 +188,8 @@ class StageCache:
         self.collective = collective and in_process_group()
         if not self.collective or is_main_process():
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".*.tmp"):  # left by a write that was killed
-                stale.unlink()
+            for temporary in self.root.glob(".*.tmp"):  # left by a killed write, or being written by another process
+                remove_if_stale(temporary)
         self.log = log
         self.computed: list[str] = []
         # stage -> {"seconds": compute time, "cpu_seconds": its process CPU time (None if not recorded),
