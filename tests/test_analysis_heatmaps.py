@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from denoiserlab.analysis import gaussian_linear_map, gradient_heatmaps, heatmap_extent
 from denoiserlab.analysis.noisy_inputs import noisy_batches
+from denoiserlab.analysis.heatmaps import default_products_per_pass
 from denoiserlab.denoisers import GaussianDenoiser, OptimalDenoiser
 from denoiserlab.errors import DenoiserLabError
 
@@ -44,6 +45,20 @@ def test_gaussian_heatmap_is_the_closed_form_jacobian(tiny_rgb_train):
     assert maps.same_channel.shape == (5, 5, 5, 5) and maps.n_samples == 3
     assert torch.allclose(maps.same_channel, same, atol=1e-12)
     assert torch.allclose(maps.all_channels, every, atol=1e-12)
+
+
+def test_default_chunking_keeps_cpu_passes_small_and_changes_nothing(tiny_rgb_train, monkeypatch):
+    assert default_products_per_pass(8, torch.device("cpu")) == 4  # 32 z x products per pass on a CPU
+    assert default_products_per_pass(1, "cpu") == 32 and default_products_per_pass(64, "cpu") == 1
+    assert default_products_per_pass(8, torch.device("cuda")) == 64
+    seen = []
+    real = torch.func.vmap
+    monkeypatch.setattr(torch.func, "vmap", lambda fn: lambda cotangents: seen.append(len(cotangents)) or
+                        real(fn)(cotangents))
+    chosen = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.5, 6, seed=1, batch_size=3)
+    assert max(seen) == 10 and sum(seen) == 75 * 2  # 32 // 3 products per pass, 75 outputs, two batches
+    explicit = gradient_heatmaps(mixing_denoiser, tiny_rgb_train, 0.5, 6, seed=1, batch_size=3, products_per_pass=75)
+    torch.testing.assert_close(chosen.all_channels, explicit.all_channels, rtol=1e-12, atol=1e-12)
 
 
 def test_nonlinear_heatmap_matches_per_sample_jacobian_loop(tiny_rgb_train):

@@ -10,6 +10,7 @@ from denoiserlab.diffusion import edm_sigmas
 from denoiserlab.networks import save_checkpoint
 from denoiserlab.networks.build import build_denoiser
 from denoiserlab.studies.locality.heatmaps import heatmaps_on_grid, read_heatmaps_file
+from tests.test_networks import perturb
 
 TRAINING_DATA = {"source": "fashion-mnist", "subset": 12, "seed": 0}
 
@@ -387,3 +388,22 @@ def test_a_run_opening_a_shared_parts_folder_leaves_fresh_temporary_files_alone(
     os.utime(killed, (killed.stat().st_mtime - 601, killed.stat().st_mtime - 601))
     StageCache(tmp_path / "maps.npz.parts")
     assert writing.exists() and not killed.exists()
+
+
+def test_bfloat16_maps_are_stored_apart_from_float32_ones_and_close_to_them(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    den = build_denoiser("mixer", 1, 28, dict(hidden_size=16, depth=1, patch_size=7), training_data=TRAINING_DATA)
+    perturb(den)  # an untrained mixer's output layer is zero: D = c_skip x, whose Jacobian no precision changes
+    path = save_checkpoint(tmp_path / "net", den.eval())
+    out = tmp_path / "maps.npz"
+    args = ["heatmaps", "--network", str(path), "--out", str(out), "--steps", "2", "--n-samples", "2",
+            "--batch-size", "2", "--seed", "5"]
+    assert main(args) == 0
+    exact = read_heatmaps_file(out)
+    out.unlink()  # same .parts folder: the float32 sigmas there must not be taken for bfloat16 ones
+    monkeypatch.setattr("sys.argv", ["denoiserlab", *args, "--precision", "bfloat16"])  # the file records it
+    assert main(args + ["--precision", "bfloat16"]) == 0
+    lowered = read_heatmaps_file(out)
+    assert "--precision bfloat16" in lowered["command"]
+    difference = (lowered["same_channel"].double() - exact["same_channel"].double()).norm()
+    assert 0 < difference < 0.02 * exact["same_channel"].double().norm()

@@ -106,7 +106,7 @@ FLEX_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0)  # PSPC-Flex's defaul
 def heatmaps_until_converged(den, images: Tensor, sigma: float, labels: Tensor | None = None,
                              start_samples: int = 16, max_samples: int = 256, tolerance: float = 0.02,
                              groups: int = 8, check_pairs: int = 16, seed: int = 0, batch_size: int = 8,
-                             products_per_pass: int = 64, thresholds: tuple[float, ...] = FLEX_THRESHOLDS,
+                             products_per_pass: int | None = None, thresholds: tuple[float, ...] = FLEX_THRESHOLDS,
                              round_cache: RoundCache | None = None, progress: bool = False) -> dict:
     """Gradient heatmaps of den at sigma with the z count doubled until it no longer matters downstream: PSPC-Flex's
     MSE to den at the fitted threshold changes by less than `tolerance` (relative) when the z count doubles, under

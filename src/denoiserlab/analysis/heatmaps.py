@@ -24,6 +24,10 @@ from denoiserlab.validation import check_images
 
 SAMPLINGS = ("iid", "systematic")
 VMAP_FALLBACK_NOTICE = "There is a performance drop because we have not yet implemented the batching rule"
+# z x products per vmapped pass on a CPU when products_per_pass is not given: past ~64 the pass's activations outgrow
+# the caches and each product costs 2-5x more (benchmarks/bench_heatmaps_chunking.py); a GPU takes 64 products
+CPU_SAMPLES_PER_PASS = 32
+GPU_PRODUCTS_PER_PASS = 64
 
 
 class RunningSums(Protocol):
@@ -47,7 +51,7 @@ class GradientHeatmaps:
 
 
 def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: int = 100, seed: int = 0,
-                      batch_size: int = 16, products_per_pass: int = 64, sampling: str = "iid",
+                      batch_size: int = 16, products_per_pass: int | None = None, sampling: str = "iid",
                       labels: Tensor | None = None, antithetic: bool = False, groups: int = 1,
                       progress: bool = False, running_sums: RunningSums | None = None) -> GradientHeatmaps:
     """Both heatmap readings of den at noise level sigma, averaged over n_samples noisy images (module docstring).
@@ -61,15 +65,17 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     With groups = G > 1 the z are dealt to G groups (pairs kept together) and each group's mean maps are returned
     too, for standard errors and convergence (groups_same_channel, groups_all_channels). batch_size noisy images go
     through one forward pass; products_per_pass vector-Jacobian products are vectorised at a time (memory grows with
-    their product). progress: a bar over the z (a colour image's z costs minutes on a CPU). running_sums: the sums
+    their product; None: default_products_per_pass). progress: a bar over the z (a colour image's z costs minutes on a CPU). running_sums: the sums
     are saved there after each batch and taken up from there at the start (what it loads is checked: sums of
     another shape or a z count that is not a batch boundary start the computation afresh); the result equals an
     uninterrupted computation's.
     """
     sigma = check_sigma(sigma)
     check_images(images, "images")
-    check_positive_int(products_per_pass, "products_per_pass")
     check_positive_int(groups, "groups")
+    if products_per_pass is None:
+        products_per_pass = default_products_per_pass(batch_size, images.device)
+    check_positive_int(products_per_pass, "products_per_pass")
     z = heatmap_inputs(images, sigma, n_samples, seed, batch_size, sampling, labels, antithetic)  # [n, C, H, W]
     group_of = group_assignment(n_samples, groups, 2 if antithetic else 1)  # [n]
     height, width = images.shape[2:]
@@ -91,6 +97,14 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
         return GradientHeatmaps(same_channel, all_channels, n_samples)
     return GradientHeatmaps(same_channel, all_channels, n_samples, same_per_group / counts.view(-1, 1, 1, 1, 1),
                             all_per_group / counts.view(-1, 1, 1, 1, 1))
+
+
+def default_products_per_pass(batch_size: int, device: torch.device) -> int:
+    """Vector-Jacobian products per vmapped pass when none is asked for: on a CPU enough to make about
+    CPU_SAMPLES_PER_PASS z x products (at least 1), elsewhere GPU_PRODUCTS_PER_PASS."""
+    if torch.device(device).type == "cpu":
+        return max(1, CPU_SAMPLES_PER_PASS // batch_size)
+    return GPU_PRODUCTS_PER_PASS
 
 
 def resumed_sums(running_sums: RunningSums | None, shape: tuple[int, ...], n_samples: int, batch_size: int,

@@ -48,7 +48,7 @@ class NoiseEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(feature_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, c_noise: Tensor) -> Tensor:
-        return self.mlp(self.features(c_noise))
+        return self.mlp(self.features(c_noise).to(self.mlp[0].weight.dtype))  # float32 features, MLP's dtype
 
 
 def zero_init(module: nn.Module) -> nn.Module:

@@ -31,13 +31,16 @@ class HeatmapConfig:
     n_samples: int = 1000  # noisy inputs z per sigma (paper: 1000)
     reading: Literal["same_channel", "all_channels"] = "same_channel"  # which reading builds the PSPC-Flex masks
     batch_size: int = 8  # z per forward pass
-    products_per_pass: int = 64  # vector-Jacobian products vectorised at a time
+    products_per_pass: int | None = None  # vector-Jacobian products vectorised at a time; None: 32 / batch_size on
+    # a CPU (the pass then stays in the caches), 64 on a GPU (analysis.heatmaps.default_products_per_pass)
     pixels: tuple[tuple[int, int], ...] = ((0, 0), (-1, -1))  # output pixels (y, x) drawn in the figure; -1: centre
     figure_sigmas: int = 6  # sigmas shown in the heatmap figure (spread over the grid)
 
     def __post_init__(self):
-        for key in ("n_samples", "batch_size", "products_per_pass", "figure_sigmas"):
+        for key in ("n_samples", "batch_size", "figure_sigmas"):
             require(getattr(self, key) >= 1, f"heatmaps.{key}", getattr(self, key), "an integer >= 1")
+        require(self.products_per_pass is None or self.products_per_pass >= 1, "heatmaps.products_per_pass",
+                self.products_per_pass, "an integer >= 1 (or absent: chosen by the device)")
 
 
 @dataclass(frozen=True)
