@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Issue 16's emoji heatmaps on a CUDA GPU: both shipped emoji networks, the same convergence rule as the shipped
-# Fashion-MNIST files (--until-converged 0.02, under both readings), up to 256 z per sigma. On one CPU thread these
-# take ~30 s (dit-small) and ~64 s (unet-small) per z and sigma on an idle thread: the DiT's file (640 z) took ~7
-# CPU-hours and ships; the U-Net's is ~8-10 CPU-hours, so this script makes it first.
+# Fashion-MNIST files (--until-converged 0.02, under both readings), up to 256 z per sigma, in float32, with a 256-z
+# reference at sigma 1.92. Both files ship, made on a CPU (the DiT's in float32, ~7 thread-hours; the U-Net's with
+# --precision bfloat16, ~3 thread-hours: src/denoiserlab/assets/heatmaps/README.md); this script remakes them on a
+# GPU, e.g. to add the reference or, with a larger --n-samples, more z.
 #
 #     scripts/gpu_emoji_heatmaps.sh     # outputs in $OUT or results/emoji-heatmaps; time limit HEATMAP_SECONDS each
 #
 # Installs nothing and reaches no network; runs $PYTHON (else .venv/bin/python when it sees CUDA, else python3) with
 # the package from src/ on PYTHONPATH. A run cut by its time limit keeps its finished sigmas in OUT/*.npz.parts/, and
-# the same command resumes from them. Then ship OUT/unet-small-emoji.npz as
-# src/denoiserlab/assets/heatmaps/unet-small-emoji.npz (and the DiT's file only if more z changed it).
+# the same command resumes from them. Replace a shipped file (src/denoiserlab/assets/heatmaps/) only if the new one
+# says more (the repository keeps every version of a 64 MB file).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-results/emoji-heatmaps}"

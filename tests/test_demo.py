@@ -1,5 +1,5 @@
 """`make demo`'s configs ship inside the package and load; its index page shows both studies' headline numbers;
-`demo --dataset emoji` stops before any work while the emoji heatmaps do not ship."""
+`demo --dataset emoji` finds every file it names, and a demo whose shipped files are missing stops before any work."""
 
 import pytest
 
@@ -87,20 +87,32 @@ def test_emoji_demo_configs_name_the_emoji_networks_and_colour_pixels():
     assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
 
 
-def test_demo_on_emoji_stops_before_any_work_naming_the_missing_heatmaps(tmp_path, capsys, monkeypatch):
+def test_every_shipped_file_of_the_emoji_demo_is_there(tmp_path, capsys):
+    names = shipped_names(*demo_configs("emoji"))
+    assert names["checkpoints"] == ["shipped:unet-small-emoji", "shipped:dit-small-emoji"]
+    assert names["heatmaps"] == ["shipped:unet-small-emoji.npz", "shipped:dit-small-emoji.npz"]
+    assert missing_shipped(*demo_configs("emoji")) == {}
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--dataset", "emoji", "--out", str(out)]) == 2
+    assert "--quick samples the shipped Fashion-MNIST U-Net" in capsys.readouterr().err and not out.exists()
+
+
+def test_demo_missing_a_shipped_file_stops_before_any_work_naming_it(tmp_path, capsys, monkeypatch):
+    heatmaps = tmp_path / "heatmaps"
+    heatmaps.mkdir()
+    (heatmaps / "dit-small-emoji.npz").touch()  # an install that lost the U-Net's heatmaps
+    real_folder = demo_module.assets_folder
+    monkeypatch.setattr(demo_module, "assets_folder",
+                        lambda folder: heatmaps if folder == "heatmaps" else real_folder(folder))
     monkeypatch.setattr(demo_module, "run_parts", lambda *args: pytest.fail("the demo started a study"))
     out = tmp_path / "out"
     assert main(["demo", "--dataset", "emoji", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()
-    assert line.startswith("denoiserlab: error: demo --dataset emoji needs shipped files this package lacks")
-    assert "checkpoints" not in line  # both emoji networks ship
-    for text in ("(heatmaps unet-small-emoji.npz under",
-                 "denoiserlab heatmaps --network shipped:unet-small-emoji --until-converged 0.02"):
-        assert text in line
+    assert line.startswith("denoiserlab: error: demo --dataset emoji needs shipped files this package lacks "
+                           "(heatmaps unet-small-emoji.npz under src/denoiserlab/assets/)")
+    assert "checkpoints" not in line and line.endswith("reinstall denoiserlab: these files ship with it")
     assert captured.out == "" and not out.exists()
-    assert main(["demo", "--quick", "--dataset", "emoji", "--out", str(out)]) == 2
-    assert "--quick samples the shipped Fashion-MNIST U-Net" in capsys.readouterr().err
 
 
 def test_demo_runs_on_fashion_mnist_by_default(tmp_path, monkeypatch):

@@ -40,17 +40,17 @@ def test_train_configs_train_from_scratch_with_the_fidelity_sigmas(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_study_configs_name_the_shipped_networks_those_configs_trained(arch):
-    """Both networks ship, trained on emoji with their architecture; the DiT's heatmaps ship, the U-Net's are made
-    under runs/."""
+    """Both networks ship, trained on emoji with their architecture, and so do both networks' heatmaps."""
     from denoiserlab.networks import load
 
     locality = load_toml(LocalityStudyConfig, CONFIGS / "locality-emoji.toml")
     assert [network.path for network in locality.networks] == [f"shipped:{name}-small-emoji" for name in ("unet", "dit")]
-    assert [network.heatmaps for network in locality.networks] == ["runs/unet-small-emoji/heatmaps.npz",
+    assert [network.heatmaps for network in locality.networks] == ["shipped:unet-small-emoji.npz",
                                                                    "shipped:dit-small-emoji.npz"]
-    assert (assets_folder("heatmaps") / "dit-small-emoji.npz").is_file()
+    assert all((assets_folder("heatmaps") / f"{name}-small-emoji.npz").is_file() for name in ("unet", "dit"))
     gaussian = load_toml(GaussianStudyConfig, CONFIGS / "gaussian-emoji.toml")
     assert gaussian.networks[0].path == "shipped:unet-small-emoji"
+    assert gaussian.networks[0].heatmaps == "shipped:unet-small-emoji.npz"
     assert gaussian.distillation.n_samples >= 2 * (3 * 32 * 32 + 1)  # the split-half estimate needs two fits
     network = load(f"shipped:{arch}-emoji")
     assert network.training_data["source"] == "emoji" and network.img_channels == 3 and network.img_resolution == 32

@@ -36,6 +36,7 @@ HEATMAP_NETWORKS = {  # every shipped heatmap file -> the shipped checkpoint who
     "dit-small.npz": "dit-small-fashion-mnist",
     "mixer-small.npz": "mixer-small-fashion-mnist",
     "dit-small-emoji.npz": "dit-small-emoji",
+    "unet-small-emoji.npz": "unet-small-emoji",
 }
 
 

@@ -48,18 +48,10 @@ class DemoDataset:
     how_to_ship: str  # the commands that make the shipped files the configs name (said when some are missing)
 
 
-EMOJI_HOW_TO_SHIP = (
-    "both networks and the DiT's heatmaps ship; make the U-Net's heatmaps from a repository checkout with "
-    "`OMP_NUM_THREADS=1 denoiserlab heatmaps --network shipped:unet-small-emoji --until-converged 0.02 "
-    "--start-samples 8 --groups 4 --check-pairs 16 --n-samples 128 --batch-size 8 --products-per-pass 16 "
-    "--out src/denoiserlab/assets/heatmaps/unet-small-emoji.npz` (~64 s per z on one thread, so ~8-10 CPU-hours; "
-    "resumable: a kill costs about one batch of z; split with --levels over processes or shared over ranks under "
-    "torchrun); meanwhile configs/locality-emoji.toml and configs/gaussian-emoji.toml run the studies with the "
-    "U-Net's heatmaps under runs/")
+SHIPS_WITH_THE_PACKAGE = "reinstall denoiserlab: these files ship with it"
 DEMO_DATASETS = {
-    "fashion-mnist": DemoDataset("Fashion-MNIST", LOCALITY_CONFIG, GAUSSIAN_CONFIG,
-                                 "reinstall denoiserlab: these files ship with it"),
-    "emoji": DemoDataset("emoji", "demo-locality-emoji.toml", "demo-gaussian-emoji.toml", EMOJI_HOW_TO_SHIP),
+    "fashion-mnist": DemoDataset("Fashion-MNIST", LOCALITY_CONFIG, GAUSSIAN_CONFIG, SHIPS_WITH_THE_PACKAGE),
+    "emoji": DemoDataset("emoji", "demo-locality-emoji.toml", "demo-gaussian-emoji.toml", SHIPS_WITH_THE_PACKAGE),
 }
 
 
