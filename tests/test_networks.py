@@ -182,3 +182,19 @@ def test_bad_sigma_fails(sigma):
 def test_bad_configs_fail_naming_the_field(preset, overrides, match):
     with pytest.raises(DenoiserLabError, match=match):
         build_denoiser(preset, 1, 28, overrides)
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_large_cpu_inference_batches_go_through_in_calls_of_32_images_with_the_same_outputs(arch):
+    from denoiserlab.networks.precond import CPU_CALL_IMAGES
+    den = tiny_denoiser(arch, 3, 32)
+    x, sigma = torch.randn(70, 3, 32, 32), torch.rand(70) * 10 + 0.01
+    calls = []
+    den.net.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    with torch.no_grad():
+        chunked = den(x, sigma)
+    assert calls == [CPU_CALL_IMAGES, CPU_CALL_IMAGES, 70 - 2 * CPU_CALL_IMAGES]
+    calls.clear()
+    whole = den(x, sigma)  # with autograd (training, Jacobians): one call
+    assert calls == [70]
+    torch.testing.assert_close(chunked, whole.detach(), atol=1e-5, rtol=1e-5)
