@@ -17,10 +17,10 @@ from denoiserlab.validation import check_count, check_device
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the locality and Gaussian-structure studies on the embedded Fashion-MNIST subset",
-        description="Both studies with the shipped networks (about 6 minutes on 2 idle CPU cores, up to 10 on busy "
-                    "ones; a rerun resumes). "
+        description="Both studies with the shipped networks (about 3.5 minutes on 2 idle CPU cores, up to 10 on "
+                    "busy ones; a rerun resumes). "
                     "--quick instead samples every denoiser from shared noise (under a minute). --dataset emoji "
-                    "runs the studies on the colour emoji set once its networks ship. Under torchrun "
+                    "runs the studies on the colour emoji set (about 30 minutes). Under torchrun "
                     "(`torchrun --nproc-per-node K -m denoiserlab demo`) the ranks run each study together.")
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="only the sampling demo (samples from shared noise)")
