@@ -65,10 +65,10 @@ def gradient_heatmaps(den: Denoiser, images: Tensor, sigma: float, n_samples: in
     With groups = G > 1 the z are dealt to G groups (pairs kept together) and each group's mean maps are returned
     too, for standard errors and convergence (groups_same_channel, groups_all_channels). batch_size noisy images go
     through one forward pass; products_per_pass vector-Jacobian products are vectorised at a time (memory grows with
-    their product; None: default_products_per_pass). progress: a bar over the z (a colour image's z costs minutes on a CPU). running_sums: the sums
-    are saved there after each batch and taken up from there at the start (what it loads is checked: sums of
-    another shape or a z count that is not a batch boundary start the computation afresh); the result equals an
-    uninterrupted computation's.
+    their product; None: default_products_per_pass). progress: a bar over the z (a colour image's z costs minutes on
+    a CPU). running_sums: the sums are saved there after each batch and taken up from there at the start (what it
+    loads is checked: sums of another shape or a z count that is not a batch boundary start the computation afresh);
+    the result equals an uninterrupted computation's.
     """
     sigma = check_sigma(sigma)
     check_images(images, "images")

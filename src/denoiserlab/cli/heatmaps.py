@@ -82,8 +82,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--reference-samples", type=int, default=256, help="z of the reference (default: %(default)s)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                         help="the raw network's floating-point format (networks trained here): bfloat16 takes "
-                             "1.5-2.7x fewer seconds per z on a CPU with bfloat16 units and moves the maps by "
-                             "~0.5-1 %% (benchmarks/bench_heatmaps_precision.py); default: %(default)s")
+                             "~1.4x fewer seconds per z on a CPU with bfloat16 units and moves the maps by "
+                             "~0.5-0.7 %% (benchmarks/bench_heatmaps_precision.py); default: %(default)s")
     add_device_argument(parser)
     parser.set_defaults(func=run, under_torchrun=True)
 

@@ -1,6 +1,6 @@
-"""A network's denoiser with its raw network in bfloat16: Jacobian-heavy analyses (gradient heatmaps) run ~3x faster
-on CPUs with bfloat16 units (AVX-512 BF16, AMX) and on GPUs, at a measured cost in accuracy
-(benchmarks/heatmaps_precision.py)."""
+"""A network's denoiser with its raw network in bfloat16: Jacobian-heavy analyses (gradient heatmaps) run ~1.4x faster
+than float32 at its best chunking on a CPU with bfloat16 units (AVX-512 BF16), at a measured cost in accuracy
+(benchmarks/bench_heatmaps_chunking.py, benchmarks/bench_heatmaps_precision.py)."""
 
 from __future__ import annotations
 

@@ -52,7 +52,6 @@ class EDMPrecond(nn.Module):
             check_network_output(self.net, f_out, sigma)
         return c_skip.to(x.dtype).view(-1, 1, 1, 1) * x + c_out.to(x.dtype).view(-1, 1, 1, 1) * f_out
 
-
     def raw_outputs(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
         """F(x_in, c_noise) [B, C, H, W]; on a CPU without autograd in calls of at most CPU_CALL_IMAGES images (every
         network here treats the images of a batch independently, so this changes nothing but the time)."""
