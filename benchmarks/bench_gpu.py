@@ -14,7 +14,8 @@ Rows (markdown on stdout, every number in the --out JSON file):
   training set), seconds per noisy image z (the CPU column on CUDA with at most CPU_Z of them).
 - training: images/s of networks.training.training_step (EDM loss, backward, Adam, EMA) of a fresh --train-arch
   network on min(N, 10,000) random images of the same shape (bfloat16 autocast on CUDA, as `denoiserlab train`).
-Times: best of --repeats calls after one warm-up call (0: one call, no warm-up), wall clock, CUDA synchronised before
+Times: best of --repeats calls (fewer once they took REPEAT_BUDGET_SECONDS) after one warm-up call (0: one call, no
+warm-up), wall clock, CUDA synchronised before
 each clock read. On CUDA (or with --cpu-beside) the CPU column times the same objects on CPU tensors (torch's CPU
 threads, --cpu-repeats).
 Exactness ("max |diff|"): each denoiser is built again on the first --check-n training images (ELS: --check-n / 20)
@@ -60,6 +61,8 @@ HEATMAP_WIDTH = 3.0  # pixels: standard deviation of the synthetic heatmap's fal
 HEATMAP_SIGMA = 1.0  # noise level of the network heatmaps
 CPU_Z = 2  # most z of the heatmaps' CPU column on CUDA
 CHECK_SIGMAS = (0.05, 5.0)  # the exactness queries' sigmas run geometrically between these
+REPEAT_BUDGET_SECONDS = 10.0  # timed repeats of one measurement stop once they have taken this long
+SECTIONS = ("denoisers", "heatmaps", "training")
 
 
 @dataclass
@@ -80,9 +83,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(function: Callable, repeats: int, device: torch.device) -> tuple[float, object]:
-    """(best wall seconds of `repeats` calls after one warm-up call, the first call's result); repeats = 0: one call
-    and no warm-up."""
+def timed(function: Callable, repeats: int, device: torch.device,
+          budget_seconds: float = REPEAT_BUDGET_SECONDS) -> tuple[float, object]:
+    """(best wall seconds of up to `repeats` calls after one warm-up call, the first call's result); repeats = 0: one
+    call and no warm-up. The repeats stop early once they have taken budget_seconds (slow paths get fewer)."""
     def once():
         synchronize(device)
         started = time.perf_counter()
@@ -91,7 +95,10 @@ def timed(function: Callable, repeats: int, device: torch.device) -> tuple[float
         return time.perf_counter() - started, result
 
     seconds, first = once()
-    return min([once()[0] for _ in range(repeats)] or [seconds]), first
+    times, started = [], time.perf_counter()
+    while len(times) < repeats and (not times or time.perf_counter() - started < budget_seconds):
+        times.append(once()[0])
+    return min(times or [seconds]), first
 
 
 def random_images(n_images: int, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
@@ -205,11 +212,14 @@ def denoiser_row(name: str, make: Callable, reference: Callable, train: torch.Te
                  args: argparse.Namespace, device: torch.device) -> Row:
     """Time make(train) ([N, C, H, W] -> den(x, sigma)) on B noisy training images on device (and on the CPU beside);
     check make(train[:check_n]) against reference(train, x, sigma) -> float64 [B, C, H, W]."""
+    started = time.perf_counter()
     denoiser = make(train)
+    print(f"  {name}: built in {time.perf_counter() - started:.1f} s", flush=True)
     x = noisy_queries(train, torch.full((args.batch,), args.sigma), seed=1)
     on_device, beside = x.to(device), args.cpu_beside
     seconds, _ = timed(lambda: denoiser(on_device, args.sigma), args.repeats, device)
     cpu_seconds = timed(lambda: denoiser(x, args.sigma), args.cpu_repeats, torch.device("cpu"))[0] if beside else None
+    print(f"  {name}: timed by {time.perf_counter() - started:.1f} s", flush=True)
     del denoiser
     subset, sigma = train[:check_n], check_sigmas(args.batch)
     queries = noisy_queries(subset, sigma, seed=2)
@@ -220,36 +230,33 @@ def denoiser_row(name: str, make: Callable, reference: Callable, train: torch.Te
                f"float64 reference on {check_n} images, sigma {CHECK_SIGMAS[0]}..{CHECK_SIGMAS[1]}")
 
 
-def denoiser_rows(args: argparse.Namespace, device: torch.device) -> list[Row]:
-    """optimal, Gaussian, PSPC-Square, PSPC-Flex and ELS on N random images of --shape (ELS on the first --els-n)."""
+def denoiser_rows(args: argparse.Namespace, device: torch.device, emit: Callable[[Row], None]) -> None:
+    """optimal, PSPC-Square, PSPC-Flex (on CUDA: the fused Triton kernels; the issue's targets first), Gaussian, on
+    CUDA the eager PSPC paths, and ELS on N random images of --shape (ELS on the first --els-n); each row goes to
+    emit as soon as it is measured."""
     train = random_images(args.n, args.shape, seed=0)
     height, width = args.shape[1:]
     size = min(args.patch_size, height, width)
     masks = flex_masks(synthetic_heatmap(height, width), args.lam)  # bool [H*W, H, W]
     check_n = min(args.check_n, args.n)
-    rows = [
-        denoiser_row("optimal", OptimalDenoiser, reference_optimal, train, check_n, args, device),
-        denoiser_row("Gaussian", lambda images: GaussianDenoiser(images, cache=False), reference_gaussian, train,
-                     check_n, args, device),
-        denoiser_row(f"PSPC-Square s={size}", lambda images: PSPCSquare(images, size),
-                     lambda *inputs: reference_composite(*inputs, square_masks(height, width, size)), train, check_n,
-                     args, device),
-        denoiser_row(f"PSPC-Flex lambda={args.lam}", lambda images: PSPCFlex(images, masks),
-                     lambda *inputs: reference_composite(*inputs, masks), train, check_n, args, device),
-    ]
+    square_reference = lambda *inputs: reference_composite(*inputs, square_masks(height, width, size))  # noqa: E731
+    flex_reference = lambda *inputs: reference_composite(*inputs, masks)  # noqa: E731
+    emit(denoiser_row("optimal", OptimalDenoiser, reference_optimal, train, check_n, args, device))
+    emit(denoiser_row(f"PSPC-Square s={size}", lambda images: PSPCSquare(images, size), square_reference, train,
+                      check_n, args, device))
+    emit(denoiser_row(f"PSPC-Flex lambda={args.lam}", lambda images: PSPCFlex(images, masks), flex_reference, train,
+                      check_n, args, device))
+    emit(denoiser_row("Gaussian", lambda images: GaussianDenoiser(images, cache=False), reference_gaussian, train,
+                      check_n, args, device))
     if device.type == "cuda":  # "auto" above runs the fused Triton kernels there; the eager paths beside them
-        rows.insert(3, denoiser_row(f"PSPC-Square s={size}, eager", lambda images: PSPCSquare(images, size,
-                                                                                              kernel="eager"),
-                                    lambda *inputs: reference_composite(*inputs, square_masks(height, width, size)),
-                                    train, check_n, args, device))
-        rows.append(denoiser_row(f"PSPC-Flex lambda={args.lam}, eager",
-                                 lambda images: PSPCFlex(images, masks, kernel="eager"),
-                                 lambda *inputs: reference_composite(*inputs, masks), train, check_n, args, device))
+        emit(denoiser_row(f"PSPC-Square s={size}, eager", lambda images: PSPCSquare(images, size, kernel="eager"),
+                          square_reference, train, check_n, args, device))
+        emit(denoiser_row(f"PSPC-Flex lambda={args.lam}, eager", lambda images: PSPCFlex(images, masks, kernel="eager"),
+                          flex_reference, train, check_n, args, device))
     els_train = train[: args.els_n]
-    rows.append(denoiser_row(f"ELS P={args.els_patch_size}", lambda images: ELS(images, args.els_patch_size),
-                             lambda *inputs: reference_els(*inputs, args.els_patch_size), els_train,
-                             min(args.els_n, max(2, check_n // 20)), args, device))
-    return rows
+    emit(denoiser_row(f"ELS P={args.els_patch_size}", lambda images: ELS(images, args.els_patch_size),
+                      lambda *inputs: reference_els(*inputs, args.els_patch_size), els_train,
+                      min(args.els_n, max(2, check_n // 20)), args, device))
 
 
 def reference_heatmap_rows(network, z: torch.Tensor, sigma: float, pixels: list[tuple[int, int]]) -> torch.Tensor:
@@ -380,6 +387,15 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
+def parse_sections(text: str) -> tuple[str, ...]:
+    """'heatmaps,training' -> ('heatmaps', 'training'); each name one of SECTIONS, none twice."""
+    names = tuple(part.strip() for part in text.split(","))
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct names among {', '.join(SECTIONS)}, got {text!r}")
+    return names
+
+
 def parse_arguments() -> tuple[argparse.Namespace, torch.device]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="'cpu', 'cuda' or 'cuda:N' (default: cuda when present)")
@@ -404,6 +420,8 @@ def parse_arguments() -> tuple[argparse.Namespace, torch.device]:
     parser.add_argument("--cpu-beside", action=argparse.BooleanOptionalAction, default=None,
                         help="also time everything on the CPU (default: when --device is not cpu)")
     parser.add_argument("--cpu-repeats", type=int, default=1, help="timed calls of the CPU column after a warm-up")
+    parser.add_argument("--sections", type=parse_sections, default=SECTIONS,
+                        help=f"comma-separated sections to run, in this order (default: {','.join(SECTIONS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the heatmap z and the training run")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the table and settings")
     args = parser.parse_args()
@@ -424,7 +442,7 @@ def parse_arguments() -> tuple[argparse.Namespace, torch.device]:
 
 def write_report(args: argparse.Namespace, device: torch.device, start_environment: dict, rows: list[Row],
                  failures: dict, seconds: float, finished: bool) -> None:
-    """The --out JSON file, rewritten (atomically) after each section: a run stopped by a time limit keeps what it
+    """The --out JSON file, rewritten (atomically) after each row: a run stopped by a time limit keeps what it
     measured."""
     settings = {key: (list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value)
                 for key, value in vars(args).items()}
@@ -445,21 +463,25 @@ def main() -> None:
           f"starting; N = {args.n:,} (ELS {args.els_n:,}) images {'x'.join(map(str, args.shape))}, B = {args.batch}, "
           f"sigma = {args.sigma}", flush=True)
     rows, failures = [], {}
-    sections = {"denoisers": denoiser_rows, "heatmaps": lambda *inputs: [heatmap_row(*inputs)],
-                "training": lambda *inputs: [training_row(*inputs)]}
-    for name, section in sections.items():  # a failing section is reported, and the others still run
-        try:
-            new_rows = section(args, device)
-        except Exception as error:  # any failure: its message goes into the report and the exit code
-            new_rows, failures[name] = [], f"{type(error).__name__}: {error}"
-            print(f"  {name} FAILED: {failures[name]}", flush=True)
-        rows.extend(new_rows)
-        for row in new_rows:
-            print(f"  {row.name}: {format_value(row.device_value, row.unit)}, max abs diff {row.max_abs_diff:.1e}")
-        print(f"  {name} done at {time.perf_counter() - started:.0f} s", flush=True)
+    sections = {"denoisers": denoiser_rows, "heatmaps": lambda *inputs: inputs[-1](heatmap_row(*inputs[:-1])),
+                "training": lambda *inputs: inputs[-1](training_row(*inputs[:-1]))}
+
+    def emit(row: Row) -> None:  # print each row as it is measured and keep it in the report
+        rows.append(row)
+        print(f"  {row.name}: {format_value(row.device_value, row.unit)}, max abs diff {row.max_abs_diff:.1e} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
         if args.out is not None:
-            write_report(args, device, start_environment, rows, failures, time.perf_counter() - started,
-                         finished=name == list(sections)[-1])
+            write_report(args, device, start_environment, rows, failures, time.perf_counter() - started, False)
+
+    for name in args.sections:  # a failing section is reported, and the others still run
+        try:
+            sections[name](args, device, emit)
+        except Exception as error:  # any failure: its message goes into the report and the exit code
+            failures[name] = f"{type(error).__name__}: {error}"
+            print(f"  {name} FAILED: {failures[name]}", flush=True)
+        print(f"  {name} done at {time.perf_counter() - started:.0f} s", flush=True)
+    if args.out is not None:
+        write_report(args, device, start_environment, rows, failures, time.perf_counter() - started, True)
     print(markdown(rows, device, args.cpu_beside))
     print(f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at the end"
           + (f"; wrote {args.out}" if args.out is not None else ""))

@@ -8,7 +8,7 @@
 # Installs nothing and reaches no network: it runs $PYTHON (else .venv/bin/python when it sees CUDA, else python3)
 # with the package from src/ on PYTHONPATH, and stops at once, naming them, when CUDA or a module is missing.
 # Writes into the output folder: environment.txt (nvidia-smi, torch, CUDA), pytest.log and junit.xml, bench-gpu.log
-# and bench-gpu.json (the table as markdown and every number; rewritten after each benchmark section, so a run cut
+# and bench-gpu.json (the table as markdown and every number; rewritten after each row of the benchmark, so a run cut
 # by its time limit keeps what it measured), user-cache/ (compiled CPU kernels). Time limits in seconds:
 # TEST_SECONDS (default 240) and BENCH_SECONDS (default 420). Exit code 0 only when every cuda test passed and the
 # benchmark finished; 1 when one of them failed or ran out of time; 2 when this machine cannot run the check.
