@@ -193,3 +193,15 @@ def test_gaussian_linear_map_refuses_a_bad_sigma(sigma):
     den = GaussianDenoiser(torch.rand(6, 1, 5, 5) * 2 - 1, cache=False)
     with pytest.raises(DenoiserLabError, match="sigma"):
         den.linear_map(sigma)
+
+
+def test_on_a_gpu_the_optimal_denoiser_walks_its_resident_copy_in_few_large_chunks():
+    """On the CPU, 32 MiB views (cache-sized steps); on any other device (a GPU; `meta` stands in for one here) views
+    of up to GPU_CHUNK_BYTES, so a call launches a dozen kernels rather than a dozen per 32 MiB."""
+    from denoiserlab.distances import GPU_CHUNK_BYTES, chunk_bytes_on
+
+    den = OptimalDenoiser(torch.rand(1500, 3, 32, 32) * 2 - 1)  # 36.9 MB as float64: two CPU steps
+    assert [len(rows) for rows, _ in den.train_rows(torch.device("cpu"))] == [1365, 135]
+    assert [len(rows) for rows, _ in den.train_rows(torch.device("meta"))] == [1500]
+    assert chunk_bytes_on("cuda", 1 << 25) == GPU_CHUNK_BYTES and chunk_bytes_on("cpu", 1 << 25) == 1 << 25
+    assert chunk_bytes_on("cuda:1", 1 << 21, 1 << 28) == 1 << 28

@@ -294,3 +294,26 @@ def test_failed_build_falls_back_to_pytorch_once(monkeypatch, tmp_path):
     assert torch.allclose(outputs[0], ELS(train, 3, kernel="eager")(x, 0.5))
     with pytest.raises(DenoiserLabError, match="no C compiler"):  # kernel="compiled" asked for it: one clear error
         ELS(train, 3, kernel="compiled")(x, 0.5)
+
+
+def test_on_a_gpu_the_eager_machine_takes_training_images_in_larger_chunks(monkeypatch):
+    """The eager path's chunk of training images: an intermediate of LOCAL_CHUNK_BYTES on the CPU, of
+    GPU_LOCAL_CHUNK_BYTES on another device (a GPU; `meta` stands in for one), where each chunk costs ~25 kernel
+    launches per offset pair."""
+    from denoiserlab.denoisers import local_score
+    from denoiserlab.denoisers.training_set import TrainingImages
+
+    asked = []
+
+    def record(self, chunk_size, device="cpu"):
+        asked.append(chunk_size)
+        yield from ()  # no chunks: the size asked for is what is checked
+
+    monkeypatch.setattr(TrainingImages, "chunks", record)
+    images = TrainingImages(torch.rand(4, 3, 32, 32) * 2 - 1, False)
+    for device in ("cpu", "meta"):
+        x, sigma = torch.zeros(10, 3, 32, 32, device=device), torch.ones(10, device=device)
+        rows = cols = local_score.zero_padded_axis(32, 1)
+        local_score.local_partials(x, sigma, images, 3, rows, cols)
+    per_image = 4 * 10 * 3 * 34 * 34  # float32 bytes of one training image's [B, C, H + 2r, W + 2r] slice
+    assert asked == [local_score.LOCAL_CHUNK_BYTES // per_image, local_score.GPU_LOCAL_CHUNK_BYTES // per_image]

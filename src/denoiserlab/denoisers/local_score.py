@@ -37,6 +37,7 @@ from denoiserlab.denoisers.training_set import (
     resolve_storage,
     training_source,
 )
+from denoiserlab.distances import chunk_bytes_on
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_finite_output,
@@ -218,8 +219,16 @@ def gather_padded(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return padded[:, :, rows[:, None], cols[None, :]]
 
 
+# Bytes of one chunk's [B, n, C, H + 2r, W + 2r] intermediate on the CPU, and on a GPU: there every chunk costs
+# ~25 kernel launches per offset pair, ~3,500 pairs for P = 3 on 32 x 32, so 32 MiB chunks (42 at N = 10,000, B = 10)
+# left ELS's benchmark row on an H200 (two calls and a small check) unfinished after 138 s (benchmarks/measured/).
+# A call's peak memory is a few times this.
+LOCAL_CHUNK_BYTES = 1 << 25
+GPU_LOCAL_CHUNK_BYTES = 1 << 29
+
+
 def default_local_chunk(batch: int, padded_shape: tuple[int, ...], itemsize: int,
-                        bytes_per_chunk: int = 1 << 25) -> int:
+                        bytes_per_chunk: int = LOCAL_CHUNK_BYTES) -> int:
     """Training images per chunk so that a [B, n, C, H + 2r, W + 2r] intermediate is about `bytes_per_chunk`."""
     per_image = itemsize * batch * padded_shape[0] * padded_shape[1] * padded_shape[2]
     return max(1, bytes_per_chunk // per_image)
@@ -274,7 +283,8 @@ def local_partials(x: Tensor, sigma: Tensor, images: TrainingImages, size: int, 
     radius = size // 2
     queries = gather_padded(x.to(work), rows.source(0), cols.source(0))  # [B, C, H + 2r, W + 2r]
     inv_two_var = (1.0 / (2.0 * sigma.double() ** 2)).clamp(max=torch.finfo(work).max)  # [B], capped: no 0 * inf
-    chunk_size = chunk_size or default_local_chunk(x.shape[0], tuple(queries.shape[1:]), queries.element_size())
+    chunk_size = chunk_size or default_local_chunk(x.shape[0], tuple(queries.shape[1:]), queries.element_size(),
+                                                   chunk_bytes_on(x.device, LOCAL_CHUNK_BYTES, GPU_LOCAL_CHUNK_BYTES))
     state = RunningPosterior.empty(tuple(x.shape), inv_two_var)
     for chunk in images.chunks(chunk_size, x.device):
         chunk = chunk.to(work)

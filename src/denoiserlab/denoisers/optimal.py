@@ -18,7 +18,13 @@ from denoiserlab.denoisers.training_set import (
     resolve_storage,
     training_source,
 )
-from denoiserlab.distances import default_chunk_size, row_chunks, squared_distances_to, squared_norms
+from denoiserlab.distances import (
+    chunk_bytes_on,
+    default_chunk_size,
+    row_chunks,
+    squared_distances_to,
+    squared_norms,
+)
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
     check_finite_output,
@@ -33,6 +39,8 @@ from denoiserlab.validation import (
 # Streamed chunks hold about this many bytes of float64 rows, so that converting a chunk and both of its GEMMs work
 # in the CPU's cache (faster than 32 MiB chunks: 0.30 s against 0.85 s a call at N = 100,000 of 1x28x28, B = 10).
 STREAM_CHUNK_BYTES = 1 << 21
+GPU_STREAM_CHUNK_BYTES = 1 << 28  # the same on a GPU, where a call then adds about 2.5 times this (see the docstring)
+RAM_CHUNK_BYTES = 1 << 25  # views of the float64 copy per step on the CPU (on a GPU: distances.GPU_CHUNK_BYTES)
 
 
 @dataclass(frozen=True)
@@ -62,10 +70,10 @@ class OptimalDenoiser:
 
     Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; n = chunk_size rows): storage="ram"
     holds 8 N D + 8 N bytes for the life of the denoiser and a call adds about 24 B n + 16 B D bytes (n by default
-    32 MiB of float64 rows); storage="stream" holds nothing per image (an ImageSet's uint8 storage stays where it
+    32 MiB of float64 rows, 1 GiB on a GPU); storage="stream" holds nothing per image (an ImageSet's uint8 storage stays where it
     is, e.g. memory-mapped, file-backed pages) and a call adds at most about 20 n D (+ n D with xflip) + 24 B n +
     16 B D bytes: one chunk as float32, as float64 and squared, its distances and weights, and the numerator (n by
-    default STREAM_CHUNK_BYTES = 2 MiB of float64 rows, at least 64). With distributed=True, N is this rank's shard
+    default STREAM_CHUNK_BYTES = 2 MiB of float64 rows, 256 MiB on a GPU, at least 64). With distributed=True, N is this rank's shard
     and a call adds three all_reduces: 48 bytes (the same-queries check), 8 B and 8 B (D + 1) bytes (the merge).
     """
 
@@ -122,11 +130,13 @@ class OptimalDenoiser:
 
     def train_rows(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         """The training set on `device` in chunks, in order: (rows [n, D] float64, squared norms [n] float64)."""
-        if self.storage_ == "ram":
-            train_flat, train_norms = self._device_copies.on(device)
-            return row_chunks(train_flat, train_norms, self.chunk_size)
         dim = math.prod(self.image_shape_)
-        return streamed_rows(self.train_, self.chunk_size or default_chunk_size(dim, STREAM_CHUNK_BYTES), device)
+        if self.storage_ == "ram":  # views of the resident copy: on a GPU as few as GPU_CHUNK_BYTES allows
+            train_flat, train_norms = self._device_copies.on(device)
+            chunk_size = self.chunk_size or default_chunk_size(dim, chunk_bytes_on(device, RAM_CHUNK_BYTES))
+            return row_chunks(train_flat, train_norms, chunk_size)
+        chunk_bytes = chunk_bytes_on(device, STREAM_CHUNK_BYTES, GPU_STREAM_CHUNK_BYTES)
+        return streamed_rows(self.train_, self.chunk_size or default_chunk_size(dim, chunk_bytes), device)
 
 
 def streamed_rows(images: TrainingImages, chunk_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
