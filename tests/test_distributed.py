@@ -214,11 +214,13 @@ def training_state(folder: Path) -> dict:
 
 
 def test_train_under_torchrun_takes_the_one_process_step_and_resumes_in_one_process(tmp_path):
-    """2 ranks take one step on a batch of 5 images (2 + 3 per rank), rank 0 writing the checkpoint; one process
-    resumes that run for a second step. Its state equals two steps in one process: the weights, Adam's moments (its
-    first moment holds both steps' gradients) and the logged losses."""
+    """2 ranks take one step on a batch of 5 images (2 + 3 per rank, in micro-batches of 2: rank 1 adds the
+    gradients of 2 + 1 images and all-reduces once, DistributedDataParallel's no_sync), rank 0 writing the
+    checkpoint; one process resumes that run for a second step (in one pass: the micro-batch size may change on
+    resume). Its state equals two steps in one process: the weights, Adam's moments (its first moment holds both
+    steps' gradients) and the logged losses."""
     two, one = tmp_path / "two", tmp_path / "one"
-    ranks = run_as_torchrun([[*TINY_TRAIN, "--kimg", "0.005", "--out", str(two)]] * 2)
+    ranks = run_as_torchrun([[*TINY_TRAIN, "--kimg", "0.005", "--micro-batch-size", "2", "--out", str(two)]] * 2)
     assert [rank.returncode for rank in ranks] == [0, 0], [rank.stderr for rank in ranks]
     assert "latest network" in ranks[0].stdout and "latest network" not in ranks[1].stdout
     assert training_state(two)["step"] == 1 and (two / "network-000000" / "model.safetensors").is_file()

@@ -269,3 +269,41 @@ def test_leftovers_of_a_killed_write_are_removed_on_resume(tmp_path):
     (tmp_path / ".network-000000.xyz.tmp").mkdir()
     run_training(TrainConfig(out=str(tmp_path), kimg=0.032, **TINY_RUN), progress=False)
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+
+
+@pytest.mark.parametrize("target", ["sample", "posterior"])
+def test_micro_batches_take_the_whole_batch_step(target):
+    """Two steps of batch 7 in micro-batches of 3 (3 + 3 + 1 images, gradients added) against one pass of all 7: the
+    same losses, weights, Adam moments and EMA (dropout off: its masks are drawn per pass)."""
+    from denoiserlab.networks.training import posterior_target, training_step
+
+    train = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    states = []
+    for micro in (3, 7):
+        config = TrainConfig(out="unused", **{**TINY_RUN, "batch_size": 7, "micro_batch_size": micro, "target": target,
+                                              "network": {**TINY_RUN["network"], "dropout": 0.0}})
+        run = new_run(config, (1, 8, 8), None, torch.device("cpu"))
+        losses = [training_step(run, config, train, posterior_target(config, train)) for _ in range(2)]
+        states.append((losses, run.denoiser.state_dict(), run.ema.state_dict(), run.optimizer.state_dict()["state"]))
+    (losses, weights, ema, moments), (whole_losses, whole_weights, whole_ema, whole_moments) = states
+    assert losses == pytest.approx(whole_losses, rel=1e-6)
+    torch.testing.assert_close(weights, whole_weights, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ema, whole_ema, rtol=0, atol=1e-6)
+    for moment, whole in zip(moments.values(), whole_moments.values()):
+        torch.testing.assert_close(moment, whole, rtol=1e-5, atol=1e-8)  # float summation order
+
+
+def test_micro_batches_default_to_at_most_32_images_on_a_cpu_and_one_pass_elsewhere():
+    from denoiserlab.networks.training import CPU_MICRO_BATCH, micro_batches
+
+    assert CPU_MICRO_BATCH == 32
+    assert micro_batches(slice(None), 70, torch.device("cpu")) == [slice(0, 32), slice(32, 64), slice(64, 70)]
+    assert micro_batches(slice(0, 70), 70, torch.device("cpu"), 64) == [slice(0, 64), slice(64, 70)]
+    assert micro_batches(slice(2, 5), 8, torch.device("meta")) == [slice(2, 5)]  # a GPU: one pass
+    assert micro_batches(slice(2, 5), 8, torch.device("meta"), 2) == [slice(2, 4), slice(4, 5)]
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "8"])
+def test_micro_batch_size_must_be_a_positive_integer(value):
+    with pytest.raises(DenoiserLabError, match="micro_batch_size"):
+        TrainConfig(out="r", micro_batch_size=value)

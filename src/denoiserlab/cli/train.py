@@ -13,7 +13,8 @@ from denoiserlab.outputs import check_output_folder
 # Flag name -> TrainConfig field and type; every flag defaults to None, meaning "not given".
 FLAGS = {
     "out": str, "data": str, "subset": int, "subset_offset": int, "resolution": int, "resolution_policy": str,
-    "channels": int, "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "lr": float,
+    "channels": int, "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "micro_batch_size": int,
+    "lr": float,
     "lr_rampup_kimg": float, "lr_decay_kimg": float, "init": str, "sigma_loguniform_fraction": float, "target": str,
     "sigma_min": float, "sigma_max": float, "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float,
     "seed": int, "checkpoint_kimg": float, "log_kimg": float, "sample_count": int, "sample_steps": int, "device": str,

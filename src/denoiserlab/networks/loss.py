@@ -53,6 +53,30 @@ def sample_training_sigmas(batch: int, generator: torch.Generator, p_mean: float
     return SigmaDistribution(p_mean, p_std).sample(batch, generator)
 
 
+def training_noise(x0_shape: torch.Size, generator: torch.Generator,
+                   sigmas: SigmaDistribution | None = None) -> tuple[Tensor, Tensor]:
+    """(sigma float32 [B], eps float32 [B, C, H, W]) on the CPU for a batch of shape x0_shape, drawn from `generator`
+    in this order (default sigmas: EDM's log-normal)."""
+    distribution = sigmas if sigmas is not None else SigmaDistribution()
+    sigma = distribution.sample(x0_shape[0], generator)
+    return sigma, torch.randn(x0_shape, generator=generator)
+
+
+def edm_loss_at(denoiser, x0: Tensor, sigma: Tensor, eps: Tensor, sigma_data: float = SIGMA_DATA,
+                posterior_mean: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """Per-sample EDM loss [B] of `edm_loss` at given noise levels sigma [B] and noise eps [B, C, H, W] (any device:
+    moved to x0's)."""
+    sigma, eps = sigma.to(x0.device), eps.to(x0.device)
+    x_t = x0 + sigma.view(-1, 1, 1, 1) * eps
+    target = x0
+    if posterior_mean is not None:
+        with torch.no_grad(), torch.autocast(x0.device.type, enabled=False):  # exact float64 target
+            target = posterior_mean(x_t, sigma).to(x0.dtype)
+    denoised = denoiser(x_t, sigma)
+    squared_error = (denoised.float() - target).square().flatten(1).mean(dim=1)  # [B]
+    return edm_loss_weight(sigma, sigma_data) * squared_error
+
+
 def edm_loss(denoiser, x0: Tensor, generator: torch.Generator, p_mean: float = P_MEAN, p_std: float = P_STD,
              sigma_data: float = SIGMA_DATA, sigmas: SigmaDistribution | None = None,
              posterior_mean: Callable[[Tensor, Tensor], Tensor] | None = None, rows: slice = slice(None)) -> Tensor:
@@ -66,15 +90,5 @@ def edm_loss(denoiser, x0: Tensor, generator: torch.Generator, p_mean: float = P
     gradient in expectation, without the variance of x0 around its posterior mean (Xu et al. 2023, "stable target
     field", with the whole training set as reference batch).
     """
-    distribution = sigmas if sigmas is not None else SigmaDistribution(p_mean, p_std)
-    sigma = distribution.sample(x0.shape[0], generator)[rows].to(x0.device)  # [B], or this rank's rows of it
-    eps = torch.randn(x0.shape, generator=generator)[rows].to(x0.device)
-    x0 = x0[rows]
-    x_t = x0 + sigma.view(-1, 1, 1, 1) * eps
-    target = x0
-    if posterior_mean is not None:
-        with torch.no_grad(), torch.autocast(x0.device.type, enabled=False):  # exact float64 target
-            target = posterior_mean(x_t, sigma).to(x0.dtype)
-    denoised = denoiser(x_t, sigma)
-    squared_error = (denoised.float() - target).square().flatten(1).mean(dim=1)  # [B]
-    return edm_loss_weight(sigma, sigma_data) * squared_error
+    sigma, eps = training_noise(x0.shape, generator, sigmas if sigmas is not None else SigmaDistribution(p_mean, p_std))
+    return edm_loss_at(denoiser, x0[rows], sigma[rows], eps[rows], sigma_data, posterior_mean)

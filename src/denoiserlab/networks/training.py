@@ -18,6 +18,7 @@ of processes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -41,7 +42,7 @@ from denoiserlab.networks.build import build_denoiser
 from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.ema import ema_beta, update_ema
 from denoiserlab.networks.loaders import load as load_network
-from denoiserlab.networks.loss import edm_loss
+from denoiserlab.networks.loss import edm_loss_at, training_noise
 from denoiserlab.networks.precond import EDMPrecond
 from denoiserlab.networks.training_config import TrainConfig
 from denoiserlab.outputs import check_run_folder
@@ -50,7 +51,9 @@ from denoiserlab.networks.training_outputs import plot_loss, save_image_grid, wr
 
 STATE_FILE = "training-state.pt"
 CONFIG_FILE = "training_config.json"
-RESUMABLE_CHANGES = ("kimg", "checkpoint_kimg", "log_kimg", "device")  # options a rerun may change
+# options a rerun may change
+RESUMABLE_CHANGES = ("kimg", "checkpoint_kimg", "log_kimg", "device", "micro_batch_size")
+CPU_MICRO_BATCH = 32  # most images per forward/backward pass of a training step on a CPU (`micro_batches`)
 
 
 @dataclass
@@ -124,17 +127,30 @@ def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor,
                   posterior_mean: Callable | None = None) -> float:
     """One optimiser step on a random batch (drawn with replacement); updates the EMA; returns the mean loss.
     posterior_mean: the target denoiser when config.target is 'posterior' (see posterior_target). Under torchrun
-    each rank computes the loss of its share of the batch (process_group.rank_rows) through run.replica."""
+    each rank computes the loss of its share of the batch (process_group.rank_rows) through run.replica. The share
+    goes through the network in micro-batches (config.micro_batch_size; by default at most CPU_MICRO_BATCH images on
+    a CPU) whose gradients add up (`micro_batches`): the same step, up to the order of float sums (and dropout's
+    draws)."""
     device = train_images.device
     indices = torch.randint(len(train_images), (config.batch_size,), generator=run.generator)
+    x0 = train_images[indices.to(device)]
+    sigma, eps = training_noise(x0.shape, run.generator, config.sigma_distribution())  # the whole batch's, as before
     model = run.denoiser if run.replica is None else run.replica
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        losses = edm_loss(model, train_images[indices.to(device)], run.generator, sigmas=config.sigma_distribution(),
-                          posterior_mean=posterior_mean, rows=process_group.rank_rows(config.batch_size))
-    loss = losses.sum() / config.batch_size  # this rank's part of the batch mean
     run.optimizer.zero_grad(set_to_none=True)
-    # DistributedDataParallel averages the ranks' gradients; times the world size, that is the gradient of the sum
-    (loss * process_group.world_size()).backward()
+    pieces = micro_batches(process_group.rank_rows(config.batch_size), config.batch_size, device,
+                           config.micro_batch_size)
+    loss = torch.zeros((), device=device)
+    for number, rows in enumerate(pieces):
+        last = number == len(pieces) - 1
+        # DistributedDataParallel all-reduces the gradients once, in the last micro-batch's backward pass
+        with contextlib.nullcontext() if last or run.replica is None else run.replica.no_sync():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                part = edm_loss_at(model, x0[rows], sigma[rows], eps[rows], posterior_mean=posterior_mean)
+            part = part.sum() / config.batch_size  # this micro-batch's part of the batch mean
+            # DistributedDataParallel averages the ranks' gradients; times the world size, that is the gradient of
+            # the sum
+            (part * process_group.world_size()).backward()
+        loss = loss + part.detach()
     if config.grad_clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.denoiser.parameters(), config.grad_clip_norm)
     run.nimg += config.batch_size
@@ -144,7 +160,17 @@ def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor,
     run.optimizer.step()
     update_ema(run.ema, run.denoiser, ema_beta(config.batch_size, run.nimg, config.ema_halflife_kimg,
                                                config.ema_rampup_ratio))
-    return float(process_group.sum_over_ranks(loss.detach()))
+    return float(process_group.sum_over_ranks(loss))
+
+
+def micro_batches(rows: slice, batch_size: int, device: torch.device, size: int | None = None) -> list[slice]:
+    """The rows of one rank's share of a batch (a slice of range(batch_size)) in consecutive pieces of at most `size`
+    images; size None: CPU_MICRO_BATCH on a CPU (a training step's activations past ~64 images outgrow the caches:
+    unet-small on Fashion-MNIST took 118 ms an image at batch 128 against 35 at 64,
+    benchmarks/bench_training_microbatch.py), the whole share elsewhere."""
+    start, stop, _ = rows.indices(batch_size)
+    size = size or (CPU_MICRO_BATCH if device.type == "cpu" else max(1, stop - start))
+    return [slice(first, min(first + size, stop)) for first in range(start, stop, size)] or [slice(start, stop)]
 
 
 def posterior_target(config: TrainConfig, train_images: Tensor) -> Callable | None:

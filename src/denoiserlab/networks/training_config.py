@@ -40,6 +40,10 @@ class TrainConfig:
     # Optimisation.
     kimg: float = 200.0  # training length, thousands of images shown
     batch_size: int = 128  # images per step
+    # images per forward/backward pass, whose gradients add up to the step's (None: at most
+    # networks.training.CPU_MICRO_BATCH on a CPU, the whole batch elsewhere); the same step up to float summation
+    # order, so a run may change it when it resumes
+    micro_batch_size: int | None = None
     lr: float = 1e-3  # Adam learning rate after warm-up
     lr_rampup_kimg: float = 10.0  # linear learning-rate warm-up length, kimg
     lr_decay_kimg: float = 0.0  # after this many kimg, lr / sqrt(kimg / lr_decay_kimg) (EDM2); 0: constant
@@ -80,6 +84,8 @@ class TrainConfig:
             _require(math.isfinite(getattr(self, name)), name, getattr(self, name), "a finite number")
         for name in ("seed", "data_seed", "sample_seed"):  # torch and numpy generators take [0, 2**63)
             _require(0 <= getattr(self, name) < SEED_LIMIT, name, getattr(self, name), "an integer in [0, 2**63 - 1]")
+        _require(self.micro_batch_size is None or self.micro_batch_size > 0, "micro_batch_size",
+                 self.micro_batch_size, "an integer > 0 or None")
         _require(self.p_std > 0, "p_std", self.p_std, "a number > 0")
         _require(0 <= self.sigma_loguniform_fraction <= 1, "sigma_loguniform_fraction",
                  self.sigma_loguniform_fraction, "a number in [0, 1]")
