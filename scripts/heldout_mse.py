@@ -6,7 +6,7 @@
   sigma over its peak (target: <= 0.1).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/heldout_mse.py shipped:unet-small-fashion-mnist [NET ...] \
-        [--n 128] [--json FILE] [--cache DIR]
+        [--n 128] [--json FILE] [--cache DIR] [--device cuda]
 
 Networks sharing a training set share its closed forms' outputs, so a learning curve (every checkpoint of a run)
 costs one network evaluation per checkpoint. With --cache DIR the closed forms' outputs are stored there (a study
@@ -38,15 +38,16 @@ def evaluation_inputs(training_data: dict, sigmas, n: int) -> dict:
     return {"test": test, "heldout_z": heldout_inputs(test, sigmas), "forward_z": forward["z"]}
 
 
-def closed_form_outputs(training_data: dict, inputs: dict, sigmas) -> dict:
+def closed_form_outputs(training_data: dict, inputs: dict, sigmas, device: str = "cpu") -> dict:
     """The optimal and Gaussian denoisers of the training set on `inputs`: their held-out errors per level and the
     optimal denoiser's forward-process outputs."""
     train = data.load(**training_data)
     optimal, gaussian = OptimalDenoiser(train), GaussianDenoiser(train)
-    return {"errors": {name: mse_per_level(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, label=name),
+    return {"errors": {name: mse_per_level(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, device, label=name),
                                            inputs["test"])
                        for name, den in (("optimal", optimal), ("gaussian", gaussian))},
-            "forward_optimal": outputs_on(optimal, inputs["forward_z"], sigmas, BATCH, label="optimal (forward)")}
+            "forward_optimal": outputs_on(optimal, inputs["forward_z"], sigmas, BATCH, device,
+                                          label="optimal (forward)")}
 
 
 def main() -> None:
@@ -58,24 +59,27 @@ def main() -> None:
     parser.add_argument("--cache", help="folder that keeps the closed forms' outputs between runs")
     parser.add_argument("--curve", action="store_true",
                         help="one line of ratios per network (a learning curve over a run's checkpoints)")
+    parser.add_argument("--device", default="cpu", help="where networks and closed forms run: cpu, cuda, cuda:N")
     args = parser.parse_args()
     sigmas = edm_sigmas(args.steps)
     report, shared = {}, {}
     cache = StageCache(args.cache) if args.cache else None
     for spec in args.networks:
-        network = load(spec).eval()
+        network = load(spec, device=args.device).eval()
         key = json.dumps(network.training_data, sort_keys=True)
         if key not in shared:
             inputs = evaluation_inputs(network.training_data, sigmas, args.n)
-            compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas)  # noqa: E731
+            compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas, args.device)  # noqa: E731
             stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps}
             outputs = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
             shared[key] = {**inputs, **outputs}
         inputs = shared[key]
-        errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"], sigmas, BATCH), inputs["test"]),
+        errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"], sigmas, BATCH, args.device),
+                                           inputs["test"]),
                   **inputs["errors"]}
         ratio = ratio_to_best(errors, "network", ["optimal", "gaussian"])
-        forward = mse_per_level(outputs_on(network, inputs["forward_z"], sigmas, BATCH), inputs["forward_optimal"])
+        forward = mse_per_level(outputs_on(network, inputs["forward_z"], sigmas, BATCH, args.device),
+                                inputs["forward_optimal"])
         report[spec] = {"sigmas": sigmas.tolist(), **{k: v.tolist() for k, v in errors.items()},
                         "ratio": ratio.tolist(), "forward_mse_to_optimal": forward.tolist(),
                         "worst_ratio": ratio.max().item(), "worst_ratio_sigma": sigmas[ratio.argmax()].item(),
