@@ -47,7 +47,7 @@ fi
 echo "== held-out ratios of $(echo "$checkpoints" | wc -l) checkpoint(s) (limit ${HELDOUT_SECONDS:-150} s)"
 # shellcheck disable=SC2086  # one argument per checkpoint
 timeout "${HELDOUT_SECONDS:-150}" "$python" scripts/heldout_mse.py $checkpoints --curve --n "${HELDOUT_N:-512}" \
-    --device "$device" --json "$out/heldout.json" 2>&1 | tr '\r' '\n' | grep -v "it/s\]\|^ *$" | tee "$out/heldout.log"
+    --device "$device" --json "$out/heldout.json" 2>&1 | tr '\r' '\n' | grep -v "%|\|^ *$" | tee "$out/heldout.log"
 status=$?
 
 last=$(echo "$checkpoints" | tail -n 1)
