@@ -25,7 +25,8 @@ from denoiserlab.networks.training_config import TrainConfig
 CASES = (("unet-small", (1, 28, 28)), ("unet-small", (3, 32, 32)), ("dit-small", (3, 32, 32)))
 
 
-def ms_per_image(arch: str, shape: tuple[int, int, int], batch_size: int, micro: int, steps: int) -> tuple[float, float]:
+def ms_per_image(arch: str, shape: tuple[int, int, int], batch_size: int, micro: int,
+                 steps: int) -> tuple[float, float]:
     """(best ms per image of `steps` training steps after one warm-up step, the warm-up step's loss)."""
     network = {"attn_resolutions": [shape[1] // 4]} if arch == "unet-small" else {}
     config = TrainConfig(out="(nothing is written)", arch=arch, batch_size=batch_size, micro_batch_size=micro,

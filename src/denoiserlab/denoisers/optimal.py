@@ -70,11 +70,12 @@ class OptimalDenoiser:
 
     Memory (N training images, 2N with xflip, of D = C*H*W values; B queries; n = chunk_size rows): storage="ram"
     holds 8 N D + 8 N bytes for the life of the denoiser and a call adds about 24 B n + 16 B D bytes (n by default
-    32 MiB of float64 rows, 1 GiB on a GPU); storage="stream" holds nothing per image (an ImageSet's uint8 storage stays where it
-    is, e.g. memory-mapped, file-backed pages) and a call adds at most about 20 n D (+ n D with xflip) + 24 B n +
-    16 B D bytes: one chunk as float32, as float64 and squared, its distances and weights, and the numerator (n by
-    default STREAM_CHUNK_BYTES = 2 MiB of float64 rows, 256 MiB on a GPU, at least 64). With distributed=True, N is this rank's shard
-    and a call adds three all_reduces: 48 bytes (the same-queries check), 8 B and 8 B (D + 1) bytes (the merge).
+    32 MiB of float64 rows, 1 GiB on a GPU); storage="stream" holds nothing per image (an ImageSet's uint8 storage
+    stays where it is, e.g. memory-mapped, file-backed pages) and a call adds at most about 20 n D (+ n D with
+    xflip) + 24 B n + 16 B D bytes: one chunk as float32, as float64 and squared, its distances and weights, and the
+    numerator (n by default STREAM_CHUNK_BYTES = 2 MiB of float64 rows, 256 MiB on a GPU, at least 64). With
+    distributed=True, N is this rank's shard and a call adds three all_reduces: 48 bytes (the same-queries check),
+    8 B and 8 B (D + 1) bytes (the merge).
     """
 
     config_class = OptimalConfig
