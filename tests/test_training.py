@@ -307,3 +307,11 @@ def test_micro_batches_default_to_at_most_32_images_on_a_cpu_and_one_pass_elsewh
 def test_micro_batch_size_must_be_a_positive_integer(value):
     with pytest.raises(DenoiserLabError, match="micro_batch_size"):
         TrainConfig(out="r", micro_batch_size=value)
+
+
+def test_the_gpu_config_of_the_wide_60k_unet_is_valid():
+    """configs/train-unet-wide-full.toml, which scripts/gpu_unet_full.sh trains, loads as a TrainConfig."""
+    path = Path(__file__).parents[1] / "configs" / "train-unet-wide-full.toml"
+    config = train_cli.config_from_args(parse(["train", "--config", str(path), "--out", "r"]))
+    assert config.data == "fashion-mnist-full" and config.network["model_channels"] == 64
+    assert config.target == "posterior" and config.checkpoint_kimg == 50
