@@ -43,7 +43,7 @@ from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.ema import ema_beta, update_ema
 from denoiserlab.networks.loaders import load as load_network
 from denoiserlab.networks.loss import edm_loss_at, training_noise
-from denoiserlab.networks.precond import EDMPrecond
+from denoiserlab.networks.precond import CPU_CALL_IMAGES, EDMPrecond
 from denoiserlab.networks.training_config import TrainConfig
 from denoiserlab.outputs import check_run_folder
 from denoiserlab.validation import check_device
@@ -53,7 +53,8 @@ STATE_FILE = "training-state.pt"
 CONFIG_FILE = "training_config.json"
 # options a rerun may change
 RESUMABLE_CHANGES = ("kimg", "checkpoint_kimg", "log_kimg", "device", "micro_batch_size")
-CPU_MICRO_BATCH = 32  # most images per forward/backward pass of a training step on a CPU (`micro_batches`)
+# most images per forward/backward pass of a training step on a CPU (`micro_batches`): the cache limit of inference
+CPU_MICRO_BATCH = CPU_CALL_IMAGES
 
 
 @dataclass
@@ -170,6 +171,7 @@ def micro_batches(rows: slice, batch_size: int, device: torch.device, size: int 
     11.7 / 10.6, dit-small 16.8 / 16.9; benchmarks/bench_training_microbatch.py), the whole share elsewhere."""
     start, stop, _ = rows.indices(batch_size)
     size = size or (CPU_MICRO_BATCH if device.type == "cpu" else max(1, stop - start))
+    # an empty share still takes one (empty) pass: under DistributedDataParallel every rank must reach the all-reduce
     return [slice(first, min(first + size, stop)) for first in range(start, stop, size)] or [slice(start, stop)]
 
 

@@ -40,18 +40,17 @@ GAUSSIAN_CONFIG = "demo-gaussian.toml"
 
 @dataclass(frozen=True)
 class DemoDataset:
-    """The demo on one dataset: its two shipped study configs and how its shipped files are made."""
+    """The demo on one dataset: its two shipped study configs."""
 
     title: str  # the dataset as the index page names it
     locality_config: str  # assets/configs/NAME of the locality study
     gaussian_config: str  # assets/configs/NAME of the hidden-Gaussian-structure study
-    how_to_ship: str  # the commands that make the shipped files the configs name (said when some are missing)
 
 
-SHIPS_WITH_THE_PACKAGE = "reinstall denoiserlab: these files ship with it"
+SHIPS_WITH_THE_PACKAGE = "reinstall denoiserlab: these files ship with it"  # said when shipped files are missing
 DEMO_DATASETS = {
-    "fashion-mnist": DemoDataset("Fashion-MNIST", LOCALITY_CONFIG, GAUSSIAN_CONFIG, SHIPS_WITH_THE_PACKAGE),
-    "emoji": DemoDataset("emoji", "demo-locality-emoji.toml", "demo-gaussian-emoji.toml", SHIPS_WITH_THE_PACKAGE),
+    "fashion-mnist": DemoDataset("Fashion-MNIST", LOCALITY_CONFIG, GAUSSIAN_CONFIG),
+    "emoji": DemoDataset("emoji", "demo-locality-emoji.toml", "demo-gaussian-emoji.toml"),
 }
 
 
@@ -120,13 +119,13 @@ def missing_shipped(locality: LocalityStudyConfig, gaussian: GaussianStudyConfig
 
 
 def check_demo_configs(dataset: str, files: DemoConfigFiles) -> None:
-    """Stop before any work, naming the missing files (and, for the shipped configs of `dataset`, how to make
-    them), when the demo's configs name shipped files this package lacks."""
+    """Stop before any work, naming the missing files (and, for the shipped configs of `dataset`, that reinstalling
+    brings them back), when the demo's configs name shipped files this package lacks."""
     missing = missing_shipped(*load_demo_configs(files))
     if missing:
         listed = "; ".join(f"{folder} {', '.join(names)}" for folder, names in missing.items())
         what = f"demo --dataset {dataset}" if files.shipped else f"the demo on {files.title}"
-        how = DEMO_DATASETS[dataset].how_to_ship if files.shipped else "name files that exist instead"
+        how = SHIPS_WITH_THE_PACKAGE if files.shipped else "name files that exist instead"
         raise DenoiserLabError(f"{what} needs shipped files this package lacks ({listed} under "
                                f"src/denoiserlab/assets/): {how}")
 
