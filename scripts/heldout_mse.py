@@ -23,9 +23,11 @@ from denoiserlab import data
 from denoiserlab.analysis.heldout import heldout_inputs, mse_per_level, ratio_to_best
 from denoiserlab.denoisers import GaussianDenoiser, OptimalDenoiser
 from denoiserlab.diffusion import edm_sigmas
+from denoiserlab.errors import DenoiserLabError
 from denoiserlab.networks import load
 from denoiserlab.studies.common.cache import StageCache
 from denoiserlab.studies.locality_sets import forward_set, outputs_on
+from denoiserlab.validation import check_device
 
 BATCH = 64
 
@@ -61,6 +63,10 @@ def main() -> None:
                         help="one line of ratios per network (a learning curve over a run's checkpoints)")
     parser.add_argument("--device", default="cpu", help="where networks and closed forms run: cpu, cuda, cuda:N")
     args = parser.parse_args()
+    try:
+        args.device = str(check_device(args.device))
+    except DenoiserLabError as error:
+        parser.error(str(error))
     sigmas = edm_sigmas(args.steps)
     report, shared = {}, {}
     cache = StageCache(args.cache) if args.cache else None
