@@ -4,10 +4,13 @@
 
 Writes src/denoiserlab/assets/checkpoints/NAME/ with config.json, model.safetensors, and the run's loss.csv and the
 sample grid of that checkpoint (samples.png) when present. Float16 halves the size; the weights load back into the
-float32 network (a shift of about 1e-3 in outputs, checked below on random inputs).
+float32 network (a shift of about 1e-3 in outputs, checked below on random inputs). The training machine's absolute
+folders in the recorded options (`out`, `init`) are written relative to the folder that held the run, so the shipped
+config names no one's home directory.
 """
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +32,25 @@ def largest_output_change(source: Path, shipped: Path) -> float:
         return max((original(x * s, s) - copy(x * s, s)).abs().max().item() for s in (80.0, 3.0, 0.5, 0.02))
 
 
+def portable_path(value: str | None, runs_folder: Path) -> str | None:
+    """`value` relative to `runs_folder` when it is an absolute path under it, its last part when elsewhere."""
+    if value is None or not Path(value).is_absolute():
+        return value
+    path = Path(value)
+    return str(path.relative_to(runs_folder)) if path.is_relative_to(runs_folder) else path.name
+
+
+def shipped_config(checkpoint: Path) -> dict:
+    """The checkpoint's config.json with its training `out` and `init` made machine-independent."""
+    config = json.loads((checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
+    training = config.get("training") or {}
+    runs_folder = checkpoint.resolve().parent.parent
+    for key in ("out", "init"):
+        if key in training:
+            training[key] = portable_path(training[key], runs_folder)
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a run's network-KKKKKK folder")
@@ -37,7 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     target = ASSETS / args.name
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.checkpoint / CONFIG_FILE, target / CONFIG_FILE)
+    config = shipped_config(args.checkpoint)
+    (target / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tensors = load_file(str(args.checkpoint / WEIGHTS_FILE))
     if args.float16:
         tensors = {key: value.half() if value.is_floating_point() else value for key, value in tensors.items()}
