@@ -1,10 +1,8 @@
 """The colour built-ins 'emoji' (vendored 3x32x32) and 'emoji-64' (drawn from Debian's font), their split, labels,
 rendering, `data info`, and the rebuild script reproducing the vendored file byte for byte."""
 
-import importlib.util
 import io
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,18 +15,10 @@ from denoiserlab.data import emoji
 from denoiserlab.data.builtin import builtin_label_names
 from denoiserlab.errors import DenoiserLabError
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "make_vendored_emoji.py"
+from repo_scripts import load_script
 
 
-def load_script():
-    """scripts/make_vendored_emoji.py as a module."""
-    spec = importlib.util.spec_from_file_location("make_vendored_emoji", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_script("make_vendored_emoji")
 needs_noto_emoji = pytest.mark.skipif(
     not emoji.DEBIAN_NOTO_EMOJI.is_file(), reason="Debian package fonts-noto-color-emoji is not installed"
 )

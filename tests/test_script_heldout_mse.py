@@ -2,10 +2,8 @@
 equal a float64 loop over the held-out images, and a second run with --cache loads the closed forms' outputs
 instead of recomputing them."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +16,10 @@ from denoiserlab.networks.build import build_denoiser
 from denoiserlab.networks.checkpoint import save_checkpoint
 from denoiserlab.networks.loaders import load as load_network
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "heldout_mse.py"
+from repo_scripts import load_script
+
 TINY_UNET = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], channels_per_head=8,
                  dropout=0.0)
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("heldout_mse", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_script(module, argv: list[str], monkeypatch) -> None:
@@ -56,7 +48,7 @@ def tiny_setup(tmp_path, monkeypatch):
 
 
 def test_ratios_match_a_float64_loop_and_the_cache_is_reused(tiny_setup, tmp_path, monkeypatch):
-    module = load_script()
+    module = load_script("heldout_mse")
     argv = [str(tiny_setup), "--n", "4", "--steps", "5", "--cache", str(tmp_path / "cache")]
     run_script(module, [*argv, "--json", str(tmp_path / "first.json")], monkeypatch)
     stages = sorted((tmp_path / "cache" / "stages").glob("heldout-closed-forms-*"))

@@ -1,7 +1,6 @@
 """scripts/network_quality.py: each network's numbers come from its own samples, also when a rerun lists other
 networks in the same --out folder, and a damaged stored sample file is sampled again."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,15 +12,9 @@ from denoiserlab.networks import save_checkpoint
 from denoiserlab.networks.build import build_denoiser
 from denoiserlab.studies.common.cache import STAGE_FORMAT, read_value
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "network_quality.py"
+from repo_scripts import load_script
+
 TRAINING_DATA = {"source": "fashion-mnist", "subset": 12, "seed": 0}
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("network_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_checkpoint(path: Path, seed: int) -> Path:
@@ -41,7 +34,7 @@ def run(module, monkeypatch, out: Path, *networks: Path) -> dict:
 
 
 def test_rerun_with_other_networks_uses_each_networks_own_samples(tmp_path, monkeypatch):
-    module = load_script()
+    module = load_script("network_quality")
     first, second = tiny_checkpoint(tmp_path / "a", 0), tiny_checkpoint(tmp_path / "b", 1)
     out = tmp_path / "quality"
     both = run(module, monkeypatch, out, first, second)

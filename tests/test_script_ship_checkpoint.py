@@ -1,7 +1,6 @@
 """scripts/ship_checkpoint.py: the shipped copy loads and denoises like the run's checkpoint (float16 within 1e-2),
 and its config names the run's folders relative to the folder that held the run, not the training machine's paths."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,14 +10,7 @@ import torch
 from denoiserlab.networks import load_checkpoint, save_checkpoint
 from denoiserlab.networks.build import build_denoiser
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "ship_checkpoint.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ship_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from repo_scripts import load_script
 
 
 def run_checkpoint(runs: Path) -> Path:
@@ -33,7 +25,7 @@ def run_checkpoint(runs: Path) -> Path:
 
 
 def test_shipped_copy_is_portable_and_denoises_alike(tmp_path, monkeypatch):
-    module = load_script()
+    module = load_script("ship_checkpoint")
     checkpoint = run_checkpoint(tmp_path / "runs")
     monkeypatch.setattr(module, "ASSETS", tmp_path / "assets")
     monkeypatch.setattr(sys, "argv", ["ship_checkpoint.py", str(checkpoint), "family/tiny", "--float16"])
@@ -48,7 +40,7 @@ def test_shipped_copy_is_portable_and_denoises_alike(tmp_path, monkeypatch):
 
 
 def test_portable_path_keeps_relative_and_shipped_names(tmp_path):
-    module = load_script()
+    module = load_script("ship_checkpoint")
     assert module.portable_path("shipped:unet-small-fashion-mnist", tmp_path) == "shipped:unet-small-fashion-mnist"
     assert module.portable_path("runs/a/network-000010", tmp_path) == "runs/a/network-000010"
     assert module.portable_path("/elsewhere/b/network-000030", tmp_path) == "network-000030"
