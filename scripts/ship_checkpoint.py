@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from denoiserlab.networks import load_checkpoint
-from denoiserlab.networks.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, WEIGHTS_FILE
+from denoiserlab.networks.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, WEIGHTS_FILE, is_checkpoint_folder
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "denoiserlab" / "assets" / "checkpoints"
 
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("name", help="name under assets/checkpoints (subfolders allowed)")
     parser.add_argument("--float16", action="store_true", help="store the weights as float16")
     args = parser.parse_args()
+    if not is_checkpoint_folder(args.checkpoint):
+        parser.error(f"{args.checkpoint} is not a checkpoint folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     target = ASSETS / args.name
     target.mkdir(parents=True, exist_ok=True)
     config = shipped_config(args.checkpoint)
