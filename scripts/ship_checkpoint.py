@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from denoiserlab.networks import load_checkpoint
-from denoiserlab.networks.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, WEIGHTS_FILE, is_checkpoint_folder
+from denoiserlab.networks.checkpoint import (CHECKPOINT_FORMAT, CONFIG_FILE, WEIGHTS_FILE, is_checkpoint_folder,
+                                             read_checkpoint_config)
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "denoiserlab" / "assets" / "checkpoints"
 
@@ -42,7 +43,7 @@ def portable_path(value: str | None, runs_folder: Path) -> str | None:
 
 def shipped_config(checkpoint: Path) -> dict:
     """The checkpoint's config.json with its training `out` and `init` made machine-independent."""
-    config = json.loads((checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_checkpoint_config(checkpoint)
     training = config.get("training") or {}
     runs_folder = checkpoint.resolve().parent.parent
     for key in ("out", "init"):
