@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -217,6 +218,27 @@ def test_toml_config_and_flags(tmp_path):
                                                "--network", "dropout=0.1"]))
     assert (config.arch, config.kimg, config.xflip, config.out) == ("dit-small", 7.0, True, "r")
     assert config.network == {"depth": 2, "dropout": 0.1} and config.batch_size == TrainConfig.batch_size
+
+
+def test_every_option_is_a_flag_with_help():
+    values = {"out": "r", "data": "d", "resolution_policy": "crop", "arch": "dit-small", "init": "i", "target": "t",
+              "device": "cpu"}
+    argv, expected = ["train"], {}
+    for field in dataclasses.fields(TrainConfig):
+        assert field.metadata["help"], field.name
+        if field.name in train_cli.SPECIAL_FIELDS:
+            continue
+        kind = train_cli.FLAGS[field.name]
+        value = values.get(field.name, {int: 3, float: 0.25, str: "s"}[kind])
+        argv += ["--" + field.name.replace("_", "-"), str(value)]
+        expected[field.name] = value
+    argv += ["--classes", "1", "2", "--no-xflip", "--network", "depth=2"]
+    args = parse(argv)
+    assert {name: getattr(args, name) for name in expected} == expected
+    assert (args.classes, args.xflip, args.network) == ([1, 2], False, ["depth=2"])
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    train_cli.add_parser(subparsers)
+    assert "Adam learning rate after the warm-up (default: 0.001)" in subparsers.choices["train"].format_help()
 
 
 @pytest.mark.parametrize("text,match", [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 
 from denoiserlab import process_group
 from denoiserlab.cli.common import parse_key_values
@@ -10,15 +12,23 @@ from denoiserlab.networks.training import run_training
 from denoiserlab.networks.training_config import TrainConfig, read_train_toml, train_config_from_dict
 from denoiserlab.outputs import check_output_folder
 
-# Flag name -> TrainConfig field and type; every flag defaults to None, meaning "not given".
-FLAGS = {
-    "out": str, "data": str, "subset": int, "subset_offset": int, "resolution": int, "resolution_policy": str,
-    "channels": int, "data_seed": int, "arch": str, "kimg": float, "batch_size": int, "micro_batch_size": int,
-    "lr": float,
-    "lr_rampup_kimg": float, "lr_decay_kimg": float, "init": str, "sigma_loguniform_fraction": float, "target": str,
-    "sigma_min": float, "sigma_max": float, "grad_clip_norm": float, "ema_halflife_kimg": float, "ema_rampup_ratio": float,
-    "seed": int, "checkpoint_kimg": float, "log_kimg": float, "sample_count": int, "sample_steps": int, "device": str,
-}
+# TrainConfig fields that are not one scalar flag each: --classes takes several labels, --xflip / --no-xflip,
+# --network KEY=VALUE may repeat.
+SPECIAL_FIELDS = ("classes", "xflip", "network")
+
+
+def scalar_flags() -> dict[str, type]:
+    """TrainConfig field -> the type of its flag, for every field but SPECIAL_FIELDS (int | None -> int)."""
+    hints = typing.get_type_hints(TrainConfig)
+    flags = {}
+    for config_field in dataclasses.fields(TrainConfig):
+        if config_field.name not in SPECIAL_FIELDS:
+            kinds = [kind for kind in typing.get_args(hints[config_field.name]) if kind is not type(None)]
+            flags[config_field.name] = kinds[0] if kinds else hints[config_field.name]
+    return flags
+
+
+FLAGS = scalar_flags()  # every flag defaults to None, meaning "not given"
 
 
 def add_parser(subparsers) -> None:
@@ -26,23 +36,25 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a diffusion network (EDM recipe); rerunning the same command resumes",
         description="Train an EDM-preconditioned network on a dataset. Options come from TrainConfig defaults, "
-                    "then --config TOML, then flags. Rerunning with the same --out resumes from the latest state.")
+                    "then --config TOML (the same names with underscores), then flags. Rerunning with the same "
+                    "--out resumes from the latest state.")
     parser.add_argument("--config", help="TOML file mirroring TrainConfig ([network] table: network overrides)")
     for name, kind in FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                            help=_help(name))
-    parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these labels")
-    parser.add_argument("--xflip", action=argparse.BooleanOptionalAction, default=None,
-                        help="x-flip augmentation (train on the images and their mirror images)")
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=_help(name))
+    parser.add_argument("--classes", type=int, nargs="+", default=None, help=_help("classes"))
+    parser.add_argument("--xflip", action=argparse.BooleanOptionalAction, default=None, help=_help("xflip"))
     parser.add_argument("--network", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a network config field, VALUE in JSON (e.g. --network dropout=0.0)")
+                        help="override a network config field, VALUE in JSON (e.g. --network dropout=0.0); "
+                             "may repeat")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run, under_torchrun=True)
 
 
 def _help(name: str) -> str:
-    """Flag help taken from the TrainConfig default."""
-    return f"(default: {getattr(TrainConfig, name, None)!r})"
+    """A flag's help: the TrainConfig field's text and its default."""
+    config_field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    default = "" if config_field.default is None else f" (default: {config_field.default!r})"
+    return config_field.metadata["help"].replace("%", "%%") + default
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -18,55 +18,67 @@ from denoiserlab.validation import DEVICE_NAMES, SEED_LIMIT, is_device_name
 TARGETS = ("sample", "posterior")  # regression target of the loss (networks.loss.edm_loss)
 
 
+def _option(default, help_text: str):
+    """A TrainConfig field with its `denoiserlab train --help` text; a type as default means a fresh one per run."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of one training run (EDM recipe: Karras et al. 2022, Appendix F)."""
 
-    out: str | None = None  # run folder (checkpoints, logs); required
+    out: str | None = _option(None, "run folder (checkpoints, logs, samples); required")
     # Dataset: keyword arguments of denoiserlab.data.load (split is always 'train').
-    data: str = "fashion-mnist"  # data.load source: built-in name or path
-    subset: int | None = None  # train on this many images chosen with data_seed (None: all)
-    classes: list[int] | None = None  # keep only these labels (None: all)
-    resolution: int | None = None  # square side in pixels (None: as stored)
-    resolution_policy: str = "pad"  # 'pad' | 'crop' | 'resize' when resolution changes the side
-    channels: int | None = None  # 1 or 3 (None: as stored)
-    data_seed: int = 0  # seed of data.load's subset choice
-    subset_offset: int = 0  # skip this many images of the subset permutation (disjoint subsets: 0, N, 2N, ...)
-    xflip: bool = False  # x-flip augmentation: train on the images and their mirror images
+    data: str = _option("fashion-mnist", "data.load source: built-in name or a path")
+    subset: int | None = _option(None, "train on this many images chosen with data_seed (default: all)")
+    classes: list[int] | None = _option(None, "keep only these labels (default: all)")
+    resolution: int | None = _option(None, "square side in pixels (default: as stored)")
+    resolution_policy: str = _option("pad", "'pad', 'crop' or 'resize' when resolution changes the side")
+    channels: int | None = _option(None, "1 or 3 (default: as stored)")
+    data_seed: int = _option(0, "seed of the subset choice")
+    subset_offset: int = _option(0, "skip this many images of the subset permutation (disjoint subsets: 0, N, 2N)")
+    xflip: bool = _option(False, "x-flip augmentation: train on the images and their mirror images")
     # Network.
-    arch: str = "unet-small"  # preset name (see networks.presets) or bare architecture name
-    network: dict = field(default_factory=dict)  # overrides of the preset's network config fields
-    init: str | None = None  # start from this checkpoint's weights (folder or shipped:NAME; same arch/network)
+    arch: str = _option("unet-small", "preset name (networks.presets) or bare architecture name")
+    network: dict = _option(dict, "overrides of the preset's network config fields")
+    init: str | None = _option(None, "start from this checkpoint's weights (a folder or shipped:NAME; same arch "
+                                     "and network)")
     # Optimisation.
-    kimg: float = 200.0  # training length, thousands of images shown
-    batch_size: int = 128  # images per step
-    # images per forward/backward pass, whose gradients add up to the step's (None: at most
-    # networks.training.CPU_MICRO_BATCH on a CPU, the whole batch elsewhere); the same step up to float summation
-    # order, so a run may change it when it resumes
-    micro_batch_size: int | None = None
-    lr: float = 1e-3  # Adam learning rate after warm-up
-    lr_rampup_kimg: float = 10.0  # linear learning-rate warm-up length, kimg
-    lr_decay_kimg: float = 0.0  # after this many kimg, lr / sqrt(kimg / lr_decay_kimg) (EDM2); 0: constant
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    grad_clip_norm: float = 1.0  # clip the global gradient norm to this (0 disables)
-    ema_halflife_kimg: float = 50.0  # EMA half-life, kimg
-    ema_rampup_ratio: float = 0.05  # EMA half-life is at most this fraction of the images seen (0 disables)
-    p_mean: float = P_MEAN  # mean of ln(sigma) of training noise levels
-    p_std: float = P_STD  # standard deviation of ln(sigma)
-    target: str = "sample"  # 'sample': x0 (EDM); 'posterior': E[x0 | x_t] under the training set (same minimiser)
-    sigma_loguniform_fraction: float = 0.0  # share of training sigmas drawn log-uniform over [sigma_min, sigma_max]
-    sigma_min: float = 0.002  # log-uniform range of training sigmas (see networks.loss.SigmaDistribution)
-    sigma_max: float = 80.0
-    seed: int = 0  # seed of weights, batches, noise and dropout
+    kimg: float = _option(200.0, "training length, thousands of images shown")
+    batch_size: int = _option(128, "images per optimiser step")
+    micro_batch_size: int | None = _option(
+        None, "images per forward/backward pass, whose gradients add up to the step's (default: at most "
+              "networks.training.CPU_MICRO_BATCH on a CPU, the whole batch elsewhere); the same step up to float "
+              "summation order, so a run may change it when it resumes")
+    lr: float = _option(1e-3, "Adam learning rate after the warm-up")
+    lr_rampup_kimg: float = _option(10.0, "linear learning-rate warm-up, kimg")
+    lr_decay_kimg: float = _option(0.0, "after this many kimg, lr / sqrt(kimg / lr_decay_kimg) (EDM2); 0: constant")
+    adam_beta1: float = _option(0.9, "Adam's first-moment decay")
+    adam_beta2: float = _option(0.999, "Adam's second-moment decay")
+    adam_eps: float = _option(1e-8, "Adam's epsilon")
+    grad_clip_norm: float = _option(1.0, "clip the global gradient norm to this (0: no clipping)")
+    ema_halflife_kimg: float = _option(50.0, "half-life of the EMA of the weights (the network saved), kimg")
+    ema_rampup_ratio: float = _option(0.05, "the EMA half-life is at most this fraction of the images seen (0: off)")
+    p_mean: float = _option(P_MEAN, "mean of ln(sigma) of the log-normal training noise levels (EDM)")
+    p_std: float = _option(P_STD, "standard deviation of ln(sigma) of the log-normal training noise levels")
+    target: str = _option("sample", "regression target: 'sample' (x0, EDM) or 'posterior' (E[x0 | x_t] under the "
+                                    "training set: the same minimiser, less variance)")
+    sigma_loguniform_fraction: float = _option(
+        0.0, "share of the training sigmas drawn log-uniform over [sigma_min, sigma_max] instead of log-normal "
+             "(networks.loss.SigmaDistribution says why)")
+    sigma_min: float = _option(0.002, "lower end of the log-uniform training sigmas")
+    sigma_max: float = _option(80.0, "upper end of the log-uniform training sigmas")
+    seed: int = _option(0, "seed of weights, batches, noise and dropout")
     # Outputs.
-    checkpoint_kimg: float = 20.0  # checkpoint (state, EMA network, sample grid, loss plot) every this many kimg
-    log_kimg: float = 1.0  # one loss CSV row per this many kimg
-    sample_count: int = 64  # images in each sample grid
-    sample_steps: int = 18  # Heun steps of the sample grid
-    sample_seed: int = 0  # seed of the sample grid's initial noise (fixed over the run)
-    device: str = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'
+    checkpoint_kimg: float = _option(20.0, "save the state, EMA network, sample grid and loss plot every this many "
+                                           "kimg")
+    log_kimg: float = _option(1.0, "one loss.csv row per this many kimg")
+    sample_count: int = _option(64, "images in each sample grid")
+    sample_steps: int = _option(18, "Heun steps of the sample grid")
+    sample_seed: int = _option(0, "seed of the sample grid's initial noise (the same over the run)")
+    device: str = _option("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
 
     def __post_init__(self):
         check_field_types(self)
