@@ -19,12 +19,16 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "f
     group = parser.add_argument_group("dataset")
     group.add_argument("--data", default=default, required=default is None,
                        help=f"built-in name ({', '.join(BUILTIN_NAMES)}) or a path (default: %(default)s)")
-    group.add_argument("--split", default="train", choices=["train", "test"])
+    group.add_argument("--split", default="train", choices=["train", "test"],
+                       help="the split of the source to read (default: %(default)s)")
     group.add_argument("--subset", type=int, default=None, help="use N images chosen by a seeded permutation")
     group.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these labels")
     group.add_argument("--resolution", type=int, default=None, help="square side in pixels")
-    group.add_argument("--resolution-policy", default="pad", choices=["pad", "crop", "resize"])
-    group.add_argument("--channels", type=int, default=None, choices=[1, 3])
+    group.add_argument("--resolution-policy", default="pad", choices=["pad", "crop", "resize"],
+                       help="how --resolution changes the side: pad (centred, zeros), crop (centred) or resize "
+                            "(Lanczos) (default: %(default)s)")
+    group.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                       help="1: BT.601 luminance, 3: grey repeated (default: as stored)")
     group.add_argument("--data-seed", type=int, default=0, help="seed of the subset choice")
     group.add_argument("--subset-offset", type=int, default=0,
                        help="skip this many images of the subset permutation (offsets 0, N, 2N give disjoint sets)")

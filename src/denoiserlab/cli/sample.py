@@ -57,10 +57,11 @@ def add_parser(subparsers) -> None:
     pspc.add_argument("--masks", default=None, metavar="FILE",
                       help="pspc_flex: bool masks [K, H, W] or a heatmap [H, W, H, W] (.npy/.npz/.pt)")
     pspc.add_argument("--lam", type=float, default=None, help="pspc_flex with a heatmap file: one threshold lambda")
-    parser.add_argument("--n", type=int, default=64, help="number of samples")
-    parser.add_argument("--steps", type=int, default=18, help="EDM noise levels (sigma 80 -> 0.002)")
-    parser.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (shared across methods)")
+    parser.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=18, help="EDM noise levels, sigma 80 -> 0.002 (default: %(default)s)")
+    parser.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS),
+                        help="ODE solver: Heun (2nd order, EDM) or Euler (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise, shared across methods (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     add_device_argument(parser)
     add_data_arguments(parser)

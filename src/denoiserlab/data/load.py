@@ -43,7 +43,8 @@ def load(
     `denoiserlab.data.sources`). split: 'train' or 'test'.
     Options are applied in this order: `classes` (keep these labels), `subset` (N images chosen by a
     permutation seeded with `seed`, kept in file order; `subset_offset` skips that many images of the permutation
-    first, so subsets with offsets 0, N, 2N, ... and one seed are disjoint, and those with offset 0 are nested), `channels` (1: BT.601 luminance, 3: grey repeated),
+    first, so subsets with offsets 0, N, 2N, ... and one seed are disjoint, and those with offset 0 are nested),
+    `channels` (1: BT.601 luminance, 3: grey repeated),
     `resolution` (square side in pixels, with `resolution_policy` 'pad' (centred, zeros) | 'crop' (centred) |
     'resize' (Lanczos)), `xflip` (append horizontal flips: image N + i is the flip of image i).
     Image folders and zips apply `resolution` to each file as it is read, so files of mixed sizes can load.
