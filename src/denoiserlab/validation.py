@@ -41,6 +41,14 @@ def check_same_image_shape(x: Tensor, image_shape: tuple[int, ...], what: str = 
         )
 
 
+def check_denoiser_call(x: Tensor, sigma: float | Tensor, image_shape: tuple[int, ...]) -> Tensor:
+    """The checks every analytical denoiser makes on a call den(x, sigma): x a finite floating [B, C, H, W] of the
+    training images' shape (C, H, W), sigma > 0 a float or [B]; returns sigma as float64 [B] on x's device."""
+    check_images(x)
+    check_same_image_shape(x, image_shape)
+    return sigma_per_sample(sigma, x.shape[0], x.device)
+
+
 def sigma_per_sample(sigma: float | Tensor, batch: int, device: torch.device | str = "cpu") -> Tensor:
     """Turn sigma (a float, a 0-d tensor or a [B] tensor) into a float64 [B] tensor on `device`; checks sigma > 0."""
     if isinstance(sigma, (bool, np.bool_)) or (isinstance(sigma, Tensor) and sigma.dtype == torch.bool):

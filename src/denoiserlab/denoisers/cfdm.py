@@ -27,15 +27,13 @@ from denoiserlab.denoisers.training_set import DeviceCopies, check_storage
 from denoiserlab.diffusion.noise import standard_noise
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_count,
     check_finite_output,
     check_flag,
-    check_images,
     check_memory,
     check_optional_count,
-    check_same_image_shape,
     check_seed,
-    sigma_per_sample,
 )
 
 
@@ -105,9 +103,7 @@ class CFDM:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the CFDM estimate of x0, shape/dtype/device of x."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         if self.config.distributed:
             check_same_queries(x, sigma)
         out = estimate_by_group(x, [self.smoothing_at(s) for s in sigma.tolist()],

@@ -38,12 +38,10 @@ from denoiserlab.denoisers.training_set import (
 )
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_finite_output,
     check_flag,
-    check_images,
     check_optional_count,
-    check_same_image_shape,
-    sigma_per_sample,
 )
 
 MASK_CACHE_SIZE = 64  # masks kept per denoiser, keyed by (sigma, threshold); a sampler reuses one sigma grid
@@ -128,9 +126,7 @@ class DataLocality:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the estimate of x0 with x's shape, dtype and device."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         if self.config.distributed:
             check_same_queries(x, sigma)
         images = self.train_ if self.storage_ == "stream" else TrainingImages(self._device_copies.on(x.device)[0],

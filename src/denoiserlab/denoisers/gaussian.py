@@ -26,9 +26,9 @@ from denoiserlab.denoisers.training_set import TrainingImages, training_source
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.user_cache import user_cache_dir
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_finite_output,
     check_flag,
-    check_images,
     check_memory,
     check_optional_count,
     check_same_image_shape,
@@ -100,9 +100,7 @@ class GaussianDenoiser:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns [B, C, H, W] in x's dtype and device."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         mean, eigvals, eigvecs = (t.to(x.device) for t in (self.mean_, self.eigvals_, self.eigvecs_))
         offset = x.reshape(x.shape[0], -1).double() - mean  # [B, D]
         gains = wiener_gains(eigvals, sigma[:, None] ** 2)  # [B, r]

@@ -31,13 +31,11 @@ from denoiserlab.denoisers.training_set import TrainingImages, training_source
 from denoiserlab.distances import nearest_neighbours
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_finite_output,
     check_flag,
-    check_images,
     check_optional_count,
-    check_same_image_shape,
     check_seed,
-    sigma_per_sample,
 )
 
 KMEANS_MAX_ITERATIONS = 100
@@ -118,9 +116,7 @@ class GaussianMixture:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the mixture posterior mean, shape/dtype/device of x."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         queries = x.reshape(x.shape[0], -1).double()  # [B, D]
         pieces = [component_posterior(component, queries, sigma) for component in self.components_on(x.device)]
         offsets, spreads, means = (torch.stack(part, 1) for part in zip(*pieces))  # [B, K], [B, K], [B, K, D]

@@ -40,14 +40,12 @@ from denoiserlab.denoisers.training_set import (
 from denoiserlab.distances import default_chunk_size, squared_distances_to, squared_norms
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_count,
     check_finite_output,
     check_flag,
-    check_images,
     check_optional_count,
-    check_same_image_shape,
     check_seed,
-    sigma_per_sample,
 )
 
 INDEXES = ("exact", "faiss")
@@ -129,9 +127,7 @@ class KNNDenoiser:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the estimate of E[x0 | x], shape/dtype/device of x."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         if self.config.distributed:
             check_same_queries(x, sigma)
         queries = x.reshape(x.shape[0], -1).double()  # [B, D]

@@ -27,12 +27,10 @@ from denoiserlab.distances import (
 )
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_finite_output,
     check_flag,
-    check_images,
     check_optional_count,
-    check_same_image_shape,
-    sigma_per_sample,
 )
 
 
@@ -100,9 +98,7 @@ class OptimalDenoiser:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns E[x0 | x] as [B, C, H, W] in x's dtype and device."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         if self.config.distributed:
             check_same_queries(x, sigma)
         mean = self.posterior_mean(x.reshape(x.shape[0], -1), sigma)
@@ -122,9 +118,7 @@ class OptimalDenoiser:
         if self.config.distributed:
             raise DenoiserLabError("posterior_weights holds all N weights in one process; build the optimal denoiser "
                                    "without distributed=True for it")
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         pieces = [distances for _, distances in squared_distances_to(x.reshape(x.shape[0], -1),
                                                                      self.train_rows(x.device))]
         return softmax_weights(torch.cat(pieces, 1), sigma)

@@ -46,12 +46,10 @@ from denoiserlab.denoisers.training_set import (
 )
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_finite_output,
     check_flag,
-    check_images,
     check_optional_count,
-    check_same_image_shape,
-    sigma_per_sample,
 )
 
 LOGIT_CACHE_BYTES = 1 << 28  # keep pass-1 crop distances for pass 2 up to this size, else recompute them
@@ -165,9 +163,7 @@ class PSPCFlex:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the PSPC-Flex estimate of x0, shape/dtype/device of x."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         if self.config.distributed:
             check_same_queries(x, sigma)  # so every rank takes the same groups below, in the same order
         index_of_sigma = {}  # one crop set lookup per distinct sigma, not per sample

@@ -43,12 +43,10 @@ from denoiserlab.denoisers.training_set import (
 )
 from denoiserlab.errors import DenoiserLabError
 from denoiserlab.validation import (
+    check_denoiser_call,
     check_finite_output,
     check_flag,
-    check_images,
     check_optional_count,
-    check_same_image_shape,
-    sigma_per_sample,
 )
 
 KERNELS = ("auto", "compiled", "eager", "triton")
@@ -133,9 +131,7 @@ class PSPCSquare:
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """x: [B, C, H, W]; sigma: float or [B]; returns the PSPC-Square estimate of x0, shape/dtype/device of x."""
-        check_images(x)
-        check_same_image_shape(x, self.image_shape_)
-        sigma = sigma_per_sample(sigma, x.shape[0], x.device)
+        sigma = check_denoiser_call(x, sigma, self.image_shape_)
         if self.config.distributed:
             check_same_queries(x, sigma)  # so every rank takes the same groups below, in the same order
         out = estimate_by_group(x, [self.patch_size_at(value) for value in sigma.tolist()],
