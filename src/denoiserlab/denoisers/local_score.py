@@ -19,6 +19,7 @@ float32 copy or chunk by chunk from its storage (`storage`), with the same resul
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -106,16 +107,34 @@ def check_odd_patch_size(patch_size: object) -> int:
     return patch_size
 
 
-def check_local_options(patch_size: object, xflip: object, kernel: str, chunk_size: int | None,
-                        storage: str) -> None:
-    """The options ELS and LS share (called from their configs' __post_init__)."""
-    if not callable(patch_size):
-        check_odd_patch_size(patch_size)
-    check_flag(xflip, "xflip")
-    if kernel not in KERNELS:
-        raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    check_optional_count(chunk_size, "chunk_size")
-    check_storage(storage)
+@dataclass(frozen=True)
+class LocalScoreConfig:
+    """The options ELS and LS share."""
+
+    patch_size: int | Callable[[float], int] = 3  # odd window side P, or a schedule sigma -> P (PatchSchedule)
+    xflip: bool = False  # also use the horizontal flip of every training image
+    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled for CPU float32
+    # training images per chunk (None: about 32 MiB of intermediates on the eager path, of float32 lanes on the
+    # compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
+    chunk_size: int | None = None
+    # "ram": a float32 copy of the training set (and the C kernel's layout of it: 8 bytes a value), made once;
+    # "stream": every call reads the set chunk by chunk from its storage (an ImageSet's uint8, memory-mapped or
+    # not); "auto": ram for a float tensor and for an ImageSet whose copies fit in training_set.AUTO_RAM_BYTES
+    # (1 GiB), else stream. Same results up to float32 summation order.
+    storage: str = "auto"
+    # shard the training set over the processes of an initialised torch.distributed group (rank r of W holds the
+    # images [r N / W, (r + 1) N / W)); calls are collective and every rank gets the one-process result
+    distributed: bool = False
+
+    def __post_init__(self):
+        if not callable(self.patch_size):
+            check_odd_patch_size(self.patch_size)
+        check_flag(self.xflip, "xflip")
+        if self.kernel not in KERNELS:
+            raise DenoiserLabError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        check_optional_count(self.chunk_size, "chunk_size")
+        check_storage(self.storage)
+        check_flag(self.distributed, "distributed")
 
 
 class LocalScoreMachine:

@@ -16,31 +16,13 @@ from typing import Callable
 from torch import Tensor
 
 from denoiserlab.data.imageset import ImageSet
-from denoiserlab.denoisers.local_score import AxisCandidates, LocalScoreMachine, check_local_options, co_located_axis
+from denoiserlab.denoisers.local_score import AxisCandidates, LocalScoreConfig, LocalScoreMachine, co_located_axis
 from denoiserlab.denoisers.schedules import Tunable
-from denoiserlab.validation import check_flag
 
 
 @dataclass(frozen=True)
-class LSConfig:
-    patch_size: int | Callable[[float], int] = 3  # odd window side P, or a schedule sigma -> P (PatchSchedule)
-    xflip: bool = False  # also use the horizontal flip of every training image
-    kernel: str = "auto"  # "compiled" (C kernel, CPU), "eager" (PyTorch, any device), "auto": compiled for CPU float32
-    # training images per chunk (None: about 32 MiB of intermediates on the eager path, of float32 lanes on the
-    # compiled path when streaming; streamed compiled chunks are rounded up to a multiple of 16)
-    chunk_size: int | None = None
-    # "ram": a float32 copy of the training set (and the C kernel's layout of it: 8 bytes a value), made once;
-    # "stream": every call reads the set chunk by chunk from its storage (an ImageSet's uint8, memory-mapped or
-    # not); "auto": ram for a float tensor and for an ImageSet whose copies fit in training_set.AUTO_RAM_BYTES
-    # (1 GiB), else stream. Same results up to float32 summation order.
-    storage: str = "auto"
-    # shard the training set over the processes of an initialised torch.distributed group (rank r of W holds the
-    # images [r N / W, (r + 1) N / W)); calls are collective and every rank gets the one-process result
-    distributed: bool = False
-
-    def __post_init__(self):
-        check_local_options(self.patch_size, self.xflip, self.kernel, self.chunk_size, self.storage)
-        check_flag(self.distributed, "distributed")
+class LSConfig(LocalScoreConfig):
+    """LS options: those of every local score machine."""
 
 
 class LS(LocalScoreMachine):
