@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--cache", help="folder that keeps the closed forms' outputs between runs")
     parser.add_argument("--curve", action="store_true",
                         help="one line of ratios per network (a learning curve over a run's checkpoints)")
+    parser.add_argument("--sigma-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                        help="evaluate the networks only at the grid's sigmas in [LOW, HIGH] and skip the forward "
+                             "curve: a cheap look at a few levels while a run trains")
     parser.add_argument("--device", default="cpu", help="where networks and closed forms run: cpu, cuda, cuda:N")
     args = parser.parse_args()
     try:
@@ -68,6 +71,9 @@ def main() -> None:
     except DenoiserLabError as error:
         parser.error(str(error))
     sigmas = edm_sigmas(args.steps)
+    levels = levels_in_range(sigmas, args.sigma_range)
+    if not levels:
+        parser.error(f"no sigma of the {args.steps}-step grid lies in --sigma-range {args.sigma_range}")
     report, shared = {}, {}
     cache = StageCache(args.cache) if args.cache else None
     for spec in args.networks:
@@ -80,41 +86,56 @@ def main() -> None:
             outputs = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
             shared[key] = {**inputs, **outputs}
         inputs = shared[key]
-        errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"], sigmas, BATCH, args.device),
-                                           inputs["test"]),
-                  **inputs["errors"]}
+        errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"][levels], sigmas[levels], BATCH,
+                                                      args.device), inputs["test"]),
+                  **{name: values[levels] for name, values in inputs["errors"].items()}}
         ratio = ratio_to_best(errors, "network", ["optimal", "gaussian"])
-        forward = mse_per_level(outputs_on(network, inputs["forward_z"], sigmas, BATCH, args.device),
-                                inputs["forward_optimal"])
-        report[spec] = {"sigmas": sigmas.tolist(), **{k: v.tolist() for k, v in errors.items()},
-                        "ratio": ratio.tolist(), "forward_mse_to_optimal": forward.tolist(),
-                        "worst_ratio": ratio.max().item(), "worst_ratio_sigma": sigmas[ratio.argmax()].item(),
-                        "forward_end_over_peak": (forward[0] / forward.max()).item()}
+        report[spec] = {"sigmas": sigmas[levels].tolist(), **{k: v.tolist() for k, v in errors.items()},
+                        "ratio": ratio.tolist(), "worst_ratio": ratio.max().item(),
+                        "worst_ratio_sigma": sigmas[levels][ratio.argmax()].item()}
+        forward = None
+        if args.sigma_range is None:
+            forward = mse_per_level(outputs_on(network, inputs["forward_z"], sigmas, BATCH, args.device),
+                                    inputs["forward_optimal"])
+            report[spec].update(forward_mse_to_optimal=forward.tolist(),
+                                forward_end_over_peak=(forward[0] / forward.max()).item())
         if args.curve:
-            print_curve_row(spec, sigmas, ratio, forward, header=len(report) == 1)
+            print_curve_row(spec, sigmas[levels], ratio, forward, header=len(report) == 1)
         else:
-            print_table(spec, sigmas, errors, ratio, forward)
+            print_table(spec, sigmas[levels], errors, ratio, forward)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(report, file, indent=1)
 
 
+def levels_in_range(sigmas, sigma_range) -> list[int]:
+    """Indices of the grid's sigmas within [low, high] (every index when sigma_range is None)."""
+    low, high = sigma_range if sigma_range is not None else (0.0, float("inf"))
+    return [level for level, sigma in enumerate(sigmas.tolist()) if low <= sigma <= high]
+
+
 def print_table(spec, sigmas, errors, ratio, forward) -> None:
+    """One network's errors per sigma; forward None: not computed (--sigma-range)."""
     print(f"\n{spec}: held-out MSE ([-1, 1] scale), ratio = network / min(optimal, gaussian); forward MSE to optimal")
     print(f"{'sigma':>8s} {'network':>9s} {'optimal':>9s} {'gaussian':>9s} {'ratio':>7s} {'fwd-opt':>9s}")
     for level, sigma in enumerate(sigmas.tolist()):
+        forward_text = f"{forward[level]:9.5f}" if forward is not None else f"{'-':>9s}"
         print(f"{sigma:8.3f} {errors['network'][level]:9.5f} {errors['optimal'][level]:9.5f} "
-              f"{errors['gaussian'][level]:9.5f} {ratio[level]:7.3f} {forward[level]:9.5f}")
-    print(f"worst ratio {ratio.max():.3f} at sigma {sigmas[ratio.argmax()]:.3f} (target <= 1.02); forward MSE at "
-          f"sigma {sigmas[0]:.0f} / peak = {forward[0] / forward.max():.3f} (target <= 0.1)", flush=True)
+              f"{errors['gaussian'][level]:9.5f} {ratio[level]:7.3f} {forward_text}")
+    forward_text = ("" if forward is None else f"; forward MSE at sigma {sigmas[0]:.0f} / peak = "
+                    f"{forward[0] / forward.max():.3f} (target <= 0.1)")
+    print(f"worst ratio {ratio.max():.3f} at sigma {sigmas[ratio.argmax()]:.3f} (target <= 1.02){forward_text}",
+          flush=True)
 
 
 def print_curve_row(spec, sigmas, ratio, forward, header: bool) -> None:
+    """One line of ratios per network; forward None: not computed (--sigma-range)."""
     if header:
         print("ratio network / min(optimal, gaussian) per sigma; worst; forward end / peak")
         print(f"{'network':<40s}" + "".join(f"{s:7.3g}" for s in sigmas.tolist()) + "  worst  f_end/pk")
-    print(f"{spec[-40:]:<40s}" + "".join(f"{r:7.3f}" for r in ratio.tolist())
-          + f" {ratio.max():6.3f} {forward[0] / forward.max():7.3f}", flush=True)
+    forward_text = f"{forward[0] / forward.max():7.3f}" if forward is not None else f"{'-':>7s}"
+    print(f"{spec[-40:]:<40s}" + "".join(f"{r:7.3f}" for r in ratio.tolist()) + f" {ratio.max():6.3f} {forward_text}",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,22 @@ def test_ratios_match_a_float64_loop_and_the_cache_is_reused(tiny_setup, tmp_pat
         assert first["optimal"][level] == pytest.approx(optimal_mse, rel=1e-4)
         best = min(first["optimal"][level], first["gaussian"][level])
         assert first["ratio"][level] == pytest.approx(first["network"][level] / best, rel=1e-9)
+
+
+def test_sigma_range_evaluates_only_those_levels(tiny_setup, tmp_path, monkeypatch, capsys):
+    module = load_script("heldout_mse")
+    argv = [str(tiny_setup), "--n", "4", "--steps", "5", "--cache", str(tmp_path / "cache"), "--curve"]
+    run_script(module, [*argv, "--json", str(tmp_path / "all.json")], monkeypatch)
+    sigmas = edm_sigmas(5).tolist()
+    low, high = sigmas[3], sigmas[1]  # the grid falls from 80: levels 1..3
+    run_script(module, [*argv, "--sigma-range", str(low), str(high), "--json", str(tmp_path / "some.json")],
+               monkeypatch)
+    every = json.loads((tmp_path / "all.json").read_text())[str(tiny_setup)]
+    some = json.loads((tmp_path / "some.json").read_text())[str(tiny_setup)]
+    assert some["sigmas"] == sigmas[1:4] and "forward_end_over_peak" not in some
+    for name in ("network", "optimal", "gaussian", "ratio"):
+        assert some[name] == pytest.approx(every[name][1:4], rel=1e-6)
+    assert some["worst_ratio"] == pytest.approx(max(every["ratio"][1:4]), rel=1e-6)
+    with pytest.raises(SystemExit):
+        run_script(module, [*argv, "--sigma-range", "100", "200"], monkeypatch)
+    assert "no sigma of the 5-step grid" in capsys.readouterr().err
