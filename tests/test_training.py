@@ -205,6 +205,25 @@ def test_resume_with_other_options_fails(tmp_path):
         run_training(TrainConfig(out=str(tmp_path), kimg=0.032, **dict(TINY_RUN, batch_size=8)), progress=False)
 
 
+def test_bfloat16_precision_trains_close_to_float32_and_may_change_on_resume(tmp_path):
+    """precision='bfloat16' runs the network under CPU autocast: the losses differ from float32's by rounding only,
+    the saved weights stay float32, and a run may switch precision when it resumes."""
+    options = dict(TINY_RUN, network=dict(TINY_RUN["network"], dropout=0.0), checkpoint_kimg=0.032, log_kimg=0.016)
+    histories = {}
+    for precision in ("float32", "bfloat16"):
+        run_training(TrainConfig(out=str(tmp_path / precision), kimg=0.032, precision=precision, **options),
+                     progress=False)
+        state = torch.load(tmp_path / precision / "training-state.pt", weights_only=True)
+        assert all(value.dtype == torch.float32 for value in state["model"].values() if value.is_floating_point())
+        histories[precision] = torch.tensor([row[2] for row in state["history"]])
+    assert not torch.equal(histories["float32"], histories["bfloat16"])  # autocast was on
+    assert torch.allclose(histories["float32"], histories["bfloat16"], rtol=0.05)
+    run_training(TrainConfig(out=str(tmp_path / "bfloat16"), kimg=0.048, precision="float32", **options),
+                 progress=False)
+    with pytest.raises(DenoiserLabError, match="precision"):
+        TrainConfig(out="r", precision="float16")
+
+
 def parse(argv):
     parser = argparse.ArgumentParser()
     train_cli.add_parser(parser.add_subparsers())

@@ -52,7 +52,7 @@ from denoiserlab.networks.training_outputs import plot_loss, save_image_grid, wr
 STATE_FILE = "training-state.pt"
 CONFIG_FILE = "training_config.json"
 # options a rerun may change
-RESUMABLE_CHANGES = ("kimg", "checkpoint_kimg", "log_kimg", "device", "micro_batch_size")
+RESUMABLE_CHANGES = ("kimg", "checkpoint_kimg", "log_kimg", "device", "micro_batch_size", "precision")
 # most images per forward/backward pass of a training step on a CPU (`micro_batches`): the cache limit of inference
 CPU_MICRO_BATCH = CPU_CALL_IMAGES
 
@@ -145,7 +145,7 @@ def training_step(run: TrainingRun, config: TrainConfig, train_images: Tensor,
         last = number == len(pieces) - 1
         # DistributedDataParallel all-reduces the gradients once, in the last micro-batch's backward pass
         with contextlib.nullcontext() if last or run.replica is None else run.replica.no_sync():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.uses_bfloat16(device.type)):
                 part = edm_loss_at(model, x0[rows], sigma[rows], eps[rows], posterior_mean=posterior_mean)
             part = part.sum() / config.batch_size  # this micro-batch's part of the batch mean
             # DistributedDataParallel averages the ranks' gradients; times the world size, that is the gradient of
