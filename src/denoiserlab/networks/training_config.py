@@ -61,7 +61,9 @@ class TrainConfig:
     adam_eps: float = _option(1e-8, "Adam's epsilon")
     grad_clip_norm: float = _option(1.0, "clip the global gradient norm to this (0: no clipping)")
     ema_halflife_kimg: float = _option(50.0, "half-life of the EMA of the weights (the network saved), kimg")
-    ema_rampup_ratio: float = _option(0.05, "the EMA half-life is at most this fraction of the images seen (0: off)")
+    ema_rampup_ratio: float = _option(
+        0.05, "the EMA half-life is at most this fraction of the images seen (0: off); with init the count starts "
+              "at 0 too, so a fine-tune reaches its full half-life after ema_halflife_kimg / ema_rampup_ratio kimg")
     p_mean: float = _option(P_MEAN, "mean of ln(sigma) of the log-normal training noise levels (EDM)")
     p_std: float = _option(P_STD, "standard deviation of ln(sigma) of the log-normal training noise levels")
     target: str = _option("sample", "regression target: 'sample' (x0, EDM) or 'posterior' (E[x0 | x_t] under the "
