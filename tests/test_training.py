@@ -199,6 +199,13 @@ def test_training_lowers_the_loss(tmp_path):
     assert len(losses) == 64 and sum(losses[-16:]) < 0.8 * sum(losses[:16])
 
 
+def test_one_line_per_checkpoint(tmp_path, capsys):
+    run_training(TrainConfig(out=str(tmp_path), kimg=0.128, **TINY_RUN), progress=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["0.1 kimg (step 4)", "0.1 kimg (step 8)"]  # 64, 128 images
+    assert lines[-1].endswith(f"-> {tmp_path / 'network-000000'}") and "loss " in lines[-1]
+
+
 def test_resume_with_other_options_fails(tmp_path):
     run_training(TrainConfig(out=str(tmp_path), kimg=0.016, **TINY_RUN), progress=False)
     with pytest.raises(DenoiserLabError, match="batch_size"):

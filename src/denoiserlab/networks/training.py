@@ -308,8 +308,24 @@ def run_training(config: TrainConfig, progress: bool = True) -> Path:
             checkpoint_start = time.perf_counter()
             last_network = write_checkpoint(run, config, out)
             tick_start += time.perf_counter() - checkpoint_start  # images/s counts training time only
+            if process_group.is_main_process():
+                report_checkpoint(run, last_network, bar if progress else None)
     bar.close()
     return last_network or latest_network(out)
+
+
+def report_checkpoint(run: TrainingRun, network: Path, bar: tqdm | None) -> None:
+    """One line per checkpoint (kimg, the last logged loss and images/s, the network's folder), above the progress
+    bar or, without one, flushed at once (so a background run's log file shows it as it happens)."""
+    logged = ""
+    if run.history:
+        _, _, loss, images_per_second, lr = run.history[-1]
+        logged = f": loss {loss:.4f}, {images_per_second:.1f} images/s, lr {lr:.3g}"
+    line = f"{run.nimg / 1000:.1f} kimg (step {run.step}){logged} -> {network}"
+    if bar is not None:
+        bar.write(line)
+    else:
+        print(line, flush=True)
 
 
 def latest_network(out: str | Path) -> Path:
