@@ -1,7 +1,8 @@
 """Networks' fidelity on the EDM grid (issue 14's targets), printed as a table and optionally saved as JSON:
 
 - held-out MSE: denoising MSE on test images the network never saw, beside the optimal and Gaussian denoisers of
-  its own training set, and the ratio network / min(optimal, Gaussian) (target: <= 1.02 at every sigma);
+  its own training set, and the ratio network / min(optimal, Gaussian) (target: <= 1.02 at every sigma) with its
+  standard error over the held-out images (`analysis.heldout.ratio_to_best_with_error`);
 - forward MSE(network, optimal) on training images (the locality paper's Fig. 2), and its value at the largest
   sigma over its peak (target: <= 0.1).
 
@@ -20,7 +21,7 @@ import json
 import torch
 
 from denoiserlab import data
-from denoiserlab.analysis.heldout import heldout_inputs, mse_per_level, ratio_to_best
+from denoiserlab.analysis.heldout import errors_per_image, heldout_inputs, mse_per_level, ratio_to_best_with_error
 from denoiserlab.denoisers import GaussianDenoiser, OptimalDenoiser
 from denoiserlab.diffusion import edm_sigmas
 from denoiserlab.errors import DenoiserLabError
@@ -45,9 +46,9 @@ def closed_form_outputs(training_data: dict, inputs: dict, sigmas, device: str =
     optimal denoiser's forward-process outputs."""
     train = data.load(**training_data)
     optimal, gaussian = OptimalDenoiser(train), GaussianDenoiser(train)
-    return {"errors": {name: mse_per_level(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, device, label=name),
-                                           inputs["test"])
-                       for name, den in (("optimal", optimal), ("gaussian", gaussian))},
+    return {"image_errors": {name: errors_per_image(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, device,
+                                                               label=name), inputs["test"])
+                             for name, den in (("optimal", optimal), ("gaussian", gaussian))},
             "forward_optimal": outputs_on(optimal, inputs["forward_z"], sigmas, BATCH, device,
                                           label="optimal (forward)")}
 
@@ -82,17 +83,21 @@ def main() -> None:
         if key not in shared:
             inputs = evaluation_inputs(network.training_data, sigmas, args.n)
             compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas, args.device)  # noqa: E731
-            stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps}
+            stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps,
+                         "errors": "per image"}
             outputs = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
             shared[key] = {**inputs, **outputs}
         inputs = shared[key]
-        errors = {"network": mse_per_level(outputs_on(network, inputs["heldout_z"][levels], sigmas[levels], BATCH,
-                                                      args.device), inputs["test"]),
-                  **{name: values[levels] for name, values in inputs["errors"].items()}}
-        ratio = ratio_to_best(errors, "network", ["optimal", "gaussian"])
+        image_errors = {"network": errors_per_image(outputs_on(network, inputs["heldout_z"][levels], sigmas[levels],
+                                                              BATCH, args.device), inputs["test"]),
+                        **{name: values[levels] for name, values in inputs["image_errors"].items()}}
+        errors = {name: values.mean(dim=1) for name, values in image_errors.items()}
+        ratio, ratio_error = ratio_to_best_with_error(image_errors, "network", ["optimal", "gaussian"])
+        worst = ratio.argmax()
         report[spec] = {"sigmas": sigmas[levels].tolist(), **{k: v.tolist() for k, v in errors.items()},
-                        "ratio": ratio.tolist(), "worst_ratio": ratio.max().item(),
-                        "worst_ratio_sigma": sigmas[levels][ratio.argmax()].item()}
+                        "ratio": ratio.tolist(), "ratio_standard_error": ratio_error.tolist(),
+                        "worst_ratio": ratio[worst].item(), "worst_ratio_sigma": sigmas[levels][worst].item(),
+                        "worst_ratio_standard_error": ratio_error[worst].item()}
         forward = None
         if args.sigma_range is None:
             forward = mse_per_level(outputs_on(network, inputs["forward_z"], sigmas, BATCH, args.device),
@@ -100,9 +105,9 @@ def main() -> None:
             report[spec].update(forward_mse_to_optimal=forward.tolist(),
                                 forward_end_over_peak=(forward[0] / forward.max()).item())
         if args.curve:
-            print_curve_row(spec, sigmas[levels], ratio, forward, header=len(report) == 1)
+            print_curve_row(spec, sigmas[levels], ratio, ratio_error, forward, header=len(report) == 1)
         else:
-            print_table(spec, sigmas[levels], errors, ratio, forward)
+            print_table(spec, sigmas[levels], errors, ratio, ratio_error, forward)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(report, file, indent=1)
@@ -114,28 +119,32 @@ def levels_in_range(sigmas, sigma_range) -> list[int]:
     return [level for level, sigma in enumerate(sigmas.tolist()) if low <= sigma <= high]
 
 
-def print_table(spec, sigmas, errors, ratio, forward) -> None:
+def print_table(spec, sigmas, errors, ratio, ratio_error, forward) -> None:
     """One network's errors per sigma; forward None: not computed (--sigma-range)."""
-    print(f"\n{spec}: held-out MSE ([-1, 1] scale), ratio = network / min(optimal, gaussian); forward MSE to optimal")
-    print(f"{'sigma':>8s} {'network':>9s} {'optimal':>9s} {'gaussian':>9s} {'ratio':>7s} {'fwd-opt':>9s}")
+    print(f"\n{spec}: held-out MSE ([-1, 1] scale), ratio = network / min(optimal, gaussian) with its standard error "
+          "over the images; forward MSE to optimal")
+    print(f"{'sigma':>8s} {'network':>9s} {'optimal':>9s} {'gaussian':>9s} {'ratio':>7s} {'+-':>6s} {'fwd-opt':>9s}")
     for level, sigma in enumerate(sigmas.tolist()):
         forward_text = f"{forward[level]:9.5f}" if forward is not None else f"{'-':>9s}"
         print(f"{sigma:8.3f} {errors['network'][level]:9.5f} {errors['optimal'][level]:9.5f} "
-              f"{errors['gaussian'][level]:9.5f} {ratio[level]:7.3f} {forward_text}")
+              f"{errors['gaussian'][level]:9.5f} {ratio[level]:7.3f} {ratio_error[level]:6.4f} {forward_text}")
     forward_text = ("" if forward is None else f"; forward MSE at sigma {sigmas[0]:.0f} / peak = "
                     f"{forward[0] / forward.max():.3f} (target <= 0.1)")
-    print(f"worst ratio {ratio.max():.3f} at sigma {sigmas[ratio.argmax()]:.3f} (target <= 1.02){forward_text}",
-          flush=True)
+    worst = ratio.argmax()
+    print(f"worst ratio {ratio[worst]:.3f} +- {ratio_error[worst]:.4f} at sigma {sigmas[worst]:.3f} (target <= 1.02)"
+          f"{forward_text}", flush=True)
 
 
-def print_curve_row(spec, sigmas, ratio, forward, header: bool) -> None:
-    """One line of ratios per network; forward None: not computed (--sigma-range)."""
+def print_curve_row(spec, sigmas, ratio, ratio_error, forward, header: bool) -> None:
+    """One line of ratios per network, the worst with its standard error; forward None: not computed
+    (--sigma-range)."""
     if header:
-        print("ratio network / min(optimal, gaussian) per sigma; worst; forward end / peak")
-        print(f"{'network':<40s}" + "".join(f"{s:7.3g}" for s in sigmas.tolist()) + "  worst  f_end/pk")
+        print("ratio network / min(optimal, gaussian) per sigma; worst +- its standard error; forward end / peak")
+        print(f"{'network':<40s}" + "".join(f"{s:7.3g}" for s in sigmas.tolist()) + "  worst     +-  f_end/pk")
     forward_text = f"{forward[0] / forward.max():7.3f}" if forward is not None else f"{'-':>7s}"
-    print(f"{spec[-40:]:<40s}" + "".join(f"{r:7.3f}" for r in ratio.tolist()) + f" {ratio.max():6.3f} {forward_text}",
-          flush=True)
+    worst = ratio.argmax()
+    print(f"{spec[-40:]:<40s}" + "".join(f"{r:7.3f}" for r in ratio.tolist())
+          + f" {ratio[worst]:6.3f} {ratio_error[worst]:6.4f} {forward_text}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from denoiserlab.analysis.heldout import heldout_inputs
+from denoiserlab.analysis.heldout import heldout_inputs, ratio_to_best_with_error
 from denoiserlab.data import load
 from denoiserlab.diffusion import edm_sigmas
 from denoiserlab.networks.build import build_denoiser
@@ -75,6 +75,27 @@ def test_ratios_match_a_float64_loop_and_the_cache_is_reused(tiny_setup, tmp_pat
         assert first["optimal"][level] == pytest.approx(optimal_mse, rel=1e-4)
         best = min(first["optimal"][level], first["gaussian"][level])
         assert first["ratio"][level] == pytest.approx(first["network"][level] / best, rel=1e-9)
+        assert first["ratio_standard_error"][level] > 0
+
+
+def test_ratio_standard_error_matches_a_bootstrap():
+    """The delta-method standard error of mean(a) / mean(best reference) equals the spread of that ratio over
+    bootstrap resamples of the images (a loop), to within the bootstrap's own noise."""
+    generator = torch.Generator().manual_seed(0)
+    network = torch.rand(3, 300, generator=generator, dtype=torch.float64) + 1
+    optimal = 0.9 * network + 0.2 * torch.rand(3, 300, generator=generator, dtype=torch.float64)
+    gaussian = optimal + torch.tensor([[0.05], [-0.3], [0.05]], dtype=torch.float64)  # best at the middle level
+    errors = {"network": network, "optimal": optimal, "gaussian": gaussian}
+    ratio, standard_error = ratio_to_best_with_error(errors, "network", ["optimal", "gaussian"])
+    rng = np.random.default_rng(0)
+    for level, best in enumerate((optimal, gaussian, optimal)):
+        a, b = network[level].numpy(), best[level].numpy()
+        assert ratio[level].item() == pytest.approx(a.mean() / b.mean(), rel=1e-12)
+        resampled = []
+        for _ in range(4000):
+            rows = rng.integers(0, 300, 300)
+            resampled.append(a[rows].mean() / b[rows].mean())
+        assert standard_error[level].item() == pytest.approx(np.std(resampled), rel=0.08)
 
 
 def test_sigma_range_evaluates_only_those_levels(tiny_setup, tmp_path, monkeypatch, capsys):
