@@ -33,24 +33,29 @@ from denoiserlab.validation import check_device
 BATCH = 64
 
 
-def evaluation_inputs(training_data: dict, sigmas, n: int) -> dict:
-    """Held-out test images, their noisy copies and forward-process inputs of one training set (seeded: the same
-    on every run, so they are recomputed rather than stored)."""
+def evaluation_inputs(training_data: dict, sigmas, n: int, levels: list[int], forward: bool) -> dict:
+    """Held-out test images, their noisy copies at the grid's `levels` and, with `forward`, the forward-process
+    inputs of one training set (seeded: the same on every run, so they are recomputed rather than stored)."""
     test = data.load(**data.held_out_options(training_data)).as_float(0, n)
-    forward = forward_set(data.load(**training_data).as_float(), sigmas, n, seed=0)
-    return {"test": test, "heldout_z": heldout_inputs(test, sigmas), "forward_z": forward["z"]}
+    inputs = {"test": test, "heldout_z": heldout_inputs(test, sigmas, levels=levels)}
+    if forward:
+        inputs["forward_z"] = forward_set(data.load(**training_data).as_float(), sigmas, n, seed=0)["z"]
+    return inputs
 
 
 def closed_form_outputs(training_data: dict, inputs: dict, sigmas, device: str = "cpu") -> dict:
-    """The optimal and Gaussian denoisers of the training set on `inputs`: their held-out errors per level and the
-    optimal denoiser's forward-process outputs."""
+    """The optimal and Gaussian denoisers of the training set on `inputs` (held-out copies at `sigmas`, one per
+    level of inputs["heldout_z"]): their held-out errors per image and level, and the optimal denoiser's outputs on
+    the forward-process inputs when there are some."""
     train = data.load(**training_data)
     optimal, gaussian = OptimalDenoiser(train), GaussianDenoiser(train)
-    return {"image_errors": {name: errors_per_image(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, device,
-                                                               label=name), inputs["test"])
-                             for name, den in (("optimal", optimal), ("gaussian", gaussian))},
-            "forward_optimal": outputs_on(optimal, inputs["forward_z"], sigmas, BATCH, device,
-                                          label="optimal (forward)")}
+    outputs = {"image_errors": {name: errors_per_image(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, device,
+                                                                  label=name), inputs["test"])
+                                for name, den in (("optimal", optimal), ("gaussian", gaussian))}}
+    if "forward_z" in inputs:
+        outputs["forward_optimal"] = outputs_on(optimal, inputs["forward_z"], sigmas, BATCH, device,
+                                                label="optimal (forward)")
+    return outputs
 
 
 def main() -> None:
@@ -63,8 +68,8 @@ def main() -> None:
     parser.add_argument("--curve", action="store_true",
                         help="one line of ratios per network (a learning curve over a run's checkpoints)")
     parser.add_argument("--sigma-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                        help="evaluate the networks only at the grid's sigmas in [LOW, HIGH] and skip the forward "
-                             "curve: a cheap look at a few levels while a run trains")
+                        help="only the grid's sigmas in [LOW, HIGH], without the forward curve: a cheap look at a few "
+                             "levels while a run trains, or many held-out images (--n 10000) where it matters")
     parser.add_argument("--device", default="cpu", help="where networks and closed forms run: cpu, cuda, cuda:N")
     args = parser.parse_args()
     try:
@@ -75,22 +80,24 @@ def main() -> None:
     levels = levels_in_range(sigmas, args.sigma_range)
     if not levels:
         parser.error(f"no sigma of the {args.steps}-step grid lies in --sigma-range {args.sigma_range}")
+    forward_wanted = args.sigma_range is None  # the forward curve needs the whole grid
     report, shared = {}, {}
     cache = StageCache(args.cache) if args.cache else None
     for spec in args.networks:
         network = load(spec, device=args.device).eval()
         key = json.dumps(network.training_data, sort_keys=True)
         if key not in shared:
-            inputs = evaluation_inputs(network.training_data, sigmas, args.n)
-            compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas, args.device)  # noqa: E731
+            inputs = evaluation_inputs(network.training_data, sigmas, args.n, levels, forward_wanted)
+            compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas[levels],  # noqa: E731
+                                                  args.device)
             stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps,
-                         "errors": "per image"}
+                         "errors": "per image", **({} if forward_wanted else {"levels": levels})}
             outputs = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
             shared[key] = {**inputs, **outputs}
         inputs = shared[key]
-        image_errors = {"network": errors_per_image(outputs_on(network, inputs["heldout_z"][levels], sigmas[levels],
-                                                              BATCH, args.device), inputs["test"]),
-                        **{name: values[levels] for name, values in inputs["image_errors"].items()}}
+        image_errors = {"network": errors_per_image(outputs_on(network, inputs["heldout_z"], sigmas[levels], BATCH,
+                                                              args.device), inputs["test"]),
+                        **inputs["image_errors"]}
         errors = {name: values.mean(dim=1) for name, values in image_errors.items()}
         ratio, ratio_error = ratio_to_best_with_error(image_errors, "network", ["optimal", "gaussian"])
         worst = ratio.argmax()
@@ -99,7 +106,7 @@ def main() -> None:
                         "worst_ratio": ratio[worst].item(), "worst_ratio_sigma": sigmas[levels][worst].item(),
                         "worst_ratio_standard_error": ratio_error[worst].item()}
         forward = None
-        if args.sigma_range is None:
+        if forward_wanted:
             forward = mse_per_level(outputs_on(network, inputs["forward_z"], sigmas, BATCH, args.device),
                                     inputs["forward_optimal"])
             report[spec].update(forward_mse_to_optimal=forward.tolist(),

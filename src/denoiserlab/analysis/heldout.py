@@ -9,18 +9,20 @@ from torch import Tensor
 from denoiserlab.validation import check_images
 
 
-def heldout_inputs(images: Tensor, sigmas: Tensor, seed: int = 1) -> Tensor:
-    """Noisy copies z = images + sigmas[l] * eps_l of every image at every level: [L, M, C, H, W] in images' dtype.
+def heldout_inputs(images: Tensor, sigmas: Tensor, seed: int = 1, levels: list[int] | None = None) -> Tensor:
+    """Noisy copies z = images + sigmas[l] * eps_l of every image at every level l of `levels` (default: all):
+    [len(levels), M, C, H, W] in images' dtype.
 
     images: float [M, C, H, W] in [-1, 1]; sigmas: [L]. eps_l depends on (seed, l) only, so adding levels or
-    images elsewhere does not change a level's draw.
+    images elsewhere, or drawing only some levels, does not change a level's draw.
     """
     check_images(images, "images")
-    levels = []
-    for level, sigma in enumerate(sigmas.tolist()):
+    noisy = []
+    for level in range(len(sigmas)) if levels is None else levels:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + level)
-        levels.append(images + sigma * torch.randn(images.shape, generator=generator).to(images.device, images.dtype))
-    return torch.stack(levels)
+        noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+        noisy.append(images + float(sigmas[level]) * noise)
+    return torch.stack(noisy)
 
 
 def mse_per_level(outputs: Tensor, targets: Tensor) -> Tensor:
