@@ -16,6 +16,7 @@ evaluated later, e.g. while a run trains, cost only their own evaluation.
 """
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -33,10 +34,30 @@ from denoiserlab.validation import check_device
 BATCH = 64
 
 
-def evaluation_inputs(training_data: dict, sigmas, n: int, levels: list[int], forward: bool) -> dict:
+def held_out_set(training_data: dict, heldout_source: str | None):
+    """The test split matching a training set (data.held_out_options), from `heldout_source` instead of the
+    training set's own source when given (e.g. fashion-mnist-full's 10,000 test images for a network trained on the
+    vendored fashion-mnist subset, whose own test split has 1,000)."""
+    options = data.held_out_options(training_data)
+    return data.load(**(options if heldout_source is None else {**options, "source": heldout_source}))
+
+
+def training_copies(test, training_data: dict) -> int:
+    """How many held-out images are exact (byte for byte) copies of a training image."""
+    seen = {image.numpy().tobytes() for image in data.load(**training_data).uint8}
+    return sum(image.numpy().tobytes() in seen for image in test.uint8)
+
+
+def evaluation_inputs(training_data: dict, sigmas, n: int, levels: list[int], forward: bool,
+                      heldout_source: str | None) -> dict:
     """Held-out test images, their noisy copies at the grid's `levels` and, with `forward`, the forward-process
     inputs of one training set (seeded: the same on every run, so they are recomputed rather than stored)."""
-    test = data.load(**data.held_out_options(training_data)).as_float(0, n)
+    test_set = held_out_set(training_data, heldout_source)
+    test_set = dataclasses.replace(test_set, uint8=test_set.uint8[:n])
+    copies = training_copies(test_set, training_data)
+    if copies:
+        print(f"note: {copies} of the {len(test_set)} held-out images are exact copies of training images")
+    test = test_set.as_float()
     inputs = {"test": test, "heldout_z": heldout_inputs(test, sigmas, levels=levels)}
     if forward:
         inputs["forward_z"] = forward_set(data.load(**training_data).as_float(), sigmas, n, seed=0)["z"]
@@ -70,6 +91,9 @@ def main() -> None:
     parser.add_argument("--sigma-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                         help="only the grid's sigmas in [LOW, HIGH], without the forward curve: a cheap look at a few "
                              "levels while a run trains, or many held-out images (--n 10000) where it matters")
+    parser.add_argument("--heldout-source", metavar="SOURCE",
+                        help="take the held-out images from this data source's test split (same image options; it "
+                             "must not hold the network's training images, exact copies are counted and printed)")
     parser.add_argument("--device", default="cpu", help="where networks and closed forms run: cpu, cuda, cuda:N")
     args = parser.parse_args()
     try:
@@ -87,11 +111,13 @@ def main() -> None:
         network = load(spec, device=args.device).eval()
         key = json.dumps(network.training_data, sort_keys=True)
         if key not in shared:
-            inputs = evaluation_inputs(network.training_data, sigmas, args.n, levels, forward_wanted)
+            inputs = evaluation_inputs(network.training_data, sigmas, args.n, levels, forward_wanted,
+                                       args.heldout_source)
             compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas[levels],  # noqa: E731
                                                   args.device)
             stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps,
-                         "errors": "per image", **({} if forward_wanted else {"levels": levels})}
+                         "errors": "per image", **({} if forward_wanted else {"levels": levels}),
+                         **({} if args.heldout_source is None else {"heldout_source": args.heldout_source})}
             outputs = cache.run("heldout-closed-forms", stage_key, compute) if cache else compute()
             shared[key] = {**inputs, **outputs}
         inputs = shared[key]

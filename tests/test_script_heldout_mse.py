@@ -115,3 +115,24 @@ def test_sigma_range_evaluates_only_those_levels(tiny_setup, tmp_path, monkeypat
     with pytest.raises(SystemExit):
         run_script(module, [*argv, "--sigma-range", "100", "200"], monkeypatch)
     assert "no sigma of the 5-step grid" in capsys.readouterr().err
+
+
+def test_heldout_source_replaces_the_test_split_and_copies_are_counted(tiny_setup, tmp_path, monkeypatch, capsys):
+    module = load_script("heldout_mse")
+    tiny = np.load(tmp_path / "tiny.npz")
+    other = np.concatenate([tiny["train_images"][:2], tiny["test_images"]])  # 2 training images among them
+    np.savez(tmp_path / "other.npz", train_images=tiny["train_images"], test_images=other)
+    argv = [str(tiny_setup), "--n", "4", "--steps", "5", "--sigma-range", "1", "100"]
+    run_script(module, [*argv, "--heldout-source", str(tmp_path / "other.npz"), "--json", str(tmp_path / "o.json")],
+               monkeypatch)
+    assert "note: 2 of the 4 held-out images are exact copies of training images" in capsys.readouterr().out
+    report = json.loads((tmp_path / "o.json").read_text())[str(tiny_setup)]
+    network = load_network(str(tiny_setup)).eval()
+    sigmas = edm_sigmas(5)
+    test = load(str(tmp_path / "other.npz"), split="test").as_float(0, 4)
+    levels = [level for level, sigma in enumerate(sigmas.tolist()) if 1 <= sigma <= 100]
+    noisy = heldout_inputs(test, sigmas, levels=levels)
+    for row, level in enumerate(levels):
+        with torch.no_grad():
+            expected = (network(noisy[row], float(sigmas[level])).double() - test.double()).square().mean().item()
+        assert report["network"][row] == pytest.approx(expected, rel=1e-5)
