@@ -105,6 +105,17 @@ def main() -> None:
     if not levels:
         parser.error(f"no sigma of the {args.steps}-step grid lies in --sigma-range {args.sigma_range}")
     forward_wanted = args.sigma_range is None  # the forward curve needs the whole grid
+    try:
+        report = evaluate(args, sigmas, levels, forward_wanted)
+    except DenoiserLabError as error:  # a bad network path, data source or shape: one line, exit code 2
+        parser.error(str(error))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump(report, file, indent=1)
+
+
+def evaluate(args, sigmas, levels: list[int], forward_wanted: bool) -> dict:
+    """Every network's numbers (the JSON report), printing a table or a curve row per network as it goes."""
     report, shared = {}, {}
     cache = StageCache(args.cache) if args.cache else None
     for spec in args.networks:
@@ -141,9 +152,7 @@ def main() -> None:
             print_curve_row(spec, sigmas[levels], ratio, ratio_error, forward, header=len(report) == 1)
         else:
             print_table(spec, sigmas[levels], errors, ratio, ratio_error, forward)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(report, file, indent=1)
+    return report
 
 
 def levels_in_range(sigmas, sigma_range) -> list[int]:
