@@ -182,7 +182,8 @@ def print_curve_row(spec, sigmas, ratio, ratio_error, forward, header: bool) -> 
     (--sigma-range)."""
     if header:
         print("ratio network / min(optimal, gaussian) per sigma; worst +- its standard error; forward end / peak")
-        print(f"{'network':<40s}" + "".join(f"{s:7.3g}" for s in sigmas.tolist()) + "  worst     +-  f_end/pk")
+        labels = "".join(f"{format(s, '.3g')[:6]:>7s}" for s in sigmas.tolist())  # 6 characters: a space between
+        print(f"{'network':<40s}" + labels + "  worst     +-  f_end/pk")
     forward_text = f"{forward[0] / forward.max():7.3f}" if forward is not None else f"{'-':>7s}"
     worst = ratio.argmax()
     print(f"{spec[-40:]:<40s}" + "".join(f"{r:7.3f}" for r in ratio.tolist())

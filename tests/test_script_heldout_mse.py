@@ -136,3 +136,14 @@ def test_heldout_source_replaces_the_test_split_and_copies_are_counted(tiny_setu
         with torch.no_grad():
             expected = (network(noisy[row], float(sigmas[level])).double() - test.double()).square().mean().item()
         assert report["network"][row] == pytest.approx(expected, rel=1e-5)
+
+
+def test_curve_header_keeps_every_sigma_label_apart(tiny_setup, tmp_path, monkeypatch, capsys):
+    module = load_script("heldout_mse")
+    run_script(module, [str(tiny_setup), "--n", "4", "--steps", "18", "--sigma-range", "0.001", "0.1", "--curve"],
+               monkeypatch)
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("network"))
+    labels = header.split()[1:-3]  # between "network" and "worst +- f_end/pk"
+    expected = [s for s in edm_sigmas(18).tolist() if 0.001 <= s <= 0.1]
+    assert len(labels) == len(expected) == 4  # 0.0599 0.0229 0.00753 0.002: the last three once ran together
+    assert [float(label) for label in labels] == pytest.approx(expected, rel=0.02)
