@@ -79,11 +79,22 @@ def closed_form_outputs(training_data: dict, inputs: dict, sigmas, device: str =
     return outputs
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (images, grid steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("networks", nargs="+", help="checkpoint paths or shipped:NAME (must record training_data)")
-    parser.add_argument("--n", type=int, default=128, help="held-out test images (and forward pairs per sigma)")
-    parser.add_argument("--steps", type=int, default=18, help="EDM grid size")
+    parser.add_argument("--n", type=count, default=128, help="held-out test images (and forward pairs per sigma)")
+    parser.add_argument("--steps", type=count, default=18, help="EDM grid size")
     parser.add_argument("--json", help="write every number to this JSON file")
     parser.add_argument("--cache", help="folder that keeps the closed forms' outputs between runs")
     parser.add_argument("--curve", action="store_true",

@@ -147,3 +147,12 @@ def test_curve_header_keeps_every_sigma_label_apart(tiny_setup, tmp_path, monkey
     expected = [s for s in edm_sigmas(18).tolist() if 0.001 <= s <= 0.1]
     assert len(labels) == len(expected) == 4  # 0.0599 0.0229 0.00753 0.002: the last three once ran together
     assert [float(label) for label in labels] == pytest.approx(expected, rel=0.02)
+
+
+@pytest.mark.parametrize("option, value", [("--n", "0"), ("--n", "-3"), ("--steps", "x")])
+def test_counts_below_one_are_a_usage_error(tiny_setup, monkeypatch, capsys, option, value):
+    module = load_script("heldout_mse")
+    with pytest.raises(SystemExit) as stopped:
+        run_script(module, [str(tiny_setup), option, value], monkeypatch)
+    assert stopped.value.code == 2
+    assert f"argument {option}: must be a whole number >= 1, got '{value}'" in capsys.readouterr().err
