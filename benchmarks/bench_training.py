@@ -13,6 +13,7 @@ Usage: python benchmarks/bench_training.py [--batch-size 128] [--steps 3] [--pre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -45,7 +46,8 @@ def bench_preset(name: str, batch_size: int, steps: int, network: dict) -> dict:
     x0 = torch.rand(batch_size, 1, 28, 28, generator=generator) * 2 - 1
 
     def train_step(bfloat16: bool):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        # as `denoiserlab train`: autocast entered only for bfloat16 (networks.training.training_step)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bfloat16 else contextlib.nullcontext():
             loss = edm_loss(den, x0, generator).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -42,33 +42,33 @@ def held_out_set(training_data: dict, heldout_source: str | None):
     return data.load(**(options if heldout_source is None else {**options, "source": heldout_source}))
 
 
-def training_copies(test, training_data: dict) -> int:
+def training_copies(test, train) -> int:
     """How many held-out images are exact (byte for byte) copies of a training image."""
-    seen = {image.numpy().tobytes() for image in data.load(**training_data).uint8}
+    seen = {image.numpy().tobytes() for image in train.uint8}
     return sum(image.numpy().tobytes() in seen for image in test.uint8)
 
 
-def evaluation_inputs(training_data: dict, sigmas, n: int, levels: list[int], forward: bool,
+def evaluation_inputs(training_data: dict, train, sigmas, n: int, levels: list[int], forward: bool,
                       heldout_source: str | None) -> dict:
     """Held-out test images, their noisy copies at the grid's `levels` and, with `forward`, the forward-process
-    inputs of one training set (seeded: the same on every run, so they are recomputed rather than stored)."""
+    inputs of one training set `train` (loaded from `training_data`; seeded: the same on every run, so they are
+    recomputed rather than stored)."""
     test_set = held_out_set(training_data, heldout_source)
     test_set = dataclasses.replace(test_set, uint8=test_set.uint8[:n])
-    copies = training_copies(test_set, training_data)
+    copies = training_copies(test_set, train)
     if copies:
         print(f"note: {copies} of the {len(test_set)} held-out images are exact copies of training images")
     test = test_set.as_float()
     inputs = {"test": test, "heldout_z": heldout_inputs(test, sigmas, levels=levels)}
     if forward:
-        inputs["forward_z"] = forward_set(data.load(**training_data).as_float(), sigmas, n, seed=0)["z"]
+        inputs["forward_z"] = forward_set(train.as_float(), sigmas, n, seed=0)["z"]
     return inputs
 
 
-def closed_form_outputs(training_data: dict, inputs: dict, sigmas, device: str = "cpu") -> dict:
-    """The optimal and Gaussian denoisers of the training set on `inputs` (held-out copies at `sigmas`, one per
-    level of inputs["heldout_z"]): their held-out errors per image and level, and the optimal denoiser's outputs on
-    the forward-process inputs when there are some."""
-    train = data.load(**training_data)
+def closed_form_outputs(train, inputs: dict, sigmas, device: str = "cpu") -> dict:
+    """The optimal and Gaussian denoisers of the training set `train` on `inputs` (held-out copies at `sigmas`, one
+    per level of inputs["heldout_z"]): their held-out errors per image and level, and the optimal denoiser's
+    outputs on the forward-process inputs when there are some."""
     optimal, gaussian = OptimalDenoiser(train), GaussianDenoiser(train)
     outputs = {"image_errors": {name: errors_per_image(outputs_on(den, inputs["heldout_z"], sigmas, BATCH, device,
                                                                   label=name), inputs["test"])
@@ -133,10 +133,10 @@ def evaluate(args, sigmas, levels: list[int], forward_wanted: bool) -> dict:
         network = load(spec, device=args.device).eval()
         key = json.dumps(network.training_data, sort_keys=True)
         if key not in shared:
-            inputs = evaluation_inputs(network.training_data, sigmas, args.n, levels, forward_wanted,
+            train = data.load(**network.training_data)  # read once per training set
+            inputs = evaluation_inputs(network.training_data, train, sigmas, args.n, levels, forward_wanted,
                                        args.heldout_source)
-            compute = lambda: closed_form_outputs(network.training_data, inputs, sigmas[levels],  # noqa: E731
-                                                  args.device)
+            compute = lambda: closed_form_outputs(train, inputs, sigmas[levels], args.device)  # noqa: E731
             stage_key = {"training_data": network.training_data, "n": args.n, "steps": args.steps,
                          "errors": "per image", **({} if forward_wanted else {"levels": levels}),
                          **({} if args.heldout_source is None else {"heldout_source": args.heldout_source})}
